@@ -1,0 +1,5 @@
+"""`python -m taolu` is the `taolu` command."""
+
+from taolu.cli import main
+
+raise SystemExit(main())

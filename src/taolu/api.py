@@ -1,0 +1,225 @@
+"""The Python API: `train`, `evaluate` and `predict`, taking the same options as the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+from torch.utils.data import Dataset
+
+from taolu.config import (
+    FIELDS,
+    RESUMABLE_OPTIONS,
+    TrainConfig,
+    coerce_option,
+    read_config_file,
+    resolve_config,
+)
+from taolu.data.loaders import Batches, BatchTransform, Preprocessing
+from taolu.data.sources import NamedSamples, check_data_spec, load_data
+from taolu.engine import checkpoint as ckpt
+from taolu.engine.loop import evaluate as evaluate_batches
+from taolu.engine.optim import build_loss
+from taolu.engine.precision import check_device_name, pick_device, pick_precision
+from taolu.engine.routine import TrainResult, UserParts, run_training
+from taolu.errors import ConfigError, DataError
+from taolu.models import check_model_name
+from taolu.predict import classify, expand_inputs, restore_model
+
+USER_PREFIX = "user:"
+
+
+def _validators(parts: UserParts) -> dict:
+    """Checks for values that need outside knowledge; skipped where the caller's own object
+    stands in for the name."""
+    checks = {"device": check_device_name}
+    if parts.train_data is None:
+        checks["data"] = _check_data
+    if parts.model is None:
+        checks["model"] = _check_model
+    return checks
+
+
+def _check_data(spec: str) -> None:
+    if spec.startswith(USER_PREFIX):
+        raise ConfigError(
+            f"this run was trained on your own Dataset ({spec[len(USER_PREFIX) :]}); "
+            "pass the Dataset again from Python with data=my_dataset"
+        )
+    check_data_spec(spec)
+
+
+def _check_model(name: str) -> None:
+    if name.startswith(USER_PREFIX):
+        raise ConfigError(
+            f"this run trained your own nn.Module ({name[len(USER_PREFIX) :]}); "
+            "pass the model again from Python with model=MyNet()"
+        )
+    check_model_name(name)
+
+
+def build_train_config(
+    config_file: str | Path | None,
+    options: Mapping[str, Any],
+    set_options: Mapping[str, Any] | None = None,
+    *,
+    parts: UserParts | None = None,
+    resume_state: dict[str, Any] | None = None,
+) -> TrainConfig:
+    """Resolve the config in taolu's one order: defaults < config file < options < --set.
+
+    When resuming, the saved config is the base and only RESUMABLE_OPTIONS may change.
+    """
+    parts = parts or UserParts()
+    file_layer = read_config_file(config_file) if config_file else {}
+    layers = [file_layer, dict(options), dict(set_options or {})]
+    if resume_state is not None:
+        saved = resume_state["config"]
+        for layer in layers:
+            for key, value in layer.items():
+                if key in FIELDS and key not in RESUMABLE_OPTIONS and key in saved:
+                    if coerce_option(key, value) != saved[key]:
+                        allowed = ", ".join(sorted(RESUMABLE_OPTIONS))
+                        raise ConfigError(
+                            f"option '{key}': cannot change from {saved[key]!r} to {value!r} "
+                            f"when resuming; only these may change: {allowed}"
+                        )
+        layers.insert(0, {k: v for k, v in saved.items() if k in FIELDS})
+    config = resolve_config(*layers, validators=_validators(parts))
+    if parts.train_data is not None:
+        config = dataclasses.replace(config, data=USER_PREFIX + type(parts.train_data).__qualname__)
+    if parts.model is not None:
+        config = dataclasses.replace(config, model=USER_PREFIX + type(parts.model).__qualname__)
+    return config
+
+
+def train(
+    *,
+    model: str | nn.Module | None = None,
+    data: str | Path | Dataset | None = None,
+    val_data: Dataset | None = None,
+    classes: Sequence[str] | None = None,
+    config: str | Path | None = None,
+    resume: str | Path | None = None,
+    **options: Any,
+) -> TrainResult:
+    """Run the complete training routine and return a `TrainResult`.
+
+    `model` is a built-in name or any `nn.Module`; `data` an embedded name, an image folder,
+    or any map-style Dataset yielding (image, label) with the image a tensor, a PIL image or
+    a numpy array. `options` are the CLI's options as keywords (`epochs=5, lr=0.1`, see
+    `taolu train --help`); `config` a YAML file beneath them; `resume` a run directory to
+    continue from its last checkpoint.
+    """
+    parts = UserParts(
+        model=model if isinstance(model, nn.Module) else None,
+        train_data=data if isinstance(data, Dataset) else None,
+        val_data=val_data,
+        classes=list(classes) if classes is not None else None,
+    )
+    if val_data is not None and parts.train_data is None:
+        raise ConfigError("val_data is for your own Dataset; pass the training Dataset as data=")
+    if isinstance(model, str):
+        options["model"] = model
+    if isinstance(data, (str, Path)):
+        options["data"] = str(data)
+    resume_state = None
+    resume_dir = None
+    if resume is not None:
+        resume_dir = Path(resume)
+        resume_state = ckpt.load_checkpoint(ckpt.find_checkpoint(resume_dir, ckpt.LAST_NAME))
+    resolved = build_train_config(config, options, parts=parts, resume_state=resume_state)
+    return run_training(resolved, parts, resume_dir=resume_dir, resume_state=resume_state)
+
+
+def evaluate(
+    run_or_checkpoint: str | Path,
+    *,
+    data: str | Path | Dataset | None = None,
+    model: nn.Module | None = None,
+    device: str = "auto",
+    batch_size: int = 256,
+    checkpoint: str = "best",
+) -> dict[str, Any]:
+    """Loss and accuracy of a run's checkpoint (`best` or `last`) on the run's validation
+    split, or on `data`. Writes nothing."""
+    path = ckpt.find_checkpoint(run_or_checkpoint, f"{checkpoint}.pt")
+    state = ckpt.load_checkpoint(path)
+    preprocessing = Preprocessing.from_dict(state["preprocessing"])
+    saved = state["config"]
+    torch_device = pick_device(device)
+    if isinstance(data, Dataset):
+        split = NamedSamples(
+            data, preprocessing.channels, preprocessing.size, preprocessing.resize_mode
+        )
+        described = f"{type(data).__qualname__} (your Dataset)"
+    else:
+        spec = str(data) if data is not None else saved["data"]
+        _check_data(spec)
+        bundle = load_data(
+            spec,
+            val_fraction=saved["val_fraction"],
+            image_size=preprocessing.size[0]
+            if preprocessing.size[0] == preprocessing.size[1]
+            else 0,
+            resize_mode=preprocessing.resize_mode,
+            channels=preprocessing.channels,
+        )
+        if bundle.size != preprocessing.size:
+            raise DataError(
+                f"{spec}: images come out {bundle.size}, the model needs {preprocessing.size}"
+            )
+        if list(bundle.classes) != list(state["classes"]):
+            raise DataError(
+                f"{spec}: its classes {bundle.classes} are not the ones the model was trained "
+                f"on {state['classes']}"
+            )
+        split = bundle.val
+        described = f"{bundle.description}, validation split"
+    restored = restore_model(state, model).to(torch_device)
+    precision = pick_precision(saved["precision"], torch_device)
+    batches = Batches(split, batch_size, torch_device, shuffle=False)
+    result = evaluate_batches(
+        restored,
+        batches,
+        BatchTransform(preprocessing, torch_device),
+        build_loss(saved["label_smoothing"]).to(torch_device),
+        precision,
+    )
+    return {
+        "checkpoint": str(path),
+        "data": described,
+        "samples": result.images,
+        "loss": result.loss,
+        "acc": result.acc,
+        "epoch": state["epoch"],
+    }
+
+
+def predict(
+    run_or_checkpoint: str | Path,
+    inputs: Sequence[Any],
+    *,
+    topk: int = 5,
+    model: nn.Module | None = None,
+    device: str = "auto",
+    batch_size: int = 64,
+    checkpoint: str = "best",
+) -> list[dict[str, Any]]:
+    """Top-k classes for each input: image files, folders (searched recursively), or
+    in-memory images (PIL, numpy, tensor). A file that cannot be read gets {"path", "error"}
+    and the rest still get {"path", "predictions": [{"class", "probability"}, ...]}."""
+    if isinstance(inputs, (str, Path)):
+        inputs = [inputs]
+    path = ckpt.find_checkpoint(run_or_checkpoint, f"{checkpoint}.pt")
+    state = ckpt.load_checkpoint(path)
+    items: list[Any] = []
+    for item in inputs:
+        items += expand_inputs([item]) if isinstance(item, (str, Path)) else [item]
+    restored = restore_model(state, model)
+    return classify(
+        restored, state, items, topk=topk, device=pick_device(device), batch_size=batch_size
+    )

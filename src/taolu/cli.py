@@ -1,0 +1,211 @@
+"""The `taolu` command: argv -> options -> a call into the Python API. No training logic here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from taolu.config import FIELDS, parse_set_items
+from taolu.errors import TaoluError
+
+TRAIN_EXAMPLES = """examples:
+  taolu train                                  the default net on the embedded MNIST digits
+  taolu train --data digits --epochs 30        scikit-learn's 8x8 digits
+  taolu train --data ~/photos --image-size 64  your own folder of class folders
+  taolu train --config my.yaml --set lr=0.05   a YAML file, then one value overridden
+  taolu train --resume runs/train --epochs 20  continue a run from its last checkpoint
+
+Precedence: defaults < --config file < named flags < --set key=value."""
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per config field, with the field's help and default; a flag not given stays
+    out of the namespace so it cannot mask the config file."""
+    for name, spec in FIELDS.items():
+        help_text = f"{spec.metadata['help']} (default: {spec.default!r})"
+        if "choices" in spec.metadata:
+            help_text += f"; one of {', '.join(str(c) for c in spec.metadata['choices'])}"
+        if spec.type == "bool":
+            parser.add_argument(
+                _flag(name),
+                dest=name,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=help_text,
+            )
+        else:
+            parser.add_argument(
+                _flag(name),
+                dest=name,
+                default=argparse.SUPPRESS,
+                metavar=spec.type.upper(),
+                help=help_text,
+            )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="taolu",
+        description="taolu (套路): the complete PyTorch training routine for image classifiers.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    train = commands.add_parser(
+        "train",
+        help="train a classifier",
+        epilog=TRAIN_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Prepare the data, build the model, make the loss and optimizer, train, "
+        "test and save, into OUT/NAME.",
+    )
+    train.add_argument("--config", metavar="FILE.yaml", help="YAML file of option: value")
+    train.add_argument(
+        "--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint"
+    )
+    train.add_argument(
+        "--set",
+        dest="set_items",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set any option; beats every other source",
+    )
+    _add_config_flags(train)
+
+    evaluate = commands.add_parser(
+        "eval",
+        help="evaluate a checkpoint on a validation split",
+        description="Loss and accuracy of a run's best checkpoint on the validation split it "
+        "was trained with, or on --data. Writes nothing.",
+    )
+    evaluate.add_argument("run", metavar="RUN_OR_CKPT", help="run directory or checkpoint file")
+    evaluate.add_argument("--data", help="evaluate on this data's validation split instead")
+    evaluate.add_argument(
+        "--checkpoint",
+        choices=("best", "last"),
+        default="best",
+        help="which checkpoint of a run directory (default: best)",
+    )
+    evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    evaluate.add_argument("--batch-size", type=int, default=256, help="(default: 256)")
+    evaluate.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    predict = commands.add_parser(
+        "predict",
+        help="classify image files",
+        description="Top-k classes for image files and folders, with the checkpoint's own "
+        "preprocessing. Exits non-zero when any file could not be read.",
+    )
+    predict.add_argument("run", metavar="RUN_OR_CKPT", help="run directory or checkpoint file")
+    predict.add_argument("inputs", metavar="FILES_OR_DIRS", nargs="+")
+    predict.add_argument("--topk", type=int, default=5, help="classes shown per image (default: 5)")
+    predict.add_argument(
+        "--checkpoint",
+        choices=("best", "last"),
+        default="best",
+        help="which checkpoint of a run directory (default: best)",
+    )
+    predict.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    predict.add_argument("--batch-size", type=int, default=64, help="(default: 64)")
+    predict.add_argument(
+        "--json",
+        action="store_true",
+        help='print a JSON array: {"path", "predictions": [{"class", '
+        '"probability"}]} or {"path", "error"} per input',
+    )
+    return parser
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from taolu.api import build_train_config
+    from taolu.engine import checkpoint as ckpt
+    from taolu.engine.routine import run_training
+
+    options = {name: getattr(args, name) for name in FIELDS if hasattr(args, name)}
+    set_options = parse_set_items(args.set_items)
+    resume_state = resume_dir = None
+    if args.resume:
+        from pathlib import Path
+
+        resume_dir = Path(args.resume)
+        resume_state = ckpt.load_checkpoint(ckpt.find_checkpoint(resume_dir, ckpt.LAST_NAME))
+    config = build_train_config(args.config, options, set_options, resume_state=resume_state)
+    run_training(config, resume_dir=resume_dir, resume_state=resume_state)
+    return 0
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from taolu.api import evaluate
+
+    result = evaluate(
+        args.run,
+        data=args.data,
+        device=args.device,
+        batch_size=args.batch_size,
+        checkpoint=args.checkpoint,
+    )
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(
+            f"{result['checkpoint']} (epoch {result['epoch']}) on {result['data']}: "
+            f"{result['samples']} images  loss {result['loss']:.4f}  acc {result['acc']:.4f}"
+        )
+    return 0
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from taolu.api import predict
+
+    results = predict(
+        args.run,
+        args.inputs,
+        topk=args.topk,
+        device=args.device,
+        batch_size=args.batch_size,
+        checkpoint=args.checkpoint,
+    )
+    if args.json:
+        print(json.dumps(results, indent=2, ensure_ascii=False))
+    else:
+        for result in results:
+            if "error" in result:
+                print(f"{result['path']}: error: {result['error']}")
+            else:
+                shown = ", ".join(
+                    f"{p['class']} {p['probability']:.3f}" for p in result["predictions"]
+                )
+                print(f"{result['path']}: {shown}")
+    failed = sum("error" in result for result in results)
+    if failed:
+        print(f"taolu: {failed} of {len(results)} inputs could not be read", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _plain_message(error: BaseException) -> str:
+    # Errors re-raised from DataLoader workers carry the worker's traceback text; the user
+    # needs its last line, which names the file or sample.
+    text = str(error).strip()
+    if "Original Traceback" in text:
+        text = text.splitlines()[-1].split(": ", 1)[-1]
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handlers: dict[str, Any] = {"train": _run_train, "eval": _run_eval, "predict": _run_predict}
+    try:
+        return handlers[args.command](args)
+    except TaoluError as error:
+        print(f"taolu: error: {_plain_message(error)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("taolu: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,214 @@
+"""The typed training config: every option, its default and its rule, written down once.
+
+The CLI flags, the `taolu.train` keywords, the YAML file and `--set key=value` are all views
+of `TrainConfig`; `resolve_config` applies them in one documented order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from taolu.errors import ConfigError
+
+EMBEDDED_DATA = ("mnist5k", "digits")
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
+SCHEDULERS = ("onecycle", "cosine", "constant")
+DEVICES_HELP = "auto, cpu, cuda, cuda:N or mps"
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+AUGMENTS = ("auto", "none", "shift", "shift-flip")
+RESIZE_MODES = ("squash", "crop", "pad")
+
+
+def _option(default: Any, help: str, **rules: Any) -> Any:
+    """A config field with its one-line help and validation rules (choices, min, max, ...)."""
+    return field(default=default, metadata={"help": help, **rules})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every option of a training run. Frozen: derived values live in locals, never here."""
+
+    # --- data ---
+    data: str = _option("mnist5k", "embedded set (mnist5k, digits) or an image folder", kind="data")
+    val_fraction: float = _option(
+        0.2, "share of a single-folder data set held out for validation", gt=0.0, lt=1.0
+    )
+    image_size: int = _option(0, "side length images are resized to; 0 keeps the data's own", ge=0)
+    resize_mode: str = _option("squash", "how images reach image_size", choices=RESIZE_MODES)
+    channels: int = _option(0, "1 (gray) or 3 (RGB); 0 takes the data's own", choices=(0, 1, 3))
+    augment: str = _option(
+        "auto",
+        "random batch augmentation; auto = shift for digits, shift-flip otherwise",
+        choices=AUGMENTS,
+    )
+    batch_size: int = _option(128, "images per optimizer step", ge=1)
+    workers: int = _option(
+        -1, "DataLoader worker processes for file/Dataset data; -1 = auto", ge=-1
+    )
+    # --- model ---
+    model: str = _option("fastcnn", "network to train (see `taolu models`)", kind="model")
+    # --- loss and optimizer ---
+    optimizer: str = _option("sgd", "optimizer", choices=OPTIMIZERS)
+    lr: float = _option(0.2, "peak learning rate", gt=0.0)
+    momentum: float = _option(0.9, "SGD/RMSprop momentum (Nesterov for SGD)", ge=0.0, lt=1.0)
+    weight_decay: float = _option(5e-4, "L2 weight decay", ge=0.0)
+    scheduler: str = _option("onecycle", "learning-rate schedule over the run", choices=SCHEDULERS)
+    label_smoothing: float = _option(0.1, "cross-entropy label smoothing", ge=0.0, lt=1.0)
+    # --- run ---
+    epochs: int = _option(15, "passes over the training split", ge=1)
+    device: str = _option("auto", f"where to train: {DEVICES_HELP}", kind="device")
+    precision: str = _option(
+        "auto", "auto = bf16 where the hardware has it, fp16 on older GPUs", choices=PRECISIONS
+    )
+    seed: int = _option(0, "seed for the split, initial weights, order and augmentation", ge=0)
+    out: str = _option("runs", "folder that holds run directories")
+    name: str = _option("", "run directory name; empty = first free of train, train2, ...")
+    progress: bool = _option(True, "live progress bar (only when output is a terminal)")
+    verbose: bool = _option(True, "print a line per epoch and the final summary")
+
+
+FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(TrainConfig)}
+# Options that may differ when a run is resumed; the rest define the run and must not change.
+RESUMABLE_OPTIONS = frozenset({"epochs", "device", "workers", "progress", "verbose"})
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
+def coerce_option(name: str, value: Any) -> Any:
+    """Return `value` as the field's type; strings (from flags and --set) are parsed."""
+    kind = FIELDS[name].type
+    try:
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str):
+                return _parse_bool(value)
+        elif kind == "int":
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+            if isinstance(value, str):
+                return int(value.strip())
+        elif kind == "float":
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return float(value)
+            if isinstance(value, str):
+                return float(value.strip())
+        elif kind == "str":
+            if isinstance(value, str):
+                return value
+            if isinstance(value, Path):
+                return str(value)
+    except ValueError:
+        pass
+    raise ConfigError(f"option '{name}': {value!r} is not a valid {kind}")
+
+
+def _check_rules(name: str, value: Any, validators: Mapping[str, Callable[[str], None]]) -> None:
+    meta = FIELDS[name].metadata
+    shown = repr(value)
+    if "choices" in meta and value not in meta["choices"]:
+        allowed = ", ".join(str(c) for c in meta["choices"])
+        raise ConfigError(f"option '{name}': {shown} is not allowed; choose one of: {allowed}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"option '{name}': {shown} is not a finite number")
+    bounds = (
+        ("ge", lambda v, b: v >= b, ">="),
+        ("gt", lambda v, b: v > b, ">"),
+        ("le", lambda v, b: v <= b, "<="),
+        ("lt", lambda v, b: v < b, "<"),
+    )
+    for key, holds, sign in bounds:
+        if key in meta and not holds(value, meta[key]):
+            raise ConfigError(
+                f"option '{name}': {shown} is not allowed; it must be {sign} {meta[key]}"
+            )
+    if "kind" in meta and meta["kind"] in validators:
+        validators[meta["kind"]](value)
+
+
+def _check_name(value: str) -> None:
+    if value and (Path(value).name != value or value in (".", "..")):
+        raise ConfigError(f"option 'name': {value!r} must be a plain folder name, not a path")
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML (or JSON) config file into a flat dict of option -> value."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of option: value")
+    return loaded
+
+
+def parse_set_items(items: list[str]) -> dict[str, str]:
+    """Turn `--set key=value` items into a dict, refusing items without '='."""
+    parsed = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        parsed[key.strip().replace("-", "_")] = value
+    return parsed
+
+
+def resolve_config(
+    *layers: Mapping[str, Any],
+    validators: Mapping[str, Callable[[str], None]] | None = None,
+) -> TrainConfig:
+    """Build the config from layers applied in order, later ones winning.
+
+    The order taolu uses is: defaults < config file < named flags (or API keywords) < --set.
+    Every key must name an option, every value must fit its type and rules; the first
+    offence raises `ConfigError` naming the option, the value and what is allowed.
+    `validators` checks values that need outside knowledge (data names, model names, devices).
+    """
+    values: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in layer.items():
+            if key not in FIELDS:
+                raise ConfigError(_unknown_key_message(key))
+            values[key] = coerce_option(key, value)
+    config = TrainConfig(**values)
+    for name in FIELDS:
+        _check_rules(name, getattr(config, name), validators or {})
+    _check_name(config.name)
+    return config
+
+
+def _unknown_key_message(key: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(key, FIELDS, n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(FIELDS)}"
+    return f"unknown option '{key}'{hint}"
+
+
+def config_to_dict(config: TrainConfig) -> dict[str, Any]:
+    """The config as a plain dict: what config.yaml and checkpoints store."""
+    return dataclasses.asdict(config)
+
+
+def write_config(config: TrainConfig, path: Path) -> None:
+    text = yaml.safe_dump(config_to_dict(config), sort_keys=False)
+    path.write_text(text, encoding="utf-8")

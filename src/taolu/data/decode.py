@@ -1,0 +1,139 @@
+"""The one decoding policy: how any image file or in-memory image becomes a uint8 (C, H, W) tensor.
+
+Training, eval, predict and export all go through `decode_file` / `to_uint8_chw` and
+`fit_to_size`, so a picture is seen the same way everywhere.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torchvision.transforms.v2 import functional as TF
+
+from taolu.errors import DataError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+# Pillow's own limit (about 89 megapixels); beyond it decoding could exhaust memory.
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS
+
+
+def _flatten_to_rgb_or_gray(image: Image.Image) -> Image.Image:
+    """Bring any Pillow mode to 'L' or 'RGB': transparency over white, 16-bit rescaled."""
+    mode = image.mode
+    if mode in ("L", "RGB"):
+        return image
+    if mode in ("P", "PA", "LA", "RGBA", "La", "RGBa") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        merged = Image.alpha_composite(white, rgba).convert("RGB")
+        return merged if mode not in ("LA", "La", "PA") else merged.convert("L")
+    if mode.startswith("I") or mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        # 16-bit data rescaled to 8 bits over its full range: clipping would saturate it.
+        top = 65535.0 if mode.startswith("I") else (1.0 if values.max() <= 1.0 else 255.0)
+        return Image.fromarray(np.clip(np.rint(values * (255.0 / top)), 0, 255).astype(np.uint8))
+    if mode == "1":
+        return image.convert("L")
+    return image.convert("RGB")  # CMYK, YCbCr, LAB, HSV
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """Open an image file as an 'L' or 'RGB' Pillow image, upright, first frame only.
+
+    Raises DataError naming the file for anything unreadable, including images whose
+    header claims more pixels than Pillow's decompression-bomb limit.
+    """
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            # Pillow only warns between 1x and 2x its limit; refuse those too.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.seek(0)
+                upright = ImageOps.exif_transpose(image)
+                upright.load()
+                return _flatten_to_rgb_or_gray(upright)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise DataError(f"{path}: refused, too many pixels ({error})") from None
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a folder, not an image file") from None
+    except UnidentifiedImageError:
+        raise DataError(f"{path}: not an image file Pillow can read") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as error:
+        raise DataError(f"{path}: cannot decode image ({error})") from None
+
+
+def to_uint8_chw(image: object) -> torch.Tensor:
+    """Any in-memory image (PIL, numpy HWC/HW, tensor CHW/HW) as a (C, H, W) tensor.
+
+    uint8 stays uint8; float stays float (taken to be already scaled to 0..1, as ToTensor does).
+    """
+    if isinstance(image, Image.Image):
+        image = np.asarray(_flatten_to_rgb_or_gray(image))
+    if isinstance(image, np.ndarray):
+        array = image
+        if array.ndim == 3 and array.shape[-1] in (1, 3, 4):
+            array = array.transpose(2, 0, 1)  # numpy images are HWC, as PIL and cv2 give them
+        array = np.ascontiguousarray(array)
+        tensor = torch.from_numpy(array if array.flags.writeable else array.copy())
+    elif isinstance(image, torch.Tensor):
+        tensor = image.detach().cpu()  # tensors are CHW, as torchvision gives them
+    else:
+        raise DataError(
+            f"an image must be a PIL image, a numpy array or a tensor, not {type(image).__name__}"
+        )
+    if tensor.is_floating_point():
+        tensor = tensor.float()
+    elif tensor.dtype != torch.uint8:
+        tensor = tensor.clamp(0, 255).to(torch.uint8)
+    if tensor.ndim == 2:
+        tensor = tensor.unsqueeze(0)
+    if tensor.ndim != 3:
+        raise DataError(f"an image must have 2 or 3 dimensions, got shape {tuple(tensor.shape)}")
+    return tensor
+
+
+def match_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
+    """Convert (C, H, W) to `channels` (1 or 3): gray is repeated, colour uses luminance."""
+    have = image.shape[0]
+    if have == 4:
+        image, have = image[:3], 3
+    if have == channels:
+        return image
+    if channels == 3 and have == 1:
+        return image.expand(3, -1, -1).contiguous()
+    if channels == 1 and have == 3:
+        return TF.rgb_to_grayscale(image, num_output_channels=1)
+    raise DataError(f"cannot turn an image with {have} channels into {channels}")
+
+
+def fit_to_size(image: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+    """Resize (C, H, W) to `size` (H, W): squash ignores aspect, crop fills and cuts the centre,
+    pad fits inside and pads with zeros."""
+    height, width = image.shape[-2:]
+    if (height, width) == tuple(size):
+        return image
+    if mode == "squash":
+        return TF.resize(image, list(size), antialias=True)
+    scale_of = max if mode == "crop" else min
+    scale = scale_of(size[0] / height, size[1] / width)
+    inner = [max(1, round(height * scale)), max(1, round(width * scale))]
+    resized = TF.resize(image, inner, antialias=True)
+    if mode == "crop":
+        return TF.center_crop(resized, list(size))
+    top, left = (size[0] - inner[0]) // 2, (size[1] - inner[1]) // 2
+    return TF.pad(resized, [left, top, size[1] - inner[1] - left, size[0] - inner[0] - top])
+
+
+def decode_file(
+    path: str | Path, channels: int, size: tuple[int, int], resize_mode: str
+) -> torch.Tensor:
+    """An image file as uint8 (channels, H, W) at `size`, by the one policy."""
+    image = to_uint8_chw(open_image(path))
+    return fit_to_size(match_channels(image, channels), size, resize_mode)

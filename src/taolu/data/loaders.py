@@ -1,0 +1,195 @@
+"""Batches on the training device: in-memory splits are sliced directly (no workers, no
+per-sample Python); Datasets go through a DataLoader. Either way augmentation and
+normalisation run on whole batches on the device, with a separate random choice per image."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from taolu.data.sources import ImageTensors, Split
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What turns a uint8 image into model input; stored in checkpoints so predict repeats it."""
+
+    channels: int
+    size: tuple[int, int]
+    resize_mode: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def to_dict(self) -> dict:
+        return {
+            "channels": self.channels,
+            "size": list(self.size),
+            "resize_mode": self.resize_mode,
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
+
+    @classmethod
+    def from_dict(cls, values: dict) -> Preprocessing:
+        return cls(
+            channels=int(values["channels"]),
+            size=tuple(int(v) for v in values["size"]),
+            resize_mode=str(values["resize_mode"]),
+            mean=tuple(float(v) for v in values["mean"]),
+            std=tuple(float(v) for v in values["std"]),
+        )
+
+
+def to_unit_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 0..255 to float 0..1; float input is taken to be 0..1 already (ToTensor's range)."""
+    return images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
+
+
+def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of a (N, C, H, W) batch, in the 0..1 range."""
+    unit = to_unit_float(images)
+    mean = unit.mean(dim=(0, 2, 3))
+    std = unit.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    return tuple(mean.tolist()), tuple(std.tolist())
+
+
+def sample_images(split: Split, limit: int = 512) -> torch.Tensor:
+    """Up to `limit` images of a split, spread evenly over it, as one (N, C, H, W) tensor."""
+    if isinstance(split, ImageTensors):
+        return split.images
+    step = max(1, len(split) // limit)
+    return torch.stack([split[i][0] for i in range(0, len(split), step)][:limit])
+
+
+class BatchTransform:
+    """Normalise, and for training augment, a batch on its device in one pass.
+
+    Augmentation: a random shift of up to `shift` pixels (pad with the mean, then crop) and,
+    if `flip`, a random horizontal flip, each drawn independently per image.
+    """
+
+    def __init__(
+        self,
+        preprocessing: Preprocessing,
+        device: torch.device,
+        *,
+        shift: int = 0,
+        flip: bool = False,
+        channels_last: bool = False,
+    ):
+        shape = (1, -1, 1, 1)
+        self.mean = torch.tensor(preprocessing.mean, device=device).view(shape)
+        self.std = torch.tensor(preprocessing.std, device=device).view(shape)
+        self.shift = shift
+        self.flip = flip
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def __call__(
+        self, images: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        images = (to_unit_float(images) - self.mean) / self.std  # (B, C, H, W)
+        if generator is not None and self.shift:
+            images = random_shift(images, self.shift, generator)
+        if generator is not None and self.flip:
+            flip = torch.rand(images.shape[0], generator=generator) < 0.5
+            flip = flip.to(images.device).view(-1, 1, 1, 1)
+            images = torch.where(flip, images.flip(3), images)
+        return images.contiguous(memory_format=self.memory_format)
+
+
+def random_shift(images: torch.Tensor, shift: int, generator: torch.Generator) -> torch.Tensor:
+    """Translate each image by its own random (dy, dx) in [-shift, shift], filling with zeros
+    (the mean, after normalisation)."""
+    batch, channels, height, width = images.shape
+    padded = F.pad(images, (shift, shift, shift, shift))
+    # Random draws come from the CPU generator so one saved state reproduces them on any device.
+    offsets = torch.randint(0, 2 * shift + 1, (2, batch, 1), generator=generator)
+    offsets = offsets.to(images.device)
+    rows = (offsets[0] + torch.arange(height, device=images.device)).view(batch, 1, height, 1)
+    cols = (offsets[1] + torch.arange(width, device=images.device)).view(batch, 1, 1, width)
+    index_b = torch.arange(batch, device=images.device).view(batch, 1, 1, 1)
+    index_c = torch.arange(channels, device=images.device).view(1, channels, 1, 1)
+    return padded[index_b, index_c, rows, cols]
+
+
+def auto_workers(requested: int) -> int:
+    if requested >= 0:
+        return requested
+    return min(4, os.cpu_count() or 1)
+
+
+def _stack_samples(samples: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    images = [image for image, _ in samples]
+    if any(image.dtype != torch.uint8 for image in images):
+        images = [to_unit_float(image) for image in images]
+    return torch.stack(images), torch.tensor([label for _, label in samples], dtype=torch.long)
+
+
+class Batches:
+    """Iterates (images, labels) batches of a split on `device`, images still uint8 (or float).
+
+    Shuffled batches take their order from `generator` (a CPU torch.Generator), whose state
+    the checkpoint saves, so a resumed run sees the same order as an uninterrupted one.
+    """
+
+    def __init__(
+        self,
+        split: Split,
+        batch_size: int,
+        device: torch.device,
+        *,
+        shuffle: bool,
+        workers: int = 0,
+    ):
+        self.split = split
+        self.batch_size = batch_size
+        self.device = device
+        self.shuffle = shuffle
+        self.workers = workers
+        if isinstance(split, ImageTensors):
+            # Small enough to hold: move it to the device once, not per batch.
+            self.images = split.images.to(device)
+            self.labels = split.labels.to(device)
+
+    def __len__(self) -> int:
+        full, rest = divmod(len(self.split), self.batch_size)
+        # A training batch of one image breaks BatchNorm; it is dropped when shuffling.
+        return full + (1 if rest > (1 if self.shuffle else 0) else 0)
+
+    def order(self, generator: torch.Generator | None) -> torch.Tensor:
+        if self.shuffle:
+            order = torch.randperm(len(self.split), generator=generator)
+        else:
+            order = torch.arange(len(self.split))
+        return order[: len(self) * self.batch_size] if self.shuffle else order
+
+    def iterate(
+        self, generator: torch.Generator | None = None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = self.order(generator)
+        if isinstance(self.split, ImageTensors):
+            order = order.to(self.device)
+            for start in range(0, len(order), self.batch_size):
+                index = order[start : start + self.batch_size]
+                yield self.images[index], self.labels[index]
+            return
+        loader = self._loader(self.split, order.tolist())
+        non_blocking = self.device.type == "cuda"
+        for images, labels in loader:
+            yield images.to(self.device, non_blocking=non_blocking), labels.to(self.device)
+
+    def _loader(self, dataset: Dataset, order: list[int]) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=order,
+            num_workers=self.workers,
+            collate_fn=_stack_samples,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+        )

@@ -1,0 +1,329 @@
+"""The complete training routine, top to bottom, as the tutorial lays it out:
+
+prepare the data -> build the model -> make the loss and the optimizer -> train -> test -> save.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from taolu.config import TrainConfig, config_to_dict, write_config
+from taolu.data.loaders import (
+    Batches,
+    BatchTransform,
+    Preprocessing,
+    auto_workers,
+    channel_stats,
+    sample_images,
+)
+from taolu.data.sources import DataBundle, ImageTensors, bundle_datasets, load_data
+from taolu.engine import checkpoint as ckpt
+from taolu.engine.loop import evaluate, train_one_epoch
+from taolu.engine.optim import build_loss, build_optimizer, build_scheduler
+from taolu.engine.precision import pick_device, pick_precision
+from taolu.errors import ConfigError
+from taolu.models import build_model
+from taolu.track.progress import EpochProgress
+from taolu.track.runlog import RunLog
+
+
+@dataclass
+class TrainResult:
+    """What `taolu.train` returns. `model` holds the best checkpoint's weights, in eval mode."""
+
+    run_dir: Path
+    best_val_acc: float
+    final_val_acc: float
+    model: nn.Module
+    history: list[dict[str, float]]
+    summary: dict[str, Any] = field(repr=False)
+    best_checkpoint: Path
+    last_checkpoint: Path
+
+
+@dataclass(frozen=True)
+class UserParts:
+    """What a Python caller may hand over instead of names: their own model and Datasets."""
+
+    model: nn.Module | None = None
+    train_data: Dataset | None = None
+    val_data: Dataset | None = None
+    classes: list[str] | None = None
+
+
+def prepare_data(config: TrainConfig, parts: UserParts) -> DataBundle:
+    options = dict(
+        val_fraction=config.val_fraction,
+        image_size=config.image_size,
+        resize_mode=config.resize_mode,
+        channels=config.channels,
+    )
+    if parts.train_data is not None:
+        return bundle_datasets(parts.train_data, parts.val_data, parts.classes, **options)
+    return load_data(config.data, **options)
+
+
+def new_run_dir(out: str, name: str) -> Path:
+    """OUT/NAME, created empty. Without a name: the first free of train, train2, train3, ...
+    A folder that already holds files is never reused: only --resume continues a run."""
+    root = Path(out).expanduser()
+    if name:
+        run_dir = root / name
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise ConfigError(
+                f"run directory {run_dir} already holds a run; choose another --name, "
+                f"or continue it with --resume {run_dir}"
+            )
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return run_dir
+    root.mkdir(parents=True, exist_ok=True)
+    for number in range(1, 100_000):
+        run_dir = root / ("train" if number == 1 else f"train{number}")
+        try:
+            run_dir.mkdir()
+            return run_dir
+        except FileExistsError:
+            if run_dir.is_dir() and not any(run_dir.iterdir()):
+                return run_dir
+    raise ConfigError(f"no free run directory name left under {root}")
+
+
+def _say(config: TrainConfig, text: str) -> None:
+    if config.verbose:
+        print(text, flush=True)
+
+
+def run_training(
+    config: TrainConfig,
+    parts: UserParts | None = None,
+    *,
+    resume_dir: Path | None = None,
+    resume_state: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Train `config` (a fresh run, or the run in `resume_dir` from its last checkpoint)."""
+    wall_start = time.perf_counter()
+    parts = parts or UserParts()
+    device = pick_device(config.device)
+    precision = pick_precision(config.precision, device)
+    torch.manual_seed(config.seed)
+    # One CPU generator drives shuffling and augmentation; its state is checkpointed.
+    generator = torch.Generator().manual_seed(config.seed)
+
+    # 1. Prepare the data set.
+    data = prepare_data(config, parts)
+    in_memory = isinstance(data.train, ImageTensors)
+    workers = 0 if in_memory else auto_workers(config.workers)
+    if resume_state is not None:
+        preprocessing = Preprocessing.from_dict(resume_state["preprocessing"])
+    else:
+        mean, std = channel_stats(sample_images(data.train))
+        preprocessing = Preprocessing(data.channels, data.size, config.resize_mode, mean, std)
+    augment = (
+        config.augment if config.augment != "auto" else ("shift" if data.digits else "shift-flip")
+    )
+    shift = 0 if augment == "none" else max(1, round(min(data.size) / 14))
+    train_batches = Batches(data.train, config.batch_size, device, shuffle=True, workers=workers)
+    val_batches = Batches(
+        data.val, max(config.batch_size, 256), device, shuffle=False, workers=workers
+    )
+
+    # 2. Build the network model.
+    torch.manual_seed(config.seed)
+    built_in = parts.model is None
+    model = parts.model
+    if model is None:
+        model = build_model(config.model, data.channels, data.size, len(data.classes))
+    # channels_last speeds up convolutions on CPU and GPU; only for our own nets, since a
+    # user's forward() may call .view(), which needs the default memory layout.
+    channels_last = built_in and device.type in ("cpu", "cuda")
+    model = model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    train_transform = BatchTransform(
+        preprocessing,
+        device,
+        shift=shift,
+        flip=augment == "shift-flip",
+        channels_last=channels_last,
+    )
+    eval_transform = BatchTransform(preprocessing, device, channels_last=channels_last)
+
+    # 3. Make the loss function and the optimizer.
+    loss_fn = build_loss(config.label_smoothing).to(device)
+    optimizer = build_optimizer(
+        model,
+        config.optimizer,
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+    )
+    total_steps = config.epochs * len(train_batches)
+    scheduler = build_scheduler(optimizer, config.scheduler, lr=config.lr, total_steps=total_steps)
+    scaler = precision.grad_scaler()
+
+    start_epoch, step, elapsed_before, history = 1, 0, 0.0, []
+    best_val_acc, best_epoch = -1.0, 0
+    if resume_state is not None:
+        model.load_state_dict(resume_state["model"])
+        optimizer.load_state_dict(resume_state["optimizer"])
+        if resume_state["total_steps"] == total_steps:
+            scheduler.load_state_dict(resume_state["scheduler"])
+        else:  # --epochs changed: the schedule is rebuilt for the new length, at this step
+            for _ in range(resume_state["step"]):
+                scheduler.step()
+        if scaler is not None and resume_state.get("grad_scaler"):
+            scaler.load_state_dict(resume_state["grad_scaler"])
+        ckpt.restore_rng_state(resume_state["rng"], generator)
+        start_epoch = resume_state["epoch"] + 1
+        step = resume_state["step"]
+        elapsed_before = resume_state["elapsed_seconds"]
+        history = list(resume_state["history"])
+        best_val_acc, best_epoch = resume_state["best_val_acc"], resume_state["best_epoch"]
+
+    run_dir = resume_dir if resume_dir is not None else new_run_dir(config.out, config.name)
+    write_config(config, run_dir / "config.yaml")
+    weights_dir = run_dir / ckpt.CHECKPOINT_DIR
+    best_path, last_path = weights_dir / ckpt.BEST_NAME, weights_dir / ckpt.LAST_NAME
+    log = RunLog(run_dir, history, resume_step=step if resume_state is not None else None)
+    model_label = config.model
+    _say(
+        config,
+        (
+            f"taolu: {model_label} on {data.description}: {len(data.train)} train / "
+            f"{len(data.val)} val images, {len(data.classes)} classes, "
+            f"{data.channels}x{data.size[0]}x{data.size[1]}; {device}, {precision.name}; "
+            f"augment {augment}; run {run_dir}"
+        ),
+    )
+    if resume_state is not None:
+        _say(config, f"taolu: resuming after epoch {start_epoch - 1} of {config.epochs}")
+
+    # 4. Train and 5. test, epoch by epoch; 6. save after each.
+    loop_start = time.perf_counter()
+    train_seconds = sum(row["train_seconds"] for row in history)
+    train_images = sum(row["train_images"] for row in history)
+    final_val = history[-1] if history else None
+    for epoch in range(start_epoch, config.epochs + 1):
+        progress = EpochProgress(config.progress, len(train_batches), f"epoch {epoch}")
+        try:
+            trained = train_one_epoch(
+                model,
+                train_batches,
+                train_transform,
+                loss_fn,
+                optimizer,
+                scheduler,
+                precision,
+                generator,
+                scaler,
+                on_step=progress,
+            )
+        finally:
+            progress.close()
+        log.log_steps(step + 1, trained.step_losses)
+        step += len(trained.step_losses)
+        tested = evaluate(model, val_batches, eval_transform, loss_fn, precision)
+        train_seconds += trained.seconds
+        train_images += trained.images
+        row = {
+            "epoch": epoch,
+            "elapsed_seconds": round(elapsed_before + time.perf_counter() - loop_start, 4),
+            "train_loss": trained.loss,
+            "train_acc": trained.acc,
+            "val_loss": tested.loss,
+            "val_acc": tested.acc,
+            "lr": optimizer.param_groups[0]["lr"],
+            "train_images_per_second": round(trained.images_per_second, 1),
+            "train_seconds": trained.seconds,
+            "train_images": trained.images,
+        }
+        log.log_epoch(row, step)
+        final_val = row
+        improved = tested.acc > best_val_acc
+        if improved:
+            best_val_acc, best_epoch = tested.acc, epoch
+        state = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "grad_scaler": scaler.state_dict() if scaler is not None else {},
+            "epoch": epoch,
+            "step": step,
+            "total_steps": total_steps,
+            "elapsed_seconds": row["elapsed_seconds"],
+            "history": log.history,
+            "best_val_acc": best_val_acc,
+            "best_epoch": best_epoch,
+            "rng": ckpt.rng_state(generator),
+            "config": config_to_dict(config),
+            "classes": list(data.classes),
+            "preprocessing": preprocessing.to_dict(),
+            "model_name": config.model if built_in else None,
+            "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
+        }
+        ckpt.save_checkpoint(state, last_path)
+        if improved:
+            ckpt.copy_checkpoint(last_path, best_path)
+        _say(
+            config,
+            (
+                f"epoch {epoch:>3}/{config.epochs}  train loss {trained.loss:.4f} acc "
+                f"{trained.acc:.4f}  val loss {tested.loss:.4f} acc {tested.acc:.4f}  "
+                f"{trained.images_per_second:,.0f} img/s  {row['elapsed_seconds']:.1f}s"
+            ),
+        )
+
+    if final_val is None:
+        log.close()
+        raise ConfigError(
+            f"nothing to do: the run in {run_dir} already completed {config.epochs} epochs; "
+            "pass a larger --epochs to train further"
+        )
+    model.load_state_dict(ckpt.load_checkpoint(best_path)["model"])
+    model.eval()
+    summary = {
+        "best_val_acc": best_val_acc,
+        "best_epoch": best_epoch,
+        "final_val_acc": final_val["val_acc"],
+        "final_val_loss": final_val["val_loss"],
+        "epochs_completed": final_val["epoch"],
+        "train_seconds": round(final_val["elapsed_seconds"], 3),
+        "images_per_second": round(train_images / max(train_seconds, 1e-9), 1),
+        "wall_seconds": round(time.perf_counter() - wall_start, 3),
+        "device": str(device),
+        "precision": precision.name,
+        "model": model_label,
+        "data": data.description,
+        "classes": list(data.classes),
+        "train_samples": len(data.train),
+        "val_samples": len(data.val),
+        "run_dir": str(run_dir),
+        "best_checkpoint": str(best_path),
+        "last_checkpoint": str(last_path),
+    }
+    log.write_summary(summary)
+    log.close()
+    _say(
+        config,
+        (
+            f"taolu: best val acc {best_val_acc:.4f} (epoch {best_epoch}) -> {best_path}; "
+            f"records in {run_dir}"
+        ),
+    )
+    return TrainResult(
+        run_dir=run_dir,
+        best_val_acc=best_val_acc,
+        final_val_acc=final_val["val_acc"],
+        model=model,
+        history=log.history,
+        summary=summary,
+        best_checkpoint=best_path,
+        last_checkpoint=last_path,
+    )

@@ -1,0 +1,17 @@
+"""The errors taolu raises for bad input: each message names the thing at fault and the fix."""
+
+
+class TaoluError(Exception):
+    """Base of every error that is the input's fault; the CLI prints it without a traceback."""
+
+
+class ConfigError(TaoluError, ValueError):
+    """An option is unknown, of the wrong type, or out of range."""
+
+
+class DataError(TaoluError):
+    """Data that cannot be found, read or used for training."""
+
+
+class CheckpointError(TaoluError):
+    """A file that is not a loadable taolu checkpoint."""
