@@ -53,12 +53,14 @@ class TrainConfig:
         -1, "DataLoader worker processes for file/Dataset data; -1 = auto", ge=-1
     )
     # --- model ---
-    model: str = _option("fastcnn", "network to train (see `taolu models`)", kind="model")
+    model: str = _option("fastcnn", "network to train: fastcnn, tudui or lenet5", kind="model")
     # --- loss and optimizer ---
     optimizer: str = _option("sgd", "optimizer", choices=OPTIMIZERS)
     lr: float = _option(0.2, "peak learning rate", gt=0.0)
     momentum: float = _option(0.9, "SGD/RMSprop momentum (Nesterov for SGD)", ge=0.0, lt=1.0)
-    weight_decay: float = _option(5e-4, "L2 weight decay", ge=0.0)
+    weight_decay: float = _option(
+        5e-4, "weight decay on weights (not on biases or norm layers)", ge=0.0
+    )
     scheduler: str = _option("onecycle", "learning-rate schedule over the run", choices=SCHEDULERS)
     label_smoothing: float = _option(0.1, "cross-entropy label smoothing", ge=0.0, lt=1.0)
     # --- run ---
@@ -67,7 +69,9 @@ class TrainConfig:
     precision: str = _option(
         "auto", "auto = bf16 where the hardware has it, fp16 on older GPUs", choices=PRECISIONS
     )
-    seed: int = _option(0, "seed for the split, initial weights, order and augmentation", ge=0)
+    seed: int = _option(
+        0, "seed for initial weights, batch order and augmentation (the split is fixed)", ge=0
+    )
     out: str = _option("runs", "folder that holds run directories")
     name: str = _option("", "run directory name; empty = first free of train, train2, ...")
     progress: bool = _option(True, "live progress bar (only when output is a terminal)")

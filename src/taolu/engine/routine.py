@@ -110,6 +110,11 @@ def run_training(
     """Train `config` (a fresh run, or the run in `resume_dir` from its last checkpoint)."""
     wall_start = time.perf_counter()
     parts = parts or UserParts()
+    if resume_state is not None and resume_state["epoch"] >= config.epochs:
+        raise ConfigError(
+            f"nothing to do: the run in {resume_dir} already completed {resume_state['epoch']} "
+            f"epochs; pass a larger --epochs to train further"
+        )
     device = pick_device(config.device)
     precision = pick_precision(config.precision, device)
     torch.manual_seed(config.seed)
@@ -209,7 +214,7 @@ def run_training(
     loop_start = time.perf_counter()
     train_seconds = sum(row["train_seconds"] for row in history)
     train_images = sum(row["train_images"] for row in history)
-    final_val = history[-1] if history else None
+    final_val: dict[str, float] = {}
     for epoch in range(start_epoch, config.epochs + 1):
         progress = EpochProgress(config.progress, len(train_batches), f"epoch {epoch}")
         try:
@@ -280,12 +285,6 @@ def run_training(
             ),
         )
 
-    if final_val is None:
-        log.close()
-        raise ConfigError(
-            f"nothing to do: the run in {run_dir} already completed {config.epochs} epochs; "
-            "pass a larger --epochs to train further"
-        )
     model.load_state_dict(ckpt.load_checkpoint(best_path)["model"])
     model.eval()
     summary = {
