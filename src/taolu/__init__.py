@@ -9,7 +9,7 @@ taolu.predict(result.run_dir, ["digit.png"], topk=3)
 from taolu.api import evaluate, predict, train
 from taolu.config import TrainConfig
 from taolu.engine.routine import TrainResult
-from taolu.errors import CheckpointError, ConfigError, DataError, TaoluError
+from taolu.errors import CheckpointError, ConfigError, DataError, TaoluError, TrainingError
 
 __version__ = "0.1.0"
 
@@ -20,6 +20,7 @@ __all__ = [
     "TaoluError",
     "TrainConfig",
     "TrainResult",
+    "TrainingError",
     "evaluate",
     "predict",
     "train",

@@ -56,7 +56,7 @@ class TrainConfig:
     model: str = _option("fastcnn", "network to train: fastcnn, tudui or lenet5", kind="model")
     # --- loss and optimizer ---
     optimizer: str = _option("sgd", "optimizer", choices=OPTIMIZERS)
-    lr: float = _option(0.2, "peak learning rate", gt=0.0)
+    lr: float = _option(0.05, "peak learning rate", gt=0.0)
     momentum: float = _option(0.9, "SGD/RMSprop momentum (Nesterov for SGD)", ge=0.0, lt=1.0)
     weight_decay: float = _option(
         5e-4, "weight decay on weights (not on biases or norm layers)", ge=0.0

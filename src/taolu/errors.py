@@ -15,3 +15,7 @@ class DataError(TaoluError):
 
 class CheckpointError(TaoluError):
     """A file that is not a loadable taolu checkpoint."""
+
+
+class TrainingError(TaoluError):
+    """Training cannot go on, e.g. the loss became NaN or infinite."""

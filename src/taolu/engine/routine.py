@@ -5,6 +5,7 @@ prepare the data -> build the model -> make the loss and the optimizer -> train 
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from taolu.engine import checkpoint as ckpt
 from taolu.engine.loop import evaluate, train_one_epoch
 from taolu.engine.optim import build_loss, build_optimizer, build_scheduler
 from taolu.engine.precision import pick_device, pick_precision
-from taolu.errors import ConfigError
+from taolu.errors import ConfigError, TrainingError
 from taolu.models import build_model
 from taolu.track.progress import EpochProgress
 from taolu.track.runlog import RunLog
@@ -232,6 +233,13 @@ def run_training(
             )
         finally:
             progress.close()
+        if not math.isfinite(trained.loss):
+            log.close()
+            kept = f"; the best checkpoint so far is {best_path}" if best_path.is_file() else ""
+            raise TrainingError(
+                f"training diverged in epoch {epoch}: the loss became {trained.loss}; "
+                f"try a lower --lr (it is {config.lr}){kept}"
+            )
         log.log_steps(step + 1, trained.step_losses)
         step += len(trained.step_losses)
         tested = evaluate(model, val_batches, eval_transform, loss_fn, precision)
