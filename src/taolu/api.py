@@ -43,21 +43,22 @@ def _validators(parts: UserParts) -> dict:
     return checks
 
 
-def _check_data(spec: str) -> None:
-    if spec.startswith(USER_PREFIX):
+def _refuse_user_object(value: str, what: str, keyword: str) -> None:
+    """A saved 'user:Name' stands for an object only the caller can hand back."""
+    if value.startswith(USER_PREFIX):
         raise ConfigError(
-            f"this run was trained on your own Dataset ({spec[len(USER_PREFIX) :]}); "
-            "pass the Dataset again from Python with data=my_dataset"
+            f"this run used your own {what} ({value[len(USER_PREFIX) :]}); "
+            f"pass it again from Python with {keyword}=..."
         )
+
+
+def _check_data(spec: str) -> None:
+    _refuse_user_object(spec, "Dataset", "data")
     check_data_spec(spec)
 
 
 def _check_model(name: str) -> None:
-    if name.startswith(USER_PREFIX):
-        raise ConfigError(
-            f"this run trained your own nn.Module ({name[len(USER_PREFIX) :]}); "
-            "pass the model again from Python with model=MyNet()"
-        )
+    _refuse_user_object(name, "nn.Module", "model")
     check_model_name(name)
 
 

@@ -49,6 +49,21 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             )
 
 
+def _add_checkpoint_arguments(parser: argparse.ArgumentParser, batch_size: int) -> None:
+    """What eval and predict share: the run or checkpoint, which checkpoint, device, batch."""
+    parser.add_argument("run", metavar="RUN_OR_CKPT", help="run directory or checkpoint file")
+    parser.add_argument(
+        "--checkpoint",
+        choices=("best", "last"),
+        default="best",
+        help="which checkpoint of a run directory (default: best)",
+    )
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument(
+        "--batch-size", type=int, default=batch_size, help=f"(default: {batch_size})"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="taolu",
@@ -85,16 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Loss and accuracy of a run's best checkpoint on the validation split it "
         "was trained with, or on --data. Writes nothing.",
     )
-    evaluate.add_argument("run", metavar="RUN_OR_CKPT", help="run directory or checkpoint file")
+    _add_checkpoint_arguments(evaluate, batch_size=256)
     evaluate.add_argument("--data", help="evaluate on this data's validation split instead")
-    evaluate.add_argument(
-        "--checkpoint",
-        choices=("best", "last"),
-        default="best",
-        help="which checkpoint of a run directory (default: best)",
-    )
-    evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    evaluate.add_argument("--batch-size", type=int, default=256, help="(default: 256)")
     evaluate.add_argument("--json", action="store_true", help="print the result as JSON")
 
     predict = commands.add_parser(
@@ -103,17 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Top-k classes for image files and folders, with the checkpoint's own "
         "preprocessing. Exits non-zero when any file could not be read.",
     )
-    predict.add_argument("run", metavar="RUN_OR_CKPT", help="run directory or checkpoint file")
+    _add_checkpoint_arguments(predict, batch_size=64)
     predict.add_argument("inputs", metavar="FILES_OR_DIRS", nargs="+")
     predict.add_argument("--topk", type=int, default=5, help="classes shown per image (default: 5)")
-    predict.add_argument(
-        "--checkpoint",
-        choices=("best", "last"),
-        default="best",
-        help="which checkpoint of a run directory (default: best)",
-    )
-    predict.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    predict.add_argument("--batch-size", type=int, default=64, help="(default: 64)")
     predict.add_argument(
         "--json",
         action="store_true",

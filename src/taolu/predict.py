@@ -3,15 +3,15 @@ preprocessing (channels, size, resize mode, mean and std)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from taolu.data.decode import IMAGE_SUFFIXES, decode_file, fit_to_size, match_channels, to_uint8_chw
+from taolu.data.decode import decode_file, fit_to_size, match_channels, to_uint8_chw
 from taolu.data.loaders import BatchTransform, Preprocessing
+from taolu.data.sources import list_image_files
 from taolu.errors import CheckpointError, DataError
 from taolu.models import build_model
 
@@ -43,13 +43,7 @@ def expand_inputs(inputs: list[str | Path]) -> list[Path]:
     for item in inputs:
         path = Path(item).expanduser()
         if path.is_dir():
-            for directory, subdirs, names in os.walk(path):
-                subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
-                expanded += [
-                    Path(directory) / n
-                    for n in sorted(names)
-                    if not n.startswith(".") and n.lower().endswith(IMAGE_SUFFIXES)
-                ]
+            expanded += list_image_files(path)
         else:
             expanded.append(path)
     return expanded

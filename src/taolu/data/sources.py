@@ -115,7 +115,7 @@ class ImageFiles(Dataset):
         return decode_file(path, self.channels, self.size, self.resize_mode), label
 
 
-def _visible_images(folder: Path) -> list[Path]:
+def list_image_files(folder: Path) -> list[Path]:
     """Image files under `folder`, recursively, skipping hidden files and folders."""
     found = []
     for directory, subdirs, names in os.walk(folder):
@@ -135,7 +135,7 @@ def _labelled_files(root: Path, classes: list[str]) -> list[tuple[Path, int]]:
         (path, label)
         for label, name in enumerate(classes)
         if (root / name).is_dir()
-        for path in _visible_images(root / name)
+        for path in list_image_files(root / name)
     ]
 
 
