@@ -19,7 +19,7 @@ from taolu.config import (
     resolve_config,
 )
 from taolu.data.loaders import Batches, BatchTransform, Preprocessing
-from taolu.data.sources import NamedSamples, check_data_spec, load_data
+from taolu.data.sources import NamedSamples, check_data_spec, is_embedded, load_data
 from taolu.engine import checkpoint as ckpt
 from taolu.engine.loop import evaluate as evaluate_batches
 from taolu.engine.optim import build_loss
@@ -90,6 +90,9 @@ def build_train_config(
                         )
         layers.insert(0, {k: v for k, v in saved.items() if k in FIELDS})
     config = resolve_config(*layers, validators=_validators(parts))
+    if not is_embedded(config.data) and not config.data.startswith(USER_PREFIX):
+        # Stored absolute, so eval and resume find the folder from any working directory.
+        config = dataclasses.replace(config, data=str(Path(config.data).expanduser().resolve()))
     if parts.train_data is not None:
         config = dataclasses.replace(config, data=USER_PREFIX + type(parts.train_data).__qualname__)
     if parts.model is not None:

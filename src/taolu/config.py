@@ -70,7 +70,10 @@ class TrainConfig:
         "auto", "auto = bf16 where the hardware has it, fp16 on older GPUs", choices=PRECISIONS
     )
     seed: int = _option(
-        0, "seed for initial weights, batch order and augmentation (the split is fixed)", ge=0
+        0,
+        "seed for initial weights, batch order and augmentation (the split is fixed)",
+        ge=0,
+        le=2**64 - 1,
     )
     out: str = _option("runs", "folder that holds run directories")
     name: str = _option("", "run directory name; empty = first free of train, train2, ...")

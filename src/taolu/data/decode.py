@@ -24,13 +24,13 @@ MAX_PIXELS = Image.MAX_IMAGE_PIXELS
 def _flatten_to_rgb_or_gray(image: Image.Image) -> Image.Image:
     """Bring any Pillow mode to 'L' or 'RGB': transparency over white, 16-bit rescaled."""
     mode = image.mode
-    if mode in ("L", "RGB"):
-        return image
     if mode in ("P", "PA", "LA", "RGBA", "La", "RGBa") or "transparency" in image.info:
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         merged = Image.alpha_composite(white, rgba).convert("RGB")
-        return merged if mode not in ("LA", "La", "PA") else merged.convert("L")
+        return merged.convert("L") if mode in ("L", "LA", "La") else merged
+    if mode in ("L", "RGB"):
+        return image
     if mode.startswith("I") or mode == "F":
         values = np.asarray(image, dtype=np.float64)
         # 16-bit data rescaled to 8 bits over its full range: clipping would saturate it.

@@ -20,7 +20,7 @@ from taolu.data.decode import (
     to_uint8_chw,
 )
 from taolu.data.embedded import LOADERS, SPLIT_SEED, stratified_split
-from taolu.errors import DataError
+from taolu.errors import ConfigError, DataError
 
 VAL_FOLDER_NAMES = ("val", "valid", "validation", "test")
 # When image_size is 0 and the files differ in size (or are large), they are fitted to this.
@@ -65,12 +65,12 @@ def check_data_spec(spec: str) -> None:
     path = Path(spec).expanduser()
     if not path.exists():
         names = ", ".join(LOADERS)
-        raise DataError(
+        raise ConfigError(
             f"option 'data': {spec!r} is neither an embedded data set ({names}) "
             f"nor an existing folder (looked for {path.resolve()})"
         )
     if not path.is_dir():
-        raise DataError(f"option 'data': {path} is a file; give a folder of class folders")
+        raise ConfigError(f"option 'data': {path} is a file; give a folder of class folders")
 
 
 def load_embedded(
@@ -224,9 +224,12 @@ class NamedSamples(Dataset):
         return len(self.dataset)
 
     def _where(self, index: int) -> str:
-        name = type(self.dataset).__name__
+        dataset = self.dataset
+        while isinstance(dataset, Subset):  # name the sample in the user's own Dataset
+            index, dataset = dataset.indices[index], dataset.dataset
+        name = type(dataset).__name__
         for attribute in ("img_list", "imgs", "samples", "files"):
-            items = getattr(self.dataset, attribute, None)
+            items = getattr(dataset, attribute, None)
             if isinstance(items, (list, tuple)) and 0 <= index < len(items):
                 item = items[index]
                 return f"{name}[{index}] ({item[0] if isinstance(item, tuple) else item})"

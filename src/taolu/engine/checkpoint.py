@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import pickle
 import shutil
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,8 @@ VERSION = 1
 BEST_NAME = "best.pt"
 LAST_NAME = "last.pt"
 CHECKPOINT_DIR = "weights"
+# What eval, predict and resume read from every checkpoint.
+REQUIRED_KEYS = ("model", "config", "classes", "preprocessing", "epoch", "model_class")
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
@@ -61,16 +62,19 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"{path}: refused: it holds pickled objects other than tensors and plain values "
             f"(loading them could run code). Nothing in it was executed. ({first_line})"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
+    except Exception as error:  # torch raises many kinds for torn or foreign files
         raise CheckpointError(
             f"{path}: not a readable checkpoint (truncated or corrupt?): {error}"
         ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a taolu checkpoint (no '{FORMAT}' marker)")
-    if state.get("version", 0) > VERSION:
+    if not isinstance(state.get("version"), int) or state["version"] > VERSION:
         raise CheckpointError(
-            f"{path}: written by a newer taolu (format {state['version']}); upgrade taolu"
+            f"{path}: written by a newer taolu (format {state.get('version')}); upgrade taolu"
         )
+    missing = [key for key in REQUIRED_KEYS if key not in state]
+    if missing:
+        raise CheckpointError(f"{path}: incomplete taolu checkpoint, missing {', '.join(missing)}")
     return state
 
 

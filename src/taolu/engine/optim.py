@@ -41,13 +41,18 @@ def build_scheduler(
     optimizer: torch.optim.Optimizer, name: str, *, lr: float, total_steps: int
 ) -> torch.optim.lr_scheduler.LRScheduler:
     """A schedule stepped once per optimizer step over `total_steps`."""
-    if name == "onecycle":
+    if name == "onecycle" and total_steps >= 2:
         # Warm up over the first quarter, anneal to ~0 by the end (Smith's one-cycle policy).
+        # torch divides by the warm-up length, so very short runs get at least 1.5 steps of it.
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=lr, total_steps=total_steps, pct_start=0.25, cycle_momentum=False
+            optimizer,
+            max_lr=lr,
+            total_steps=total_steps,
+            pct_start=max(0.25, 1.5 / total_steps),
+            cycle_momentum=False,
         )
     if name == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
-    if name == "constant":
+    if name in ("constant", "onecycle"):  # a one-step run has no cycle to follow
         return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
     raise ValueError(f"unknown scheduler {name!r}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from taolu.engine import checkpoint as ckpt
 from taolu.engine.loop import evaluate, train_one_epoch
 from taolu.engine.optim import build_loss, build_optimizer, build_scheduler
 from taolu.engine.precision import pick_device, pick_precision
-from taolu.errors import ConfigError, TrainingError
+from taolu.errors import CheckpointError, ConfigError, TrainingError
 from taolu.models import build_model
 from taolu.track.progress import EpochProgress
 from taolu.track.runlog import RunLog
@@ -177,13 +178,24 @@ def run_training(
     start_epoch, step, elapsed_before, history = 1, 0, 0.0, []
     best_val_acc, best_epoch = -1.0, 0
     if resume_state is not None:
-        model.load_state_dict(resume_state["model"])
+        try:
+            model.load_state_dict(resume_state["model"])
+        except RuntimeError as error:
+            raise CheckpointError(
+                f"the checkpoint in {resume_dir} does not fit this model: {error}"
+            ) from None
         optimizer.load_state_dict(resume_state["optimizer"])
         if resume_state["total_steps"] == total_steps:
             scheduler.load_state_dict(resume_state["scheduler"])
         else:  # --epochs changed: the schedule is rebuilt for the new length, at this step
-            for _ in range(resume_state["step"]):
-                scheduler.step()
+            scheduler = build_scheduler(
+                optimizer, config.scheduler, lr=config.lr, total_steps=total_steps
+            )
+            with warnings.catch_warnings():
+                # Replaying steps without optimizer steps is deliberate here.
+                warnings.simplefilter("ignore", UserWarning)
+                for _ in range(resume_state["step"]):
+                    scheduler.step()
         if scaler is not None and resume_state.get("grad_scaler"):
             scaler.load_state_dict(resume_state["grad_scaler"])
         ckpt.restore_rng_state(resume_state["rng"], generator)
