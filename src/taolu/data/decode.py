@@ -16,7 +16,6 @@ from torchvision.transforms.v2 import functional as TF
 
 from taolu.errors import DataError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 # Pillow's own limit (about 89 megapixels); beyond it decoding could exhaust memory.
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS
 

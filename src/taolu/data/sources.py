@@ -3,9 +3,8 @@ a `DataBundle` (train split, validation split, class names, channels, image size
 
 from __future__ import annotations
 
-import os
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -13,13 +12,13 @@ from PIL import Image
 from torch.utils.data import Dataset, Subset
 
 from taolu.data.decode import (
-    IMAGE_SUFFIXES,
     decode_file,
     fit_to_size,
     match_channels,
     to_uint8_chw,
 )
 from taolu.data.embedded import LOADERS, SPLIT_SEED, stratified_split
+from taolu.data.files import is_hidden, walk_folder
 from taolu.errors import ConfigError, DataError
 
 VAL_FOLDER_NAMES = ("val", "valid", "validation", "test")
@@ -116,27 +115,58 @@ class ImageFiles(Dataset):
 
 
 def list_image_files(folder: Path) -> list[Path]:
-    """Image files under `folder`, recursively, skipping hidden files and folders."""
-    found = []
-    for directory, subdirs, names in os.walk(folder):
-        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
-        for name in sorted(names):
-            if not name.startswith(".") and name.lower().endswith(IMAGE_SUFFIXES):
-                found.append(Path(directory) / name)
-    return found
+    """Image files under `folder`, recursively, by the rules of `walk_folder`."""
+    return walk_folder(folder).images
+
+
+@dataclass
+class FileListing:
+    """The files of a file-based data set, split and labelled, before any is decoded."""
+
+    classes: list[str]
+    splits: dict[str, list[tuple[Path, int]]]  # "train" / "val" -> (path, label index)
+    layout: str  # how the splits were found, for messages
+    others: list[Path] = field(default_factory=list)  # non-image files met on the way
+    passed_over: list[tuple[Path, str]] = field(default_factory=list)  # (path, why)
 
 
 def _class_folders(root: Path) -> list[str]:
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not is_hidden(p.name))
 
 
-def _labelled_files(root: Path, classes: list[str]) -> list[tuple[Path, int]]:
-    return [
-        (path, label)
-        for label, name in enumerate(classes)
-        if (root / name).is_dir()
-        for path in list_image_files(root / name)
-    ]
+def _walk_classes(
+    split_root: Path, classes: list[str], data_root: Path, listing: FileListing
+) -> list[tuple[Path, int]]:
+    files = []
+    for label, name in enumerate(classes):
+        if not (split_root / name).is_dir():
+            continue
+        walk = walk_folder(split_root / name, root=data_root)
+        files += [(path, label) for path in walk.images]
+        listing.others += walk.others
+        listing.passed_over += walk.passed_over
+    return files
+
+
+def list_folder(root: Path, val_fraction: float) -> FileListing:
+    """root/train/<class>/ with root/val/<class>/ (or valid/, validation/, test/), or
+    root/<class>/ split per class with the fixed split seed. Classes sorted by name."""
+    root = Path(root).expanduser()
+    val_root = next((root / n for n in VAL_FOLDER_NAMES if (root / n).is_dir()), None)
+    if (root / "train").is_dir() and val_root is not None:
+        classes = _class_folders(root / "train")
+        listing = FileListing(classes, {}, f"{root}/train + {val_root.name}/")
+        listing.splits["train"] = _walk_classes(root / "train", classes, root, listing)
+        listing.splits["val"] = _walk_classes(val_root, classes, root, listing)
+        return listing
+    classes = _class_folders(root)
+    listing = FileListing(classes, {}, f"{root} split {1 - val_fraction:.0%}/{val_fraction:.0%}")
+    files = _walk_classes(root, classes, root, listing)
+    labels = torch.tensor([label for _, label in files], dtype=torch.long)
+    train_index, val_index = stratified_split(labels, val_fraction, SPLIT_SEED)
+    listing.splits["train"] = [files[i] for i in train_index.tolist()]
+    listing.splits["val"] = [files[i] for i in val_index.tolist()]
+    return listing
 
 
 def _probe(files: list[Path], limit: int = 64) -> tuple[int, tuple[int, int] | None]:
@@ -157,23 +187,11 @@ def _probe(files: list[Path], limit: int = 64) -> tuple[int, tuple[int, int] | N
 def load_folder(
     root: Path, *, val_fraction: float, image_size: int, resize_mode: str, channels: int
 ) -> DataBundle:
-    """root/train/<class>/ with root/val/<class>/ (or valid/, test/), or root/<class>/ split."""
-    root = root.expanduser()
-    val_root = next((root / n for n in VAL_FOLDER_NAMES if (root / n).is_dir()), None)
-    if (root / "train").is_dir() and val_root is not None:
-        classes = _class_folders(root / "train")
-        train_files = _labelled_files(root / "train", classes)
-        val_files = _labelled_files(val_root, classes)
-        layout = f"{root}/train + {val_root.name}"
-    else:
-        classes = _class_folders(root)
-        files = _labelled_files(root, classes)
-        train_index, val_index = stratified_split(
-            torch.tensor([label for _, label in files], dtype=torch.long), val_fraction, SPLIT_SEED
-        )
-        train_files = [files[i] for i in train_index.tolist()]
-        val_files = [files[i] for i in val_index.tolist()]
-        layout = f"{root} split {1 - val_fraction:.0%}/{val_fraction:.0%}"
+    """An image folder in either layout (see `list_folder`) as a bundle of ImageFiles."""
+    listing = list_folder(root, val_fraction)
+    classes = listing.classes
+    train_files, val_files = listing.splits["train"], listing.splits["val"]
+    layout = listing.layout
     if len(classes) < 2:
         raise DataError(f"{root}: found {len(classes)} class folder(s); need at least 2")
     if not train_files or not val_files:
