@@ -172,7 +172,8 @@ def test_folder_images_decode_to_their_size_and_channels(tmp_path):
             Image.fromarray(np.full((10, 14), value, np.uint8)).save(root / name / f"{i}.png")
     bundle = folder_bundle(root, image_size=16)
     assert (bundle.channels, bundle.size) == (1, (16, 16))
-    image, label = bundle.train[0]
+    image, label, error = bundle.train[0]
+    assert error == ""
     assert image.shape == (1, 16, 16) and image.dtype == torch.uint8
     assert bundle.classes[label] == "dark" and int(image.float().mean()) in range(15, 26)
 

@@ -24,6 +24,7 @@ DEVICES_HELP = "auto, cpu, cuda, cuda:N or mps"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 AUGMENTS = ("auto", "none", "shift", "shift-flip")
 RESIZE_MODES = ("squash", "crop", "pad")
+CACHE_MODES = ("auto", "ram", "disk", "off")
 
 
 def _option(default: Any, help: str, **rules: Any) -> Any:
@@ -37,6 +38,9 @@ class TrainConfig:
 
     # --- data ---
     data: str = _option("mnist5k", "embedded set (mnist5k, digits) or an image folder", kind="data")
+    data_root: str = _option(
+        "", "folder holding torchvision data sets on disk (mnist, cifar10, ...); never downloaded"
+    )
     val_fraction: float = _option(
         0.2, "share of a single-folder data set held out for validation", gt=0.0, lt=1.0
     )
@@ -47,6 +51,19 @@ class TrainConfig:
         "auto",
         "random batch augmentation; auto = shift for digits, shift-flip otherwise",
         choices=AUGMENTS,
+    )
+    cache: str = _option(
+        "auto",
+        "decode image files once into memory (ram), a reusable file (disk), or not (off); "
+        "auto = ram when it fits a quarter of RAM",
+        choices=CACHE_MODES,
+    )
+    cache_dir: str = _option("", "where --cache disk keeps decoded images; empty = ~/.cache/taolu")
+    max_bad_fraction: float = _option(
+        0.1,
+        "refuse to train when more than this share of image files is unreadable",
+        ge=0.0,
+        le=1.0,
     )
     batch_size: int = _option(128, "images per optimizer step", ge=1)
     workers: int = _option(
@@ -83,7 +100,9 @@ class TrainConfig:
 
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(TrainConfig)}
 # Options that may differ when a run is resumed; the rest define the run and must not change.
-RESUMABLE_OPTIONS = frozenset({"epochs", "device", "workers", "progress", "verbose"})
+RESUMABLE_OPTIONS = frozenset(
+    {"epochs", "device", "workers", "progress", "verbose", "cache", "cache_dir", "data_root"}
+)
 
 
 def _parse_bool(text: str) -> bool:

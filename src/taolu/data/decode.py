@@ -6,6 +6,8 @@ Training, eval, predict and export all go through `decode_file` / `to_uint8_chw`
 
 from __future__ import annotations
 
+import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -40,19 +42,26 @@ def _flatten_to_rgb_or_gray(image: Image.Image) -> Image.Image:
     return image.convert("RGB")  # CMYK, YCbCr, LAB, HSV
 
 
-def open_image(path: str | Path) -> Image.Image:
+def open_image(path: str | Path, draft_size: tuple[int, int] | None = None) -> Image.Image:
     """Open an image file as an 'L' or 'RGB' Pillow image, upright, first frame only.
 
-    Raises DataError naming the file for anything unreadable, including images whose
-    header claims more pixels than Pillow's decompression-bomb limit.
+    `draft_size` lets the JPEG decoder scale down by 1/2, 1/4 or 1/8 while decoding, as long
+    as both sides stay at least that large: several times faster for photos bound for a
+    small training size. Raises DataError naming the file for anything unreadable,
+    including images whose header claims more pixels than Pillow's decompression-bomb limit.
     """
     path = Path(path)
     try:
+        # A FIFO or device would block or stream forever on open(); only read regular files.
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise DataError(f"{path}: not a regular file")
         with warnings.catch_warnings():
             # Pillow only warns between 1x and 2x its limit; refuse those too.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 image.seek(0)
+                if draft_size is not None and image.format == "JPEG":
+                    image.draft(image.mode, draft_size)
                 upright = ImageOps.exif_transpose(image)
                 upright.load()
                 return _flatten_to_rgb_or_gray(upright)
@@ -134,5 +143,5 @@ def decode_file(
     path: str | Path, channels: int, size: tuple[int, int], resize_mode: str
 ) -> torch.Tensor:
     """An image file as uint8 (channels, H, W) at `size`, by the one policy."""
-    image = to_uint8_chw(open_image(path))
+    image = to_uint8_chw(open_image(path, draft_size=(size[1], size[0])))
     return fit_to_size(match_channels(image, channels), size, resize_mode)

@@ -4,6 +4,7 @@ normalisation run on whole batches on the device, with a separate random choice 
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,6 +14,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from taolu.data.sources import ImageTensors, Split
+
+log = logging.getLogger("taolu")
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,8 @@ def sample_images(split: Split, limit: int = 512) -> torch.Tensor:
     if isinstance(split, ImageTensors):
         return split.images
     step = max(1, len(split) // limit)
-    return torch.stack([split[i][0] for i in range(0, len(split), step)][:limit])
+    samples = (split[i][0] for i in range(0, len(split), step))
+    return torch.stack([image for image in samples if image is not None][:limit])
 
 
 class BatchTransform:
@@ -123,11 +127,34 @@ def auto_workers(requested: int) -> int:
     return min(4, os.cpu_count() or 1)
 
 
-def _stack_samples(samples: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    images = [image for image, _ in samples]
+class SkipLog:
+    """Files skipped because they could not be decoded: each is warned about once and
+    listed in summary.json."""
+
+    def __init__(self) -> None:
+        self.reasons: dict[str, str] = {}
+
+    def add(self, reason: str) -> None:
+        # Reasons come from decode.py as "PATH: what went wrong".
+        path = reason.split(": ", 1)[0]
+        if path not in self.reasons:
+            self.reasons[path] = reason
+            log.warning("skipped %s", reason)
+
+    def as_list(self) -> list[dict[str, str]]:
+        return [{"path": path, "reason": reason} for path, reason in self.reasons.items()]
+
+
+def _stack_samples(samples: list[tuple]) -> tuple[torch.Tensor | None, torch.Tensor, list[str]]:
+    """Collate (image, label) or (image-or-None, label, error) samples, leaving out the
+    samples whose file could not be decoded and returning their errors."""
+    errors = [sample[2] for sample in samples if sample[0] is None]
+    samples = [sample for sample in samples if sample[0] is not None]
+    images = [sample[0] for sample in samples]
     if any(image.dtype != torch.uint8 for image in images):
         images = [to_unit_float(image) for image in images]
-    return torch.stack(images), torch.tensor([label for _, label in samples], dtype=torch.long)
+    labels = torch.tensor([sample[1] for sample in samples], dtype=torch.long)
+    return (torch.stack(images) if images else None), labels, errors
 
 
 class Batches:
@@ -145,12 +172,14 @@ class Batches:
         *,
         shuffle: bool,
         workers: int = 0,
+        skips: SkipLog | None = None,
     ):
         self.split = split
         self.batch_size = batch_size
         self.device = device
         self.shuffle = shuffle
         self.workers = workers
+        self.skips = skips if skips is not None else SkipLog()
         if isinstance(split, ImageTensors):
             # Small enough to hold: move it to the device once, not per batch.
             self.images = split.images.to(device)
@@ -180,7 +209,11 @@ class Batches:
             return
         loader = self._loader(self.split, order.tolist())
         non_blocking = self.device.type == "cuda"
-        for images, labels in loader:
+        for images, labels, errors in loader:
+            for error in errors:
+                self.skips.add(error)
+            if images is None:
+                continue
             yield images.to(self.device, non_blocking=non_blocking), labels.to(self.device)
 
     def _loader(self, dataset: Dataset, order: list[int]) -> DataLoader:

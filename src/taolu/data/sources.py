@@ -3,6 +3,8 @@ a `DataBundle` (train split, validation split, class names, channels, image size
 
 from __future__ import annotations
 
+import json
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,25 +53,73 @@ class DataBundle:
     size: tuple[int, int]  # (H, W) every image is fitted to
     digits: bool  # digit images must not be flipped
     description: str
+    listing: FileListing | None = None  # for file-based data: what each split was made of
 
 
 def is_embedded(spec: str) -> bool:
     return spec in LOADERS
 
 
+def _disk_set_names() -> tuple[str, ...]:
+    try:  # TEMPORARY until disk_sets.py lands
+        from taolu.data import disk_sets  # imported late: it builds on this module
+    except ImportError:
+        return ()
+    return tuple(disk_sets.DISK_DATASETS)
+
+
 def check_data_spec(spec: str) -> None:
-    """Refuse a --data value that is neither an embedded name nor an existing folder."""
-    if is_embedded(spec):
+    """Refuse a --data value that names no embedded set, on-disk torchvision set, image
+    folder or CSV list."""
+    if is_embedded(spec) or spec in _disk_set_names():
         return
     path = Path(spec).expanduser()
+    if path.is_file() and path.suffix.lower() == ".csv":
+        return
     if not path.exists():
-        names = ", ".join(LOADERS)
         raise ConfigError(
-            f"option 'data': {spec!r} is neither an embedded data set ({names}) "
-            f"nor an existing folder (looked for {path.resolve()})"
+            f"option 'data': {spec!r} is not an embedded set ({', '.join(LOADERS)}), "
+            f"a torchvision set on disk ({', '.join(_disk_set_names())}), nor an existing "
+            f"folder or CSV file (looked for {path.resolve()})"
         )
     if not path.is_dir():
-        raise ConfigError(f"option 'data': {path} is a file; give a folder of class folders")
+        raise ConfigError(
+            f"option 'data': {path} is a file; give a folder of class folders or a CSV list "
+            "with a path,label header"
+        )
+
+
+def bundle_tensors(
+    train: ImageTensors,
+    val: ImageTensors,
+    classes: list[str],
+    *,
+    image_size: int,
+    resize_mode: str,
+    channels: int,
+    digits: bool,
+    description: str,
+) -> DataBundle:
+    """In-memory splits fitted to the asked channels and size."""
+    channels = channels or train.images.shape[1]
+    native = tuple(train.images.shape[-2:])
+    size = native if image_size == 0 else (image_size, image_size)
+
+    def fit(split: ImageTensors) -> ImageTensors:
+        images = split.images
+        if images.shape[1] != channels:
+            images = torch.stack([match_channels(image, channels) for image in images])
+        return ImageTensors(fit_to_size(images, size, resize_mode), split.labels)
+
+    return DataBundle(
+        train=fit(train),
+        val=fit(val),
+        classes=list(classes),
+        channels=channels,
+        size=size,
+        digits=digits,
+        description=description,
+    )
 
 
 def load_embedded(
@@ -78,17 +128,14 @@ def load_embedded(
     images, labels = LOADERS[name]()
     images = torch.from_numpy(images).unsqueeze(1)  # (N, 1, H, W)
     labels = torch.from_numpy(labels)
-    if channels == 3:
-        images = images.expand(-1, 3, -1, -1).contiguous()
-    size = tuple(images.shape[-2:]) if image_size == 0 else (image_size, image_size)
-    images = fit_to_size(images, size, resize_mode)
     train_index, val_index = stratified_split(labels, val_fraction)
-    return DataBundle(
-        train=ImageTensors(images[train_index], labels[train_index]),
-        val=ImageTensors(images[val_index], labels[val_index]),
-        classes=[str(d) for d in range(10)],
-        channels=images.shape[1],
-        size=size,
+    return bundle_tensors(
+        ImageTensors(images[train_index], labels[train_index]),
+        ImageTensors(images[val_index], labels[val_index]),
+        [str(d) for d in range(10)],
+        image_size=image_size,
+        resize_mode=resize_mode,
+        channels=channels,
         digits=True,
         description=f"{name} (embedded)",
     )
@@ -109,9 +156,14 @@ class ImageFiles(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor | None, int, str]:
+        """(image, label, "") or, for a file that cannot be decoded, (None, label, reason):
+        training skips it and names it once instead of dying inside a worker."""
         path, label = self.files[index]
-        return decode_file(path, self.channels, self.size, self.resize_mode), label
+        try:
+            return decode_file(path, self.channels, self.size, self.resize_mode), label, ""
+        except DataError as error:
+            return None, label, str(error)
 
 
 def list_image_files(folder: Path) -> list[Path]:
@@ -184,18 +236,16 @@ def _probe(files: list[Path], limit: int = 64) -> tuple[int, tuple[int, int] | N
     return channels, (sizes.pop() if len(sizes) == 1 else None)
 
 
-def load_folder(
-    root: Path, *, val_fraction: float, image_size: int, resize_mode: str, channels: int
+def bundle_files(
+    listing: FileListing, *, image_size: int, resize_mode: str, channels: int, source: str
 ) -> DataBundle:
-    """An image folder in either layout (see `list_folder`) as a bundle of ImageFiles."""
-    listing = list_folder(root, val_fraction)
-    classes = listing.classes
+    """A file listing as a bundle of ImageFiles; channels by majority and size from the
+    first files' headers unless given."""
     train_files, val_files = listing.splits["train"], listing.splits["val"]
-    layout = listing.layout
-    if len(classes) < 2:
-        raise DataError(f"{root}: found {len(classes)} class folder(s); need at least 2")
+    if len(listing.classes) < 2:
+        raise DataError(f"{source}: found {len(listing.classes)} class(es); need at least 2")
     if not train_files or not val_files:
-        raise DataError(f"{root}: no image files found for the train or the validation split")
+        raise DataError(f"{source}: no image files found for the train or the validation split")
     probed_channels, common_size = _probe([p for p, _ in train_files])
     channels = channels or probed_channels
     if image_size:
@@ -207,25 +257,90 @@ def load_folder(
     return DataBundle(
         train=ImageFiles(train_files, channels, size, resize_mode),
         val=ImageFiles(val_files, channels, size, resize_mode),
-        classes=classes,
+        classes=listing.classes,
         channels=channels,
         size=size,
         digits=False,
-        description=f"image folder {layout}",
+        description=listing.layout,
+        listing=listing,
     )
 
 
 def load_data(
-    spec: str, *, val_fraction: float, image_size: int, resize_mode: str, channels: int
+    spec: str,
+    *,
+    val_fraction: float,
+    image_size: int,
+    resize_mode: str,
+    channels: int,
+    data_root: str = "",
+    manifest: Path | None = None,
 ) -> DataBundle:
-    """The bundle for a --data value: an embedded name or an image folder."""
+    """The bundle for a --data value: an embedded name, a torchvision set on disk under
+    `data_root`, a CSV list or an image folder. A file-based split is read from `manifest`
+    when one is given (a resumed run keeps its split even if files were added since)."""
     check_data_spec(spec)
-    options = dict(
-        val_fraction=val_fraction, image_size=image_size, resize_mode=resize_mode, channels=channels
-    )
+    sizing = dict(image_size=image_size, resize_mode=resize_mode, channels=channels)
     if is_embedded(spec):
-        return load_embedded(spec, **options)
-    return load_folder(Path(spec), **options)
+        return load_embedded(spec, val_fraction=val_fraction, **sizing)
+    if spec in _disk_set_names():
+        from taolu.data.disk_sets import load_disk_dataset
+
+        if not data_root:
+            raise ConfigError(f"option 'data_root': {spec} is read from disk; give --data-root")
+        train, val, classes = load_disk_dataset(spec, Path(data_root).expanduser())
+        described = f"{spec} from {data_root} (test split for validation)"
+        return bundle_tensors(
+            train, val, classes, digits=spec in ("mnist", "kmnist"), description=described, **sizing
+        )
+    path = Path(spec).expanduser()
+    base = data_base_folder(spec)
+    if manifest is not None and manifest.is_file():
+        listing = read_manifest(manifest, base)
+    elif path.is_file():
+        from taolu.data.csv_list import list_csv
+
+        listing = list_csv(path, val_fraction)
+    else:
+        listing = list_folder(path, val_fraction)
+    return bundle_files(listing, source=spec, **sizing)
+
+
+def data_base_folder(spec: str) -> Path:
+    """The folder that file paths of a folder or CSV data set are relative to."""
+    path = Path(spec).expanduser()
+    return path.parent if path.is_file() else path
+
+
+MANIFEST_NAME = "split.json"
+
+
+def write_manifest(listing: FileListing, path: Path, base: Path) -> None:
+    """The split as JSON: the classes in label order, and each file (relative to the data's
+    folder) with its class and split, so a resumed run, and anyone reading the run
+    directory, knows exactly which file went where. No file is copied."""
+    files = []
+    for split, members in listing.splits.items():
+        for file, label in members:
+            file = Path(file)
+            shown = file.relative_to(base) if file.is_relative_to(base) else file
+            files.append(
+                {"path": shown.as_posix(), "label": listing.classes[label], "split": split}
+            )
+    manifest = {"base": str(base), "classes": listing.classes, "files": files}
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(manifest, indent=1, ensure_ascii=False), encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def read_manifest(path: Path, base: Path) -> FileListing:
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    classes = list(manifest["classes"])
+    index = {name: i for i, name in enumerate(classes)}
+    listing = FileListing(classes, {"train": [], "val": []}, f"{base} (split from {path})")
+    for entry in manifest["files"]:
+        listing.splits[entry["split"]].append((base / entry["path"], index[entry["label"]]))
+    return listing
 
 
 class NamedSamples(Dataset):

@@ -5,6 +5,7 @@ prepare the data -> build the model -> make the loss and the optimizer -> train 
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 import warnings
@@ -17,23 +18,35 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from taolu.config import TrainConfig, config_to_dict, write_config
+from taolu.data.cache import decode_once
 from taolu.data.loaders import (
     Batches,
     BatchTransform,
     Preprocessing,
+    SkipLog,
     auto_workers,
     channel_stats,
     sample_images,
 )
-from taolu.data.sources import DataBundle, ImageTensors, bundle_datasets, load_data
+from taolu.data.sources import (
+    MANIFEST_NAME,
+    DataBundle,
+    ImageTensors,
+    bundle_datasets,
+    data_base_folder,
+    load_data,
+    write_manifest,
+)
 from taolu.engine import checkpoint as ckpt
 from taolu.engine.loop import evaluate, train_one_epoch
 from taolu.engine.optim import build_loss, build_optimizer, build_scheduler
 from taolu.engine.precision import pick_device, pick_precision
-from taolu.errors import CheckpointError, ConfigError, TrainingError
+from taolu.errors import CheckpointError, ConfigError, DataError, TrainingError
 from taolu.models import build_model
 from taolu.track.progress import EpochProgress
 from taolu.track.runlog import RunLog
+
+logger = logging.getLogger("taolu")
 
 
 @dataclass
@@ -60,7 +73,7 @@ class UserParts:
     classes: list[str] | None = None
 
 
-def prepare_data(config: TrainConfig, parts: UserParts) -> DataBundle:
+def prepare_data(config: TrainConfig, parts: UserParts, manifest: Path | None) -> DataBundle:
     options = dict(
         val_fraction=config.val_fraction,
         image_size=config.image_size,
@@ -69,7 +82,23 @@ def prepare_data(config: TrainConfig, parts: UserParts) -> DataBundle:
     )
     if parts.train_data is not None:
         return bundle_datasets(parts.train_data, parts.val_data, parts.classes, **options)
-    return load_data(config.data, **options)
+    return load_data(config.data, data_root=config.data_root, manifest=manifest, **options)
+
+
+def refuse_too_many_bad_files(
+    data: DataBundle, skips: SkipLog, max_bad_fraction: float, spec: str
+) -> None:
+    """Training stops before it starts when too much of the data cannot be read: that is a
+    broken data set, not a few stray files."""
+    listed = sum(len(files) for files in data.listing.splits.values())
+    bad = len(skips.reasons)
+    if listed and bad / listed > max_bad_fraction:
+        examples = "; ".join(list(skips.reasons.values())[:3])
+        raise DataError(
+            f"{bad} of {listed} image files ({bad / listed:.1%}) cannot be read, more than "
+            f"--max-bad-fraction {max_bad_fraction}; `taolu data check {spec}` lists them all. "
+            f"First: {examples}"
+        )
 
 
 def new_run_dir(out: str, name: str) -> Path:
@@ -123,10 +152,20 @@ def run_training(
     # One CPU generator drives shuffling and augmentation; its state is checkpointed.
     generator = torch.Generator().manual_seed(config.seed)
 
-    # 1. Prepare the data set.
-    data = prepare_data(config, parts)
-    in_memory = isinstance(data.train, ImageTensors)
-    workers = 0 if in_memory else auto_workers(config.workers)
+    # 1. Prepare the data set: file-based data is decoded once into the cache when it fits.
+    manifest = resume_dir / MANIFEST_NAME if resume_dir is not None else None
+    data = prepare_data(config, parts, manifest)
+    skips = SkipLog()
+    workers = 0 if isinstance(data.train, ImageTensors) else auto_workers(config.workers)
+    cache_used = "tensors" if isinstance(data.train, ImageTensors) else "off"
+    if data.listing is not None:
+        for path, why in data.listing.passed_over:
+            logger.warning("ignored %s: %s", path, why)
+        cache_dir = Path(config.cache_dir).expanduser() if config.cache_dir else None
+        data, cache_used = decode_once(data, config.cache, cache_dir, workers, skips)
+        refuse_too_many_bad_files(data, skips, config.max_bad_fraction, config.data)
+        if isinstance(data.train, ImageTensors):
+            workers = 0
     if resume_state is not None:
         preprocessing = Preprocessing.from_dict(resume_state["preprocessing"])
     else:
@@ -136,9 +175,11 @@ def run_training(
         config.augment if config.augment != "auto" else ("shift" if data.digits else "shift-flip")
     )
     shift = 0 if augment == "none" else max(1, round(min(data.size) / 14))
-    train_batches = Batches(data.train, config.batch_size, device, shuffle=True, workers=workers)
+    train_batches = Batches(
+        data.train, config.batch_size, device, shuffle=True, workers=workers, skips=skips
+    )
     val_batches = Batches(
-        data.val, max(config.batch_size, 256), device, shuffle=False, workers=workers
+        data.val, max(config.batch_size, 256), device, shuffle=False, workers=workers, skips=skips
     )
 
     # 2. Build the network model.
@@ -207,6 +248,8 @@ def run_training(
 
     run_dir = resume_dir if resume_dir is not None else new_run_dir(config.out, config.name)
     write_config(config, run_dir / "config.yaml")
+    if data.listing is not None and resume_state is None:
+        write_manifest(data.listing, run_dir / MANIFEST_NAME, data_base_folder(config.data))
     weights_dir = run_dir / ckpt.CHECKPOINT_DIR
     best_path, last_path = weights_dir / ckpt.BEST_NAME, weights_dir / ckpt.LAST_NAME
     log = RunLog(run_dir, history, resume_step=step if resume_state is not None else None)
@@ -318,6 +361,8 @@ def run_training(
         "wall_seconds": round(time.perf_counter() - wall_start, 3),
         "device": str(device),
         "precision": precision.name,
+        "cache": cache_used,
+        "skipped_files": skips.as_list(),
         "model": model_label,
         "data": data.description,
         "classes": list(data.classes),

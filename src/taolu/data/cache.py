@@ -1,0 +1,250 @@
+"""The decoded cache, taolu's fast path for files: each image is decoded once, at the training
+size, into one uint8 tensor (N, C, H, W) — in RAM, or in a memory-mapped file that later runs
+reuse — and every epoch after that is tensor slicing plus batch augmentation on the device.
+
+A disk cache is keyed by the file list, each file's size and modification time, and the
+decoding settings; when any of them changes, the key changes and the cache is rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import stat
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from taolu.data.decode import decode_file
+from taolu.data.loaders import SkipLog
+from taolu.data.sources import DataBundle, ImageTensors
+from taolu.errors import DataError
+
+log = logging.getLogger("taolu")
+
+CACHE_VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "taolu"
+
+
+def memory_budget_bytes() -> int:
+    """How much decoded data `--cache auto` holds in RAM: a quarter of physical memory."""
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        total = 8 << 30
+    return total // 4
+
+
+def decoded_bytes(count: int, channels: int, size: tuple[int, int]) -> int:
+    return count * channels * size[0] * size[1]
+
+
+def choose_cache(mode: str, count: int, channels: int, size: tuple[int, int]) -> str:
+    """`auto` caches in RAM when the decoded images fit the memory budget, else reads files
+    through a DataLoader every epoch; `ram`, `disk` and `off` are taken as asked."""
+    if mode != "auto":
+        return mode
+    return "ram" if decoded_bytes(count, channels, size) <= memory_budget_bytes() else "off"
+
+
+@dataclass
+class DecodedSplit:
+    """A split decoded into memory; `kept` indexes the files that decoded, `skipped` names
+    the ones that did not, with the reason."""
+
+    tensors: ImageTensors
+    kept: list[int]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+class _DecodeEach(Dataset):
+    """Decodes file i by the one policy; a bad file comes back as its error, not an exception,
+    so one corrupt image never stops the build."""
+
+    def __init__(self, files: list[Path], channels: int, size: tuple[int, int], resize_mode: str):
+        self.files, self.channels, self.size, self.resize_mode = files, channels, size, resize_mode
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str]:
+        try:
+            image = decode_file(self.files[index], self.channels, self.size, self.resize_mode)
+            return index, image, ""
+        except DataError as error:
+            return index, None, str(error)
+
+
+def _as_list(items: list) -> list:
+    return items
+
+
+def _decode_into(
+    target: torch.Tensor,
+    files: list[Path],
+    channels: int,
+    size: tuple[int, int],
+    resize_mode: str,
+    workers: int,
+) -> tuple[list[bool], list[tuple[str, str]]]:
+    """Decode `files` into the rows of `target` (N, C, H, W) using `workers` processes."""
+    loader = DataLoader(
+        _DecodeEach(files, channels, size, resize_mode),
+        batch_size=32,
+        num_workers=workers,
+        collate_fn=_as_list,
+    )
+    decoded = [False] * len(files)
+    skipped = []
+    for chunk in loader:
+        for index, image, error in chunk:
+            if image is None:
+                skipped.append((str(files[index]), error))
+            else:
+                target[index] = image
+                decoded[index] = True
+    return decoded, skipped
+
+
+def _compact(images: torch.Tensor, decoded: list[bool]) -> list[int]:
+    """Move the rows of decoded images to the front, in order, and return their indices.
+    In place, so a memory-mapped cache is never copied into RAM."""
+    kept = [i for i, ok in enumerate(decoded) if ok]
+    for row, index in enumerate(kept):
+        if row != index:  # row < index always, so nothing is overwritten before it is moved
+            images[row] = images[index]
+    return kept
+
+
+def _pack(
+    images: torch.Tensor, labels: list[int], kept: list[int], skipped: list[tuple[str, str]]
+) -> DecodedSplit:
+    label_tensor = torch.tensor([labels[i] for i in kept], dtype=torch.long)
+    return DecodedSplit(ImageTensors(images[: len(kept)], label_tensor), kept, skipped)
+
+
+def decode_to_ram(
+    files: list[tuple[Path, int]],
+    channels: int,
+    size: tuple[int, int],
+    resize_mode: str,
+    workers: int,
+) -> DecodedSplit:
+    images = torch.empty((len(files), channels, *size), dtype=torch.uint8)
+    paths = [path for path, _ in files]
+    decoded, skipped = _decode_into(images, paths, channels, size, resize_mode, workers)
+    return _pack(images, [label for _, label in files], _compact(images, decoded), skipped)
+
+
+def cache_key(
+    files: list[tuple[Path, int]], channels: int, size: tuple[int, int], resize_mode: str
+) -> str:
+    """Changes whenever a file is added, removed, relabelled, resized or touched, or the
+    decoding settings change."""
+    digest = hashlib.sha256(json.dumps([CACHE_VERSION, channels, list(size), resize_mode]).encode())
+    for path, label in files:
+        try:
+            status = os.stat(path)
+            stamp = f"{status.st_size}:{status.st_mtime_ns}"
+        except OSError:
+            stamp = "missing"
+        digest.update(f"{Path(path).resolve()}\0{label}\0{stamp}\n".encode())
+    return digest.hexdigest()[:32]
+
+
+def decode_to_disk(
+    files: list[tuple[Path, int]],
+    channels: int,
+    size: tuple[int, int],
+    resize_mode: str,
+    workers: int,
+    cache_dir: Path,
+) -> tuple[DecodedSplit, bool]:
+    """Decode into a memory-mapped file under `cache_dir`, or reuse the one whose key matches.
+    Returns the split and whether it was reused. The metadata file is renamed into place
+    last, so a build that was interrupted is never taken for a finished one."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    key = cache_key(files, channels, size, resize_mode)
+    data_path, meta_path = cache_dir / f"{key}.u8", cache_dir / f"{key}.json"
+    shape = (len(files), channels, *size)
+    if data_path.is_file() and meta_path.is_file():
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if meta.get("shape") == list(shape) and data_path.stat().st_size == np.prod(shape):
+            # Copy-on-write mapping: pages are read lazily, nothing is ever written back.
+            array = np.memmap(data_path, dtype=np.uint8, mode="c", shape=shape)
+            skipped = [tuple(item) for item in meta["skipped"]]
+            labels = [label for _, label in files]
+            return _pack(torch.from_numpy(array), labels, meta["kept"], skipped), True
+    temporary = data_path.with_name(f".{data_path.name}.{os.getpid()}.tmp")
+    try:
+        array = np.memmap(temporary, dtype=np.uint8, mode="w+", shape=shape)
+        images = torch.from_numpy(array)
+        paths = [path for path, _ in files]
+        decoded, skipped = _decode_into(images, paths, channels, size, resize_mode, workers)
+        kept = _compact(images, decoded)
+        array.flush()
+        os.replace(temporary, data_path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    meta = {
+        "version": CACHE_VERSION,
+        "shape": list(shape),
+        "kept": kept,
+        "skipped": skipped,
+        "files": len(files),
+    }
+    meta_temporary = meta_path.with_name(f".{meta_path.name}.tmp")
+    meta_temporary.write_text(json.dumps(meta), encoding="utf-8")
+    os.replace(meta_temporary, meta_path)
+    return _pack(images, [label for _, label in files], kept, skipped), False
+
+
+def decode_once(
+    bundle: DataBundle, mode: str, cache_dir: Path | None, workers: int, skips: SkipLog
+) -> tuple[DataBundle, str]:
+    """The bundle with both file splits decoded into tensors (`ram` or `disk`), or as it was
+    (`off`); files that fail to decode are left out and recorded in `skips`.
+    Returns the bundle and the cache mode used."""
+    count = len(bundle.train) + len(bundle.val)
+    used = choose_cache(mode, count, bundle.channels, bundle.size)
+    if used == "off":
+        for path in (path for files in bundle.listing.splits.values() for path, _ in files):
+            reason = header_problem(path)
+            if reason:
+                skips.add(reason)
+        return bundle, used
+    decoded = {}
+    for name in ("train", "val"):
+        files = bundle.listing.splits[name]
+        settings = (files, bundle.channels, bundle.size, bundle.train.resize_mode, workers)
+        if used == "disk":
+            split, _ = decode_to_disk(*settings, cache_dir or default_cache_dir())
+        else:
+            split = decode_to_ram(*settings)
+        for _, reason in split.skipped:
+            skips.add(reason)
+        decoded[name] = split.tensors
+    return replace(bundle, train=decoded["train"], val=decoded["val"]), used
+
+
+def header_problem(path: Path) -> str:
+    """Why a file cannot be an image, judged from its header alone ("" when it looks fine):
+    cheap enough to run over every file before a run that decodes files every epoch."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return f"{path}: not a regular file"
+        with Image.open(path) as image:
+            image.size  # noqa: B018  (the header is parsed by open; size proves it)
+        return ""
+    except Exception as error:  # any failure to parse means the file is unusable
+        return f"{path}: not a readable image ({type(error).__name__}: {error})"
