@@ -18,30 +18,23 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from taolu.config import TrainConfig, config_to_dict, write_config
-from taolu.data.cache import decode_once
 from taolu.data.loaders import (
     Batches,
-    BatchTransform,
     Preprocessing,
-    SkipLog,
-    auto_workers,
     channel_stats,
     sample_images,
 )
+from taolu.data.pipeline import batch_transforms, load_training_data
 from taolu.data.sources import (
     MANIFEST_NAME,
-    DataBundle,
-    ImageTensors,
-    bundle_datasets,
     data_base_folder,
-    load_data,
     write_manifest,
 )
 from taolu.engine import checkpoint as ckpt
 from taolu.engine.loop import evaluate, train_one_epoch
 from taolu.engine.optim import build_loss, build_optimizer, build_scheduler
 from taolu.engine.precision import pick_device, pick_precision
-from taolu.errors import CheckpointError, ConfigError, DataError, TrainingError
+from taolu.errors import CheckpointError, ConfigError, TrainingError
 from taolu.models import build_model
 from taolu.track.progress import EpochProgress
 from taolu.track.runlog import RunLog
@@ -71,34 +64,6 @@ class UserParts:
     train_data: Dataset | None = None
     val_data: Dataset | None = None
     classes: list[str] | None = None
-
-
-def prepare_data(config: TrainConfig, parts: UserParts, manifest: Path | None) -> DataBundle:
-    options = dict(
-        val_fraction=config.val_fraction,
-        image_size=config.image_size,
-        resize_mode=config.resize_mode,
-        channels=config.channels,
-    )
-    if parts.train_data is not None:
-        return bundle_datasets(parts.train_data, parts.val_data, parts.classes, **options)
-    return load_data(config.data, data_root=config.data_root, manifest=manifest, **options)
-
-
-def refuse_too_many_bad_files(
-    data: DataBundle, skips: SkipLog, max_bad_fraction: float, spec: str
-) -> None:
-    """Training stops before it starts when too much of the data cannot be read: that is a
-    broken data set, not a few stray files."""
-    listed = sum(len(files) for files in data.listing.splits.values())
-    bad = len(skips.reasons)
-    if listed and bad / listed > max_bad_fraction:
-        examples = "; ".join(list(skips.reasons.values())[:3])
-        raise DataError(
-            f"{bad} of {listed} image files ({bad / listed:.1%}) cannot be read, more than "
-            f"--max-bad-fraction {max_bad_fraction}; `taolu data check {spec}` lists them all. "
-            f"First: {examples}"
-        )
 
 
 def new_run_dir(out: str, name: str) -> Path:
@@ -153,28 +118,19 @@ def run_training(
     generator = torch.Generator().manual_seed(config.seed)
 
     # 1. Prepare the data set: file-based data is decoded once into the cache when it fits.
-    manifest = resume_dir / MANIFEST_NAME if resume_dir is not None else None
-    data = prepare_data(config, parts, manifest)
-    skips = SkipLog()
-    workers = 0 if isinstance(data.train, ImageTensors) else auto_workers(config.workers)
-    cache_used = "tensors" if isinstance(data.train, ImageTensors) else "off"
-    if data.listing is not None:
-        for path, why in data.listing.passed_over:
-            logger.warning("ignored %s: %s", path, why)
-        cache_dir = Path(config.cache_dir).expanduser() if config.cache_dir else None
-        data, cache_used = decode_once(data, config.cache, cache_dir, workers, skips)
-        refuse_too_many_bad_files(data, skips, config.max_bad_fraction, config.data)
-        if isinstance(data.train, ImageTensors):
-            workers = 0
+    prepared = load_training_data(
+        config,
+        train_data=parts.train_data,
+        val_data=parts.val_data,
+        classes=parts.classes,
+        manifest=resume_dir / MANIFEST_NAME if resume_dir is not None else None,
+    )
+    data, skips, workers = prepared.bundle, prepared.skips, prepared.workers
     if resume_state is not None:
         preprocessing = Preprocessing.from_dict(resume_state["preprocessing"])
     else:
         mean, std = channel_stats(sample_images(data.train))
         preprocessing = Preprocessing(data.channels, data.size, config.resize_mode, mean, std)
-    augment = (
-        config.augment if config.augment != "auto" else ("shift" if data.digits else "shift-flip")
-    )
-    shift = 0 if augment == "none" else max(1, round(min(data.size) / 14))
     train_batches = Batches(
         data.train, config.batch_size, device, shuffle=True, workers=workers, skips=skips
     )
@@ -194,14 +150,9 @@ def run_training(
     model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    train_transform = BatchTransform(
-        preprocessing,
-        device,
-        shift=shift,
-        flip=augment == "shift-flip",
-        channels_last=channels_last,
+    train_transform, eval_transform, augment = batch_transforms(
+        config.augment, data, preprocessing, device, channels_last
     )
-    eval_transform = BatchTransform(preprocessing, device, channels_last=channels_last)
 
     # 3. Make the loss function and the optimizer.
     loss_fn = build_loss(config.label_smoothing).to(device)
@@ -361,7 +312,7 @@ def run_training(
         "wall_seconds": round(time.perf_counter() - wall_start, 3),
         "device": str(device),
         "precision": precision.name,
-        "cache": cache_used,
+        "cache": prepared.cache,
         "skipped_files": skips.as_list(),
         "model": model_label,
         "data": data.description,
