@@ -23,41 +23,24 @@ from taolu.errors import ConfigError, DataError
 
 OPTION = "transforms"  # the config option that holds a user's list, as messages name it
 
+# The tutorial's conversions: images are uint8 tensors already, so these are accepted and skipped.
+CONVERSIONS = ("ToTensor", "ToImage", "ToDtype", "ToPureTensor")
+# Deterministic: the eval pipeline keeps them. Normalize is not run but handed to the batches.
+DETERMINISTIC = ("Normalize", "Resize", "CenterCrop", "Pad", "Grayscale")
+# Random: dropped for eval, except the two crops, which become their centred counterparts.
+RANDOM_GEOMETRY = ("RandomCrop", "RandomResizedCrop", "RandomHorizontalFlip", "RandomVerticalFlip")
+RANDOM_WARPS = ("RandomRotation", "RandomAffine", "RandomPerspective")
+RANDOM_COLOUR = ("ColorJitter", "GaussianBlur", "RandomGrayscale", "RandomErasing")
+POLICIES = ("AutoAugment", "RandAugment", "TrivialAugmentWide")
 # The allow-list: only these names are looked up, never an arbitrary attribute of torchvision.
+# ToTensor maps to its v2 replacement, ToImage: v2.ToTensor is deprecated.
+RANDOM = RANDOM_GEOMETRY + RANDOM_WARPS + RANDOM_COLOUR + POLICIES
 TRANSFORM_NAMES: dict[str, type[v2.Transform]] = {
-    # The tutorial's conversions; images are uint8 tensors already, so these do nothing.
-    # ToTensor maps to its v2 replacement: v2.ToTensor is deprecated.
-    "ToTensor": v2.ToImage,
-    "ToImage": v2.ToImage,
-    "ToDtype": v2.ToDtype,
-    "ToPureTensor": v2.ToPureTensor,
-    "Normalize": v2.Normalize,
-    "Compose": v2.Compose,
-    "Resize": v2.Resize,
-    "CenterCrop": v2.CenterCrop,
-    "Pad": v2.Pad,
-    "Grayscale": v2.Grayscale,
-    "RandomCrop": v2.RandomCrop,
-    "RandomResizedCrop": v2.RandomResizedCrop,
-    "RandomHorizontalFlip": v2.RandomHorizontalFlip,
-    "RandomVerticalFlip": v2.RandomVerticalFlip,
-    "RandomRotation": v2.RandomRotation,
-    "RandomAffine": v2.RandomAffine,
-    "RandomPerspective": v2.RandomPerspective,
-    "ColorJitter": v2.ColorJitter,
-    "GaussianBlur": v2.GaussianBlur,
-    "RandomGrayscale": v2.RandomGrayscale,
-    "RandomErasing": v2.RandomErasing,
-    "AutoAugment": v2.AutoAugment,
-    "RandAugment": v2.RandAugment,
-    "TrivialAugmentWide": v2.TrivialAugmentWide,
+    name: v2.ToImage if name == "ToTensor" else getattr(v2, name)
+    for name in (*CONVERSIONS, "Compose", *DETERMINISTIC, *RANDOM)
 }
-CONVERSIONS = frozenset({"ToTensor", "ToImage", "ToDtype", "ToPureTensor"})
-# Entries that are never run on a sample: conversions, and Normalize (extracted instead).
-NOT_RUN = CONVERSIONS | {"Normalize"}
-# Deterministic entries the eval pipeline keeps as they are; every other entry is random and is
-# dropped for eval, except the random crops, which become their centred counterparts.
-KEPT_FOR_EVAL = NOT_RUN | {"Resize", "CenterCrop", "Pad", "Grayscale"}
+NOT_RUN = frozenset(CONVERSIONS) | {"Normalize"}  # never run on a sample
+KEPT_FOR_EVAL = frozenset(CONVERSIONS + DETERMINISTIC)
 # Spellings copied from code (`transforms.ToTensor`, `v2.RandomCrop`) name the same entry.
 MODULE_PREFIXES = ("torchvision.transforms.v2.", "torchvision.transforms.", "transforms.", "v2.")
 PRESETS = ("digits", "objects", "photos", "none")
@@ -289,13 +272,8 @@ class SamplePipeline:
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        entries = [TransformEntry(item["name"], item["args"]) for item in state["entries"]]
-        self.__init__(
-            entries,
-            size=state["size"],
-            channels=state["channels"],
-            resize_mode=state["resize_mode"],
-        )
+        entries = [TransformEntry(**item) for item in state.pop("entries")]
+        self.__init__(entries, **state)
 
     def __repr__(self) -> str:
         names = ", ".join(entry.name for entry in self.entries) or "no entries"
@@ -326,12 +304,9 @@ def _photos_preset(size: tuple[int, int]) -> list[dict[str, Any]]:
     ]
 
 
-PRESET_SPECS: dict[str, Callable[[tuple[int, int]], list[dict[str, Any]]]] = {
-    "digits": _digits_preset,
-    "objects": _objects_preset,
-    "photos": _photos_preset,
-    "none": lambda size: [],
-}
+PRESET_SPECS: dict[str, Callable[[tuple[int, int]], list[dict[str, Any]]]] = dict(
+    digits=_digits_preset, objects=_objects_preset, photos=_photos_preset, none=lambda size: []
+)
 
 
 def preset_spec(preset: str, size: tuple[int, int]) -> list[dict[str, Any]]:
