@@ -19,6 +19,7 @@ from taolu.config import (
     resolve_config,
 )
 from taolu.data.loaders import Batches, BatchTransform, Preprocessing
+from taolu.data.pipeline import TransformedSplit, check_transforms_option, stored_eval_pipeline
 from taolu.data.sources import NamedSamples, check_data_spec, is_embedded, load_data
 from taolu.engine import checkpoint as ckpt
 from taolu.engine.loop import evaluate as evaluate_batches
@@ -35,7 +36,7 @@ USER_PREFIX = "user:"
 def _validators(parts: UserParts) -> dict:
     """Checks for values that need outside knowledge; skipped where the caller's own object
     stands in for the name."""
-    checks = {"device": check_device_name}
+    checks = {"device": check_device_name, "transforms": check_transforms_option}
     if parts.train_data is None:
         checks["data"] = _check_data
     if parts.model is None:
@@ -183,6 +184,9 @@ def evaluate(
             )
         split = bundle.val
         described = f"{bundle.description}, validation split"
+    pipeline = stored_eval_pipeline(preprocessing)
+    if pipeline is not None and pipeline.has_steps:
+        split = TransformedSplit(split, pipeline)
     restored = restore_model(state, model).to(torch_device)
     precision = pick_precision(saved["precision"], torch_device)
     batches = Batches(split, batch_size, torch_device, shuffle=False)

@@ -25,6 +25,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 AUGMENTS = ("auto", "none", "shift", "shift-flip")
 RESIZE_MODES = ("squash", "crop", "pad")
 CACHE_MODES = ("auto", "ram", "disk", "off")
+NORMALIZE_MODES = ("auto", "imagenet", "none")
 
 
 def _option(default: Any, help: str, **rules: Any) -> Any:
@@ -64,6 +65,17 @@ class TrainConfig:
         "refuse to train when more than this share of image files is unreadable",
         ge=0.0,
         le=1.0,
+    )
+    transforms: Any = _option(
+        "",
+        "per-sample torchvision transforms instead of batch augmentation: a YAML list of "
+        "{name, args}, or a preset (auto, digits, objects, photos); empty = use --augment",
+        kind="transforms",
+    )
+    normalize: str = _option(
+        "auto",
+        "mean/std: auto (measured on the training split), imagenet, none",
+        choices=NORMALIZE_MODES,
     )
     batch_size: int = _option(128, "images per optimizer step", ge=1)
     workers: int = _option(
@@ -133,6 +145,12 @@ def coerce_option(name: str, value: Any) -> Any:
                 return float(value)
             if isinstance(value, str):
                 return float(value.strip())
+        elif kind == "Any":  # transforms: a preset name, or a list given as YAML text
+            if isinstance(value, str):
+                parsed = yaml.safe_load(value) if value.strip() else ""
+                return parsed if parsed is not None else ""
+            if isinstance(value, (list, tuple)):
+                return list(value)
         elif kind == "str":
             if isinstance(value, str):
                 return value

@@ -11,7 +11,9 @@ from torch import nn
 
 from taolu.data.decode import decode_file, fit_to_size, match_channels, to_uint8_chw
 from taolu.data.loaders import BatchTransform, Preprocessing
+from taolu.data.pipeline import stored_eval_pipeline
 from taolu.data.sources import list_image_files
+from taolu.data.transforms import SamplePipeline
 from taolu.errors import CheckpointError, DataError
 from taolu.models import build_model
 
@@ -49,13 +51,19 @@ def expand_inputs(inputs: list[str | Path]) -> list[Path]:
     return expanded
 
 
-def _load_input(item: Any, preprocessing: Preprocessing) -> torch.Tensor:
+def _load_input(
+    item: Any, preprocessing: Preprocessing, pipeline: SamplePipeline | None
+) -> torch.Tensor:
+    """One input by the checkpoint's preprocessing: the decoding policy, the fit to size, and
+    the eval pipeline derived from the run's --transforms, if it had any."""
     if isinstance(item, (str, Path)):
-        return decode_file(
+        image = decode_file(
             item, preprocessing.channels, preprocessing.size, preprocessing.resize_mode
         )
-    image = match_channels(to_uint8_chw(item), preprocessing.channels)
-    return fit_to_size(image, preprocessing.size, preprocessing.resize_mode)
+    else:
+        image = match_channels(to_uint8_chw(item), preprocessing.channels)
+        image = fit_to_size(image, preprocessing.size, preprocessing.resize_mode)
+    return pipeline(image) if pipeline is not None else image
 
 
 @torch.no_grad()
@@ -73,6 +81,7 @@ def classify(
     preprocessing = Preprocessing.from_dict(state["preprocessing"])
     classes = state["classes"]
     transform = BatchTransform(preprocessing, device)
+    pipeline = stored_eval_pipeline(preprocessing)
     model = model.to(device).eval()
     k = max(1, min(topk, len(classes)))
     results: list[dict[str, Any]] = []
@@ -83,7 +92,7 @@ def classify(
             name = str(item) if isinstance(item, (str, Path)) else f"<image {start + offset}>"
             results.append({"path": name})
             try:
-                images.append(_load_input(item, preprocessing))
+                images.append(_load_input(item, preprocessing, pipeline))
                 slots.append(len(results) - 1)
             except DataError as error:
                 results[-1]["error"] = str(error)

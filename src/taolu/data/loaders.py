@@ -27,6 +27,7 @@ class Preprocessing:
     resize_mode: str
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    eval_transforms: tuple[dict, ...] = ()  # derived eval pipeline, as {name, args} entries
 
     def to_dict(self) -> dict:
         return {
@@ -35,6 +36,7 @@ class Preprocessing:
             "resize_mode": self.resize_mode,
             "mean": list(self.mean),
             "std": list(self.std),
+            "eval_transforms": list(self.eval_transforms),
         }
 
     @classmethod
@@ -45,20 +47,13 @@ class Preprocessing:
             resize_mode=str(values["resize_mode"]),
             mean=tuple(float(v) for v in values["mean"]),
             std=tuple(float(v) for v in values["std"]),
+            eval_transforms=tuple(values.get("eval_transforms", ())),
         )
 
 
 def to_unit_float(images: torch.Tensor) -> torch.Tensor:
     """uint8 0..255 to float 0..1; float input is taken to be 0..1 already (ToTensor's range)."""
     return images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
-
-
-def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std of a (N, C, H, W) batch, in the 0..1 range."""
-    unit = to_unit_float(images)
-    mean = unit.mean(dim=(0, 2, 3))
-    std = unit.std(dim=(0, 2, 3)).clamp_min(1e-3)
-    return tuple(mean.tolist()), tuple(std.tolist())
 
 
 def sample_images(split: Split, limit: int = 512) -> torch.Tensor:

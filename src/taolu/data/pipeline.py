@@ -4,7 +4,7 @@ sets, and the batch transforms. Training and `taolu data bench` both start here.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -12,11 +12,55 @@ from torch.utils.data import Dataset
 
 from taolu.config import TrainConfig
 from taolu.data.cache import decode_once
-from taolu.data.loaders import BatchTransform, Preprocessing, SkipLog, auto_workers
+from taolu.data.loaders import (
+    BatchTransform,
+    Preprocessing,
+    SkipLog,
+    auto_workers,
+    sample_images,
+)
 from taolu.data.sources import DataBundle, ImageTensors, bundle_datasets, load_data
-from taolu.errors import DataError
+from taolu.data.transforms import (
+    PRESETS,
+    SamplePipeline,
+    build_eval_pipeline,
+    build_train_pipeline,
+    normalization_stats,
+    parse_transform_list,
+    preset_for,
+)
+from taolu.errors import ConfigError, DataError
 
 logger = logging.getLogger("taolu")
+
+
+TRANSFORM_PRESETS = ("auto", *PRESETS)
+
+
+def check_transforms_option(value: object) -> None:
+    """Refuse a --transforms value that is neither empty, a preset name, nor a valid list."""
+    if isinstance(value, str):
+        if value and value not in TRANSFORM_PRESETS:
+            raise ConfigError(
+                f"option 'transforms': {value!r} is not allowed; give a list of {{name, args}} "
+                f"or one of the presets: {', '.join(TRANSFORM_PRESETS)}"
+            )
+        return
+    parse_transform_list(value)
+
+
+class TransformedSplit(Dataset):
+    """A split whose images pass through a per-sample pipeline (in DataLoader workers)."""
+
+    def __init__(self, split: Dataset | ImageTensors, pipeline: SamplePipeline):
+        self.split, self.pipeline = split, pipeline
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: int) -> tuple:
+        image, *rest = self.split[index]
+        return (image if image is None else self.pipeline(image), *rest)
 
 
 @dataclass
@@ -24,9 +68,11 @@ class TrainingData:
     """Both splits ready to batch, and how they got there."""
 
     bundle: DataBundle
+    preprocessing: Preprocessing
     skips: SkipLog  # files left out because they could not be decoded
     workers: int  # DataLoader workers; 0 for in-memory tensors
     cache: str  # "tensors" (in memory from the start), "ram", "disk" or "off"
+    per_sample: bool  # a per-sample transform pipeline replaces batch augmentation
 
 
 def refuse_too_many_bad_files(
@@ -52,9 +98,11 @@ def load_training_data(
     val_data: Dataset | None = None,
     classes: list[str] | None = None,
     manifest: Path | None = None,
+    preprocessing: Preprocessing | None = None,
 ) -> TrainingData:
     """The data of `config` (or the caller's own Datasets); file-based data is decoded once
-    into the cache when it fits, and refused when too much of it is unreadable."""
+    into the cache when it fits, and refused when too much of it is unreadable. The
+    preprocessing is measured on the training split unless given (a resumed run's)."""
     sizing = dict(
         val_fraction=config.val_fraction,
         image_size=config.image_size,
@@ -66,18 +114,85 @@ def load_training_data(
     else:
         bundle = load_data(config.data, data_root=config.data_root, manifest=manifest, **sizing)
     skips = SkipLog()
-    if isinstance(bundle.train, ImageTensors):
-        return TrainingData(bundle, skips, workers=0, cache="tensors")
     workers = auto_workers(config.workers)
-    cache = "off"
+    cache = "tensors" if isinstance(bundle.train, ImageTensors) else "off"
     if bundle.listing is not None:
         for path, why in bundle.listing.passed_over:
             logger.warning("ignored %s: %s", path, why)
         cache_dir = Path(config.cache_dir).expanduser() if config.cache_dir else None
         bundle, cache = decode_once(bundle, config.cache, cache_dir, workers, skips)
         refuse_too_many_bad_files(bundle, skips, config.max_bad_fraction, config.data)
+    train_pipeline, eval_pipeline = sample_pipelines(config, bundle)
+    if preprocessing is None:
+        preprocessing = measure_preprocessing(config, bundle, train_pipeline, eval_pipeline)
+    if train_pipeline is not None:
+        bundle = replace(
+            bundle,
+            train=TransformedSplit(bundle.train, train_pipeline),
+            val=TransformedSplit(bundle.val, eval_pipeline)
+            if eval_pipeline.has_steps
+            else bundle.val,
+        )
     in_memory = isinstance(bundle.train, ImageTensors)
-    return TrainingData(bundle, skips, workers=0 if in_memory else workers, cache=cache)
+    return TrainingData(
+        bundle,
+        preprocessing,
+        skips,
+        workers=0 if in_memory else workers,
+        cache=cache,
+        per_sample=train_pipeline is not None,
+    )
+
+
+def sample_pipelines(
+    config: TrainConfig, bundle: DataBundle
+) -> tuple[SamplePipeline | None, SamplePipeline | None]:
+    """(train, eval) per-sample pipelines for --transforms, or (None, None) without it."""
+    option = config.transforms
+    if not option:
+        return None, None
+    if isinstance(option, str):
+        preset = (
+            preset_for(bundle.size, bundle.channels, bundle.digits) if option == "auto" else option
+        )
+        spec = None
+    else:
+        preset, spec = "none", option
+    sizing = dict(size=bundle.size, channels=bundle.channels, resize_mode=config.resize_mode)
+    return (
+        build_train_pipeline(spec, preset=preset, **sizing),
+        build_eval_pipeline(spec, preset=preset, **sizing),
+    )
+
+
+def stored_eval_pipeline(preprocessing: Preprocessing) -> SamplePipeline | None:
+    """The eval pipeline a checkpoint recorded, rebuilt for eval and predict (None if none)."""
+    if not preprocessing.eval_transforms:
+        return None
+    return SamplePipeline(
+        parse_transform_list(list(preprocessing.eval_transforms)),
+        size=preprocessing.size,
+        channels=preprocessing.channels,
+        resize_mode=preprocessing.resize_mode,
+    )
+
+
+def measure_preprocessing(
+    config: TrainConfig,
+    bundle: DataBundle,
+    train_pipeline: SamplePipeline | None,
+    eval_pipeline: SamplePipeline | None,
+) -> Preprocessing:
+    """Mean and std from a Normalize entry of --transforms, else from --normalize (measured on
+    up to 512 training images for auto); the eval pipeline is stored for predict."""
+    if train_pipeline is not None and train_pipeline.normalization is not None:
+        mean, std = train_pipeline.normalization
+    elif config.normalize == "auto":
+        mean, std = normalization_stats("auto", sample_images(bundle.train))
+    else:
+        mean, std = normalization_stats(config.normalize, torch.zeros(1, bundle.channels, 1, 1))
+    described = tuple(eval_pipeline.describe()) if eval_pipeline is not None else ()
+    return Preprocessing(bundle.channels, bundle.size, config.resize_mode, mean, std, described)
 
 
 def batch_transforms(
@@ -88,7 +203,8 @@ def batch_transforms(
     channels_last: bool,
 ) -> tuple[BatchTransform, BatchTransform, str]:
     """(train transform, eval transform, augmentation used). `auto` shifts digits and also
-    flips everything else; the shift is about 1/14 of the image side (2 px at 28 px)."""
+    flips everything else; the shift is about 1/14 of the image side (2 px at 28 px).
+    Pass augment="none" when a per-sample pipeline already augments."""
     if augment == "auto":
         augment = "shift" if bundle.digits else "shift-flip"
     shift = 0 if augment == "none" else max(1, round(min(bundle.size) / 14))

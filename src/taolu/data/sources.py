@@ -38,6 +38,9 @@ class ImageTensors:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.images[index], int(self.labels[index])
+
 
 Split = ImageTensors | Dataset
 

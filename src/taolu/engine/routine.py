@@ -21,8 +21,6 @@ from taolu.config import TrainConfig, config_to_dict, write_config
 from taolu.data.loaders import (
     Batches,
     Preprocessing,
-    channel_stats,
-    sample_images,
 )
 from taolu.data.pipeline import batch_transforms, load_training_data
 from taolu.data.sources import (
@@ -124,13 +122,12 @@ def run_training(
         val_data=parts.val_data,
         classes=parts.classes,
         manifest=resume_dir / MANIFEST_NAME if resume_dir is not None else None,
+        preprocessing=Preprocessing.from_dict(resume_state["preprocessing"])
+        if resume_state is not None
+        else None,
     )
     data, skips, workers = prepared.bundle, prepared.skips, prepared.workers
-    if resume_state is not None:
-        preprocessing = Preprocessing.from_dict(resume_state["preprocessing"])
-    else:
-        mean, std = channel_stats(sample_images(data.train))
-        preprocessing = Preprocessing(data.channels, data.size, config.resize_mode, mean, std)
+    preprocessing = prepared.preprocessing
     train_batches = Batches(
         data.train, config.batch_size, device, shuffle=True, workers=workers, skips=skips
     )
@@ -151,8 +148,14 @@ def run_training(
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     train_transform, eval_transform, augment = batch_transforms(
-        config.augment, data, preprocessing, device, channels_last
+        "none" if prepared.per_sample else config.augment,
+        data,
+        preprocessing,
+        device,
+        channels_last,
     )
+    if prepared.per_sample:
+        augment = "per-sample transforms"
 
     # 3. Make the loss function and the optimizer.
     loss_fn = build_loss(config.label_smoothing).to(device)
