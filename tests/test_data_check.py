@@ -9,6 +9,7 @@ import json
 import os
 import stat
 import struct
+import sys
 import threading
 import warnings
 import zlib
@@ -212,6 +213,16 @@ def test_inspect_image_names_what_is_wrong_with_an_unreadable_file(tmp_path, cat
     assert facts.problem == category, facts.detail
 
 
+def test_a_jpeg_with_a_broken_header_is_corrupt_not_some_other_file(tmp_path):
+    path = tmp_path / "broken.jpg"
+    path.write_bytes(jpeg_bytes()[:20] + b"\x00" * 300)  # Pillow cannot identify it
+    facts = inspect_image(path)
+    assert (facts.problem, facts.detail) == (
+        "corrupt",
+        "starts like a JPEG file, but its header is broken",
+    )
+
+
 def test_a_decompression_bomb_is_refused_from_its_header_without_decoding(tmp_path):
     path = write_bomb_png(tmp_path / "bomb.png")
     facts = inspect_image(path)
@@ -282,15 +293,23 @@ def test_every_problem_in_the_zoo_is_listed_with_its_path(zoo):
         assert listed(report, category) == {str(path)}, category
     assert set(report.bad_files) == set(zoo["bad"].values())
     assert names(report, "too_small") == {"tiny.png", "thin.png"}
-    assert names(report, "odd_mode") == {"cmyk.jpg", "gray16.png", "rgba.png", "palette.gif",
-                                         "animated.gif"}  # GIFs are palette images
+    assert names(report, "odd_mode") == {
+        "cmyk.jpg",
+        "gray16.png",
+        "rgba.png",
+        "palette.gif",
+        "animated.gif",
+    }  # GIFs are palette images
     assert names(report, "exif_rotated") == {"rotated.jpg"}
     assert listed(report, "duplicate_within_split") == {str(zoo["copy"])}
     assert listed(report, "duplicate_across_splits") == {str(zoo["leak"])}
     assert listed(report, "other_files") == {str(zoo["notes"])}
     root = zoo["root"]
     assert listed(report, "class_missing") == {str(root / "val" / "cat")}
-    assert listed(report, "class_empty") == {str(root / "train" / "empty"), str(root / "val" / "empty")}
+    assert listed(report, "class_empty") == {
+        str(root / "train" / "empty"),
+        str(root / "val" / "empty"),
+    }
     assert listed(report, "class_not_in_train") == {str(root / "val" / "stray")}
     passed_over = listed(report, "passed_over")
     assert {str(zoo["fifo"]), str(zoo["link_out"]), *map(str, zoo["loop"])} <= passed_over
@@ -407,7 +426,9 @@ def test_a_split_without_readable_images_blocks(tmp_path):
     for name in ("a", "b"):
         for index in range(4):
             noise(root / "train" / name / f"{index}.png", seed=index + ord(name))
-        write_corrupt_jpeg((root / "val" / name).mkdir(parents=True) or root / "val" / name / "c.jpg")
+        write_corrupt_jpeg(
+            (root / "val" / name).mkdir(parents=True) or root / "val" / name / "c.jpg"
+        )
     report = check_data(str(root), max_bad_fraction=0.5)
     assert report.blocking_reasons == ["the val split has no readable images"]
 
@@ -436,29 +457,41 @@ def test_an_embedded_set_reports_counts_and_sizes_without_files():
     assert report.render().splitlines()[-1] == "ok to train"
 
 
+def test_a_folder_without_any_image_is_refused(tmp_path):
+    (tmp_path / "data" / "a").mkdir(parents=True)
+    (tmp_path / "data" / "a" / "notes.txt").write_text("no pictures yet")
+    try:
+        report = check_data(str(tmp_path / "data"))
+    except DataError as error:
+        assert "no image files" in str(error)
+    else:
+        assert report.blocking
+
+
 def test_a_missing_path_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="neither an embedded"):
         check_data(str(tmp_path / "nowhere"))
 
 
-def test_a_csv_list_goes_through_list_csv_when_it_exists(tmp_path, monkeypatch):
-    root = two_classes(tmp_path / "data", 3, [1, 0])
+def test_a_csv_list_is_checked_file_by_file(tmp_path):
+    root = two_classes(tmp_path / "data", 4, [1, 0])
+    table = root / "list.csv"
+    rows = [f"{path.relative_to(root)},{path.parent.name}" for path in sorted(root.rglob("*.*g"))]
+    table.write_text("\n".join(["path,label", *rows, "a/gone.png,a"]) + "\n")
+    report = check_data(str(table), val_fraction=0.25)
+    assert report.classes == ["a", "b"]
+    assert sum(report.counts["train"].values()) + sum(report.counts["val"].values()) == 8
+    assert listed(report, "zero_byte") == {str(root / "a" / "bad0.jpg")}
+    assert listed(report, "passed_over") == {str(root / "a" / "gone.png")}
+
+
+def test_without_the_csv_reader_a_csv_is_a_clear_data_error(tmp_path, monkeypatch):
     table = tmp_path / "list.csv"
     table.write_text("path,label\n")
+    monkeypatch.setitem(sys.modules, "taolu.data.csv_list", None)  # makes the import fail
     monkeypatch.delattr(sources, "list_csv", raising=False)
-    with pytest.raises(DataError, match="csv"):
+    with pytest.raises(DataError, match="CSV"):
         check_data(str(table))
-    files = sorted(root.rglob("*.*"))
-
-    def list_csv(path, val_fraction):
-        assert (path, val_fraction) == (table, 0.3)
-        labelled = [(file, int(file.parent.name == "b")) for file in files]
-        return sources.FileListing(["a", "b"], {"train": labelled, "val": labelled[:1]}, "csv")
-
-    monkeypatch.setattr(sources, "list_csv", list_csv, raising=False)
-    report = check_data(str(table), val_fraction=0.3)
-    assert report.counts["train"] == {"a": 3, "b": 3} and report.counts["val"] == {"a": 0, "b": 0}
-    assert listed(report, "zero_byte") == {str(root / "a" / "bad0.jpg")}
 
 
 # --------------------------------------------------------------------------- quarantine
@@ -486,9 +519,11 @@ def test_quarantine_moves_exactly_the_bad_files_and_keeps_their_places(zoo, tmp_
 def test_quarantine_never_overwrites_what_is_already_held(tmp_path):
     root = two_classes(tmp_path / "data", 9, [1, 0])
     held = tmp_path / "held"
-    first = quarantine(check_data(str(root)), held, root)
+    report = check_data(str(root))
+    first = quarantine(report, held, root)
     assert [destination for _, destination in first] == [held / "a" / "bad0.jpg"]
     assert quarantine(check_data(str(root)), held, root) == []  # nothing bad left
+    assert quarantine(report, held, root) == []  # the first report again: already moved
     (root / "a" / "bad0.jpg").write_text("a new broken file with the same name")
     second = quarantine(check_data(str(root)), held, root)
     assert [destination for _, destination in second] == [held / "a" / "bad0.1.jpg"]

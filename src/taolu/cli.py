@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
+from pathlib import Path
 from typing import Any
 
-from taolu.config import FIELDS, parse_set_items
-from taolu.errors import TaoluError
+from taolu.config import FIELDS, TrainConfig, parse_set_items
+from taolu.errors import ConfigError, TaoluError
 
 TRAIN_EXAMPLES = """examples:
   taolu train                                  the default net on the embedded MNIST digits
@@ -24,10 +26,32 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per config field, with the field's help and default; a flag not given stays
-    out of the namespace so it cannot mask the config file."""
+# The options that shape the data, shared by `taolu train` and `taolu data preview|bench`.
+DATA_OPTIONS = (
+    "data_root",
+    "val_fraction",
+    "image_size",
+    "resize_mode",
+    "channels",
+    "augment",
+    "transforms",
+    "normalize",
+    "cache",
+    "cache_dir",
+    "max_bad_fraction",
+    "batch_size",
+    "workers",
+    "seed",
+    "device",
+)
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, names: tuple[str, ...] = ()) -> None:
+    """One flag per config field (or per field in `names`), with the field's help and
+    default; a flag not given stays out of the namespace so it cannot mask the config file."""
     for name, spec in FIELDS.items():
+        if names and name not in names:
+            continue
         help_text = f"{spec.metadata['help']} (default: {spec.default!r})"
         if "choices" in spec.metadata:
             help_text += f"; one of {', '.join(str(c) for c in spec.metadata['choices'])}"
@@ -119,7 +143,147 @@ def build_parser() -> argparse.ArgumentParser:
         help='print a JSON array: {"path", "predictions": [{"class", '
         '"probability"}]} or {"path", "error"} per input',
     )
+    _add_data_commands(commands)
     return parser
+
+
+def _add_data_commands(commands: argparse._SubParsersAction) -> None:
+    data = commands.add_parser("data", help="look at data before training: check, preview, ...")
+    actions = data.add_subparsers(dest="data_command", metavar="ACTION")
+    actions.required = True
+
+    check = actions.add_parser(
+        "check",
+        help="list what is wrong with a data set, with paths",
+        description="Lists unreadable, corrupt, truncated and zero-byte files, non-image files, "
+        "tiny images, odd modes, EXIF-rotated files, duplicates within and across splits, "
+        "empty or missing classes, class counts and image sizes. Changes no file unless "
+        "--quarantine is given. Exits 1 when training would refuse the data.",
+    )
+    check.add_argument("spec", metavar="SPEC", help="image folder, CSV list or embedded name")
+    check.add_argument("--val-fraction", type=float, default=0.2, help="(default: 0.2)")
+    check.add_argument(
+        "--min-size",
+        type=int,
+        default=8,
+        help="report images whose shorter side is below this (default: 8)",
+    )
+    check.add_argument("--max-bad-fraction", type=float, default=0.1, help="(default: 0.1)")
+    check.add_argument("--workers", type=int, default=2, help="threads reading files (default: 2)")
+    check.add_argument(
+        "--quarantine",
+        metavar="DIR",
+        help="move the unreadable files into DIR (relative paths kept)",
+    )
+    check.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    export = actions.add_parser(
+        "export",
+        help="write an embedded or on-disk data set as PNG folders",
+        description="Writes NAME as DIR/train/<class>/*.png and DIR/val/<class>/*.png. "
+        "DIR must not exist or be empty.",
+    )
+    export.add_argument("name", metavar="NAME", help="mnist5k, digits, or a torchvision set")
+    export.add_argument("target", metavar="DIR")
+    export.add_argument("--data-root", default="", help="where torchvision sets lie on disk")
+
+    preview = actions.add_parser(
+        "preview",
+        help="a PNG grid of augmented training samples with their labels",
+    )
+    preview.add_argument("data", metavar="SPEC")
+    preview.add_argument(
+        "--output",
+        default="preview.png",
+        help="PNG to write; an existing file is never replaced (default: preview.png)",
+    )
+    preview.add_argument("--count", type=int, default=32, help="images in the grid (default: 32)")
+    _add_config_flags(preview, DATA_OPTIONS)
+
+    bench = actions.add_parser(
+        "bench",
+        help="images/s the data path delivers per epoch",
+        description="Images per second delivered as normalised, augmented batches on the "
+        "device, per epoch; epoch 1 includes listing and decoding into the cache.",
+    )
+    bench.add_argument("data", metavar="SPEC")
+    bench.add_argument("--epochs", type=int, default=3, help="(default: 3)")
+    bench.add_argument(
+        "--json", action="store_true", help='print {"images_per_second": [...], "cache": MODE, ...}'
+    )
+    _add_config_flags(bench, DATA_OPTIONS)
+
+
+def _data_config(args: argparse.Namespace) -> TrainConfig:
+    from taolu.api import build_train_config
+
+    options = {name: getattr(args, name) for name in FIELDS if hasattr(args, name)}
+    return build_train_config(None, options)
+
+
+def _run_data(args: argparse.Namespace) -> int:
+    if args.data_command == "check":
+        return _run_data_check(args)
+    if args.data_command == "export":
+        from taolu.data.export import export_dataset
+
+        counts = export_dataset(args.name, args.target, data_root=args.data_root or None)
+        print(
+            f"wrote {', '.join(f'{n} {split}' for split, n in counts.items())} PNG files "
+            f"under {args.target}"
+        )
+        return 0
+    if args.data_command == "preview":
+        from taolu.data.preview import preview_training_samples, save_preview
+
+        output = Path(args.output)
+        if output.exists():
+            raise ConfigError(f"{output} already exists; choose another --output")
+        config = _data_config(args)
+        images, labels, classes = preview_training_samples(config, args.count)
+        save_preview(images, labels, classes, output)
+        print(f"wrote {len(labels)} augmented training samples to {output}")
+        return 0
+    from taolu.data.bench import measure_delivery
+    from taolu.engine.precision import pick_device
+
+    config = _data_config(args)
+    result = measure_delivery(config, args.epochs, pick_device(config.device))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for epoch, rate in enumerate(result["images_per_second"], start=1):
+            print(f"epoch {epoch}: {rate:,.0f} images/s")
+        print(
+            f"{result['images']} training images at {result['size'][0]}x{result['size'][1]}, "
+            f"cache {result['cache']}"
+        )
+    return 0
+
+
+def _run_data_check(args: argparse.Namespace) -> int:
+    from taolu.data.check import check_data, quarantine
+    from taolu.data.sources import data_base_folder
+
+    report = check_data(
+        args.spec,
+        val_fraction=args.val_fraction,
+        min_size=args.min_size,
+        max_bad_fraction=args.max_bad_fraction,
+        workers=args.workers,
+    )
+    print(
+        json.dumps(report.to_dict(), indent=2, ensure_ascii=False) if args.json else report.render()
+    )
+    if args.quarantine:
+        moves = quarantine(report, Path(args.quarantine), data_base_folder(args.spec))
+        for source, target in moves:
+            print(f"moved {source} -> {target}", file=sys.stderr)
+        print(
+            f"quarantine: moved {len(moves)} unreadable file(s) to {args.quarantine}",
+            file=sys.stderr,
+        )
+    return 1 if report.blocking else 0
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -197,9 +361,26 @@ def _plain_message(error: BaseException) -> str:
     return text
 
 
+def _show_warnings_plainly() -> None:
+    """taolu's warnings (skipped files, ignored links) as 'taolu: warning: ...' on stderr."""
+    logger = logging.getLogger("taolu")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("taolu: warning: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.WARNING)
+        logger.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers: dict[str, Any] = {"train": _run_train, "eval": _run_eval, "predict": _run_predict}
+    handlers: dict[str, Any] = {
+        "train": _run_train,
+        "eval": _run_eval,
+        "predict": _run_predict,
+        "data": _run_data,
+    }
+    _show_warnings_plainly()
     try:
         return handlers[args.command](args)
     except TaoluError as error:

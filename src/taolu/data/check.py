@@ -11,7 +11,7 @@ import shutil
 import stat
 import statistics
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -48,17 +48,10 @@ CATEGORIES = {
 BAD_CATEGORIES = ("unreadable", "zero_byte", "not_an_image", "corrupt", "truncated", "too_large")
 ORIENTATION_TAG = 0x0112
 ALPHA_MODES = ("RGBA", "LA", "PA", "La", "RGBa")
+Problems = dict[str, list[tuple[str, str]]]  # category -> [(path, detail)]
 # Leading bytes of the formats taolu reads: a file that starts like one but that Pillow cannot
 # identify is a damaged image, not some other kind of file.
-MAGIC_NUMBERS = {
-    b"\xff\xd8\xff": "JPEG",
-    b"\x89PNG\r\n\x1a\n": "PNG",
-    b"GIF8": "GIF",
-    b"BM": "BMP",
-    b"II*\x00": "TIFF",
-    b"MM\x00*": "TIFF",
-    b"RIFF": "WebP",
-}
+MAGIC_NUMBERS = {b"\xff\xd8\xff": "JPEG", b"\x89PNG": "PNG", b"GIF8": "GIF"}
 # Move a symlink itself, as `mv` would, not the file it points to.
 LINK_OPTIONS = {"follow_symlinks": False} if os.link in os.supports_follow_symlinks else {}
 LISTING_LIMIT = 20  # paths shown per category by `render`; to_dict keeps all of them
@@ -93,7 +86,7 @@ class DataReport:
     layout: str
     classes: list[str]
     counts: dict[str, dict[str, int]]  # split -> class -> readable images
-    problems: dict[str, list[tuple[str, str]]]  # category -> [(path, detail)]
+    problems: Problems
     image_files: int  # files with an image suffix in the splits, readable or not
     sizes: dict  # count, and width / height each as {min, median, max}
     imbalance_ratio: float | None  # largest / smallest class in train; None if one is empty
@@ -124,7 +117,7 @@ class DataReport:
 
     def render(self) -> str:
         lines = [f"data check: {self.spec} ({self.layout})", "", *self._count_table()]
-        lines += ["", self._size_line(), self._imbalance_line()]
+        lines += ["", *self._summary()]
         for name, items in self.problems.items():
             if items:
                 lines += ["", f"{name} ({len(items)}): {CATEGORIES[name]}"]
@@ -148,20 +141,23 @@ class DataReport:
             "  ".join([row[0].ljust(width), *(cell.rjust(7) for cell in row[1:])]) for row in rows
         ]
 
-    def _size_line(self) -> str:
-        if not self.sizes.get("count"):
-            return "image sizes: no readable images"
-        width, height = self.sizes["width"], self.sizes["height"]
-        return (
-            f"image sizes ({self.sizes['count']} readable, min / median / max): "
-            f"width {width['min']} / {width['median']:g} / {width['max']}, "
-            f"height {height['min']} / {height['median']:g} / {height['max']}"
+    def _summary(self) -> list[str]:
+        width, height, count = (
+            self.sizes.get("width"),
+            self.sizes.get("height"),
+            self.sizes["count"],
         )
-
-    def _imbalance_line(self) -> str:
-        if self.imbalance_ratio is None:
-            return "class imbalance (train): undefined, a class has no training images"
-        return f"class imbalance (train, largest / smallest): {self.imbalance_ratio:.2f}"
+        sizes = "image sizes: no readable images"
+        if count:
+            sizes = (
+                f"image sizes ({count} readable, min / median / max): "
+                f"width {width['min']} / {width['median']:g} / {width['max']}, "
+                f"height {height['min']} / {height['median']:g} / {height['max']}"
+            )
+        balance = "class imbalance (train): undefined, a class has no training images"
+        if self.imbalance_ratio is not None:
+            balance = f"class imbalance (train, largest / smallest): {self.imbalance_ratio:.2f}"
+        return [sizes, balance]
 
 
 def inspect_image(path: str | Path) -> ImageFacts:
@@ -180,8 +176,11 @@ def inspect_image(path: str | Path) -> ImageFacts:
         if facts.byte_size == 0:
             return facts.refuse("zero_byte", "the file is empty (0 bytes)")
         digest = hashlib.blake2b()
-        while chunk := file.read(1 << 20):
-            digest.update(chunk)
+        try:
+            while chunk := file.read(1 << 20):
+                digest.update(chunk)
+        except OSError as error:  # a failing disk or a vanished network share
+            return facts.refuse("unreadable", f"read error: {error.strerror or error}")
         facts.digest = digest.hexdigest()
         file.seek(0)
         return _decode(file, facts)
@@ -253,6 +252,7 @@ def check_data(
 
     `workers` > 0 inspects files on that many threads (Pillow decodes without the GIL).
     """
+    spec = str(spec)
     if sources.is_embedded(spec):
         return _check_embedded(spec, val_fraction)
     path = Path(spec).expanduser()
@@ -266,17 +266,27 @@ def check_data(
             listing = sources.list_folder(path, val_fraction)
         except OSError as error:
             raise DataError(f"{path}: cannot list the folder ({error})") from None
+        except ValueError:  # list_folder's split fails when there is no image file at all
+            raise DataError(f"{path}: no image files in any class folder") from None
         folders = _split_folders(path)
     elif path.suffix.lower() == ".csv":
-        list_csv = getattr(sources, "list_csv", None)
-        if list_csv is None:
-            raise DataError(f"{path}: this version of taolu cannot read .csv file lists")
-        listing, folders = list_csv(path, val_fraction), {}
+        listing, folders = _csv_lister(path)(path, val_fraction), {}
     else:
         raise ConfigError(f"{path} is a file; give a folder of class folders or a .csv list")
     with _strict_pillow():
         facts = _inspect_all([p for files in listing.splits.values() for p, _ in files], workers)
     return _diagnose(spec, listing, facts, folders, min_size, max_bad_fraction)
+
+
+def _csv_lister(path: Path) -> Callable[[Path, float], sources.FileListing]:
+    """`list_csv`, imported only when a CSV is checked, as `sources.load_data` does."""
+    try:
+        from taolu.data.csv_list import list_csv
+    except ImportError:
+        list_csv = getattr(sources, "list_csv", None)
+    if list_csv is None:
+        raise DataError(f"{path}: this version of taolu cannot read CSV file lists")
+    return list_csv
 
 
 def _check_embedded(name: str, val_fraction: float) -> DataReport:
@@ -287,11 +297,6 @@ def _check_embedded(name: str, val_fraction: float) -> DataReport:
         for split, index in splits.items()
     }
     height, width = images.shape[1:]
-    sizes = {
-        "count": len(images),
-        "width": dict.fromkeys(("min", "median", "max"), width),
-        "height": dict.fromkeys(("min", "median", "max"), height),
-    }
     return DataReport(
         spec=name,
         layout="embedded data set",
@@ -299,7 +304,7 @@ def _check_embedded(name: str, val_fraction: float) -> DataReport:
         counts=counts,
         problems={category: [] for category in CATEGORIES},
         image_files=0,
-        sizes=sizes,
+        sizes=_size_stats([width] * len(images), [height] * len(images)),
         imbalance_ratio=_imbalance(counts["train"]),
         max_bad_fraction=0.0,
     )
@@ -328,7 +333,7 @@ def _diagnose(
     min_size: int,
     max_bad_fraction: float,
 ) -> DataReport:
-    problems: dict[str, list[tuple[str, str]]] = {category: [] for category in CATEGORIES}
+    problems: Problems = {category: [] for category in CATEGORIES}
     for item in facts.values():
         for category, detail in _findings(item, min_size):
             problems[category].append((str(item.path), detail))
@@ -348,7 +353,7 @@ def _diagnose(
         counts=counts,
         problems=problems,
         image_files=len(facts),
-        sizes=_size_stats(readable),
+        sizes=_size_stats([item.width for item in readable], [item.height for item in readable]),
         imbalance_ratio=_imbalance(counts["train"]),
         max_bad_fraction=max_bad_fraction,
     )
@@ -378,8 +383,6 @@ def _odd_mode(mode: str, transparency: bool) -> str | None:
         return f"{mode}: alpha channel, laid over white"
     if transparency:
         return f"{mode} with a transparent colour, laid over white"
-    if mode == "P":
-        return "P: palette, converted to RGB"
     if mode not in ("1", "L", "RGB"):
         return f"{mode}: converted to RGB"
     return None
@@ -388,7 +391,7 @@ def _odd_mode(mode: str, transparency: bool) -> str | None:
 def _find_duplicates(
     listing: sources.FileListing,
     facts: dict[Path, ImageFacts],
-    problems: dict[str, list[tuple[str, str]]],
+    problems: Problems,
 ) -> None:
     """Readable files with the same bytes: all but the first of each split, and every
     validation file whose bytes are also in train (the model would be tested on its lessons)."""
@@ -411,7 +414,7 @@ def _find_class_problems(
     classes: list[str],
     counts: dict[str, dict[str, int]],
     folders: dict[str, Path],
-    problems: dict[str, list[tuple[str, str]]],
+    problems: Problems,
 ) -> None:
     for split, split_counts in counts.items():
         for name in classes:
@@ -422,23 +425,25 @@ def _find_class_problems(
             elif split_counts[name] == 0:
                 problems["class_empty"].append((where, f"no readable {split} image of {name!r}"))
     if folders and folders["val"] != folders["train"]:
-        for path in sorted(folders["val"].iterdir()):
-            if path.is_dir() and not is_hidden(path.name) and path.name not in classes:
+        try:
+            extra = sorted(
+                p for p in folders["val"].iterdir() if p.is_dir() and p.name not in classes
+            )
+        except OSError:  # list_folder has already passed over an unreadable folder
+            extra = []
+        for path in extra:
+            if not is_hidden(path.name):
                 problems["class_not_in_train"].append((str(path), "no such training class"))
 
 
-def _size_stats(readable: list[ImageFacts]) -> dict:
-    if not readable:
+def _size_stats(widths: list[int], heights: list[int]) -> dict:
+    if not widths:
         return {"count": 0}
 
     def spread(values: list[int]) -> dict:
         return {"min": min(values), "median": statistics.median(values), "max": max(values)}
 
-    return {
-        "count": len(readable),
-        "width": spread([item.width for item in readable]),
-        "height": spread([item.height for item in readable]),
-    }
+    return {"count": len(widths), "width": spread(widths), "height": spread(heights)}
 
 
 def _imbalance(train_counts: dict[str, int]) -> float | None:
@@ -497,17 +502,13 @@ def quarantine(report: DataReport, target: Path, data_root: Path) -> list[tuple[
 
 def _move_without_overwrite(source: Path, destination: Path) -> Path:
     destination.parent.mkdir(parents=True, exist_ok=True)
-    for candidate in _names_for(destination):
+    stem, suffix = destination.stem, destination.suffix
+    for number in range(10_000):
+        candidate = destination.with_name(f"{stem}.{number}{suffix}") if number else destination
         if _place(source, candidate):
             os.unlink(source)
             return candidate
     raise OSError(errno.EEXIST, f"no free name for {source.name} in {destination.parent}")
-
-
-def _names_for(destination: Path) -> Iterator[Path]:
-    yield destination
-    for number in range(1, 10_000):
-        yield destination.with_name(f"{destination.stem}.{number}{destination.suffix}")
 
 
 def _place(source: Path, destination: Path) -> bool:

@@ -108,14 +108,14 @@ def to_uint8_chw(image: object) -> torch.Tensor:
 
 
 def match_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
-    """Convert (C, H, W) to `channels` (1 or 3): gray is repeated, colour uses luminance."""
-    have = image.shape[0]
+    """Convert (..., C, H, W) to `channels` (1 or 3): gray is repeated, colour uses luminance."""
+    have = image.shape[-3]
     if have == 4:
-        image, have = image[:3], 3
+        image, have = image[..., :3, :, :], 3
     if have == channels:
         return image
     if channels == 3 and have == 1:
-        return image.expand(3, -1, -1).contiguous()
+        return image.expand(*image.shape[:-3], 3, -1, -1).contiguous()
     if channels == 1 and have == 3:
         return TF.rgb_to_grayscale(image, num_output_channels=1)
     raise DataError(f"cannot turn an image with {have} channels into {channels}")

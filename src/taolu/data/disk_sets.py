@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -53,10 +54,11 @@ def _numpy_reconstruct() -> Callable:
 _RECONSTRUCT = _numpy_reconstruct()
 
 
-def _empty_array(subtype: type, shape: tuple, typecode: bytes) -> np.ndarray:
-    if subtype is not np.ndarray:
-        raise pickle.UnpicklingError(f"refused an array of type {subtype!r}")
-    return _RECONSTRUCT(subtype, shape, typecode)
+def _empty_array(subtype: object, shape: tuple, typecode: bytes) -> np.ndarray:
+    # numpy pickles an array as an empty one whose __setstate__ then sets shape, dtype and
+    # data, checking that their sizes agree. The arguments are not needed: ignoring them
+    # keeps a crafted file from asking for an array of another type or a huge allocation.
+    return _RECONSTRUCT(np.ndarray, (0,), b"b")
 
 
 def _plain_dtype(*args: object) -> np.dtype:
@@ -80,7 +82,7 @@ def _empty_bytes() -> bytes:
 _ALLOWED_GLOBALS: dict[tuple[str, str], object] = {
     ("numpy._core.multiarray", "_reconstruct"): _empty_array,
     ("numpy.core.multiarray", "_reconstruct"): _empty_array,
-    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "ndarray"): "numpy.ndarray",  # only ever handed to _reconstruct; not callable
     ("numpy", "dtype"): _plain_dtype,
     ("_codecs", "encode"): _latin1_bytes,
     ("builtins", "bytes"): _empty_bytes,
@@ -90,14 +92,14 @@ _ALLOWED_GLOBALS: dict[tuple[str, str], object] = {
 
 # What a damaged or foreign pickle makes the unpickler raise.
 PICKLE_FAILURES = (pickle.UnpicklingError, EOFError, OSError, ValueError, TypeError,
-                   LookupError, AttributeError, ArithmeticError)  # fmt: skip
+                   LookupError, AttributeError, ArithmeticError, MemoryError)  # fmt: skip
 
 
 class ArrayUnpickler(pickle.Unpickler):
     """Unpickles dicts, lists, strings, numbers and numpy arrays; any other global a pickle
     asks for (the way a crafted file would run code) is refused naming the file."""
 
-    def __init__(self, file, path: Path):
+    def __init__(self, file: BinaryIO, path: Path):
         # latin1 reads Python 2 strings (the CIFAR files') and numpy's raw bytes in them alike.
         super().__init__(file, encoding="latin1")
         self.path = path
@@ -226,11 +228,11 @@ def _read_cifar(
         raise DataError(f"{meta_path}: {meta[1]!r} must be a list of class names")
     classes = [_text(name) for name in names]
     splits = []
-    for names in (train_files, [test_file]):
-        batches = [_read_cifar_batch(folder / name, label_key) for name in names]
+    for files in (train_files, [test_file]):
+        batches = [_read_cifar_batch(folder / file, label_key) for file in files]
         images = np.concatenate([images for images, _ in batches])
         labels = np.concatenate([labels for _, labels in batches])
-        splits.append(_as_split(images, labels, len(classes), f"{folder / names[0]}"))
+        splits.append(_as_split(images, labels, len(classes), str(folder / files[0])))
     return splits[0], splits[1], classes
 
 

@@ -4,6 +4,7 @@ a `DataBundle` (train split, validation split, class names, channels, image size
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ from taolu.data.decode import (
 from taolu.data.embedded import LOADERS, SPLIT_SEED, stratified_split
 from taolu.data.files import is_hidden, walk_folder
 from taolu.errors import ConfigError, DataError
+
+logger = logging.getLogger("taolu")
 
 VAL_FOLDER_NAMES = ("val", "valid", "validation", "test")
 # When image_size is 0 and the files differ in size (or are large), they are fitted to this.
@@ -64,10 +67,8 @@ def is_embedded(spec: str) -> bool:
 
 
 def _disk_set_names() -> tuple[str, ...]:
-    try:  # TEMPORARY until disk_sets.py lands
-        from taolu.data import disk_sets  # imported late: it builds on this module
-    except ImportError:
-        return ()
+    from taolu.data import disk_sets  # imported late: it builds on this module
+
     return tuple(disk_sets.DISK_DATASETS)
 
 
@@ -109,9 +110,7 @@ def bundle_tensors(
     size = native if image_size == 0 else (image_size, image_size)
 
     def fit(split: ImageTensors) -> ImageTensors:
-        images = split.images
-        if images.shape[1] != channels:
-            images = torch.stack([match_channels(image, channels) for image in images])
+        images = match_channels(split.images, channels)
         return ImageTensors(fit_to_size(images, size, resize_mode), split.labels)
 
     return DataBundle(
@@ -190,13 +189,14 @@ def _class_folders(root: Path) -> list[str]:
 
 
 def _walk_classes(
-    split_root: Path, classes: list[str], data_root: Path, listing: FileListing
+    split_root: Path, classes: list[str], listing: FileListing
 ) -> list[tuple[Path, int]]:
     files = []
     for label, name in enumerate(classes):
         if not (split_root / name).is_dir():
             continue
-        walk = walk_folder(split_root / name, root=data_root)
+        # Links may not leave their class folder: one into a sibling class would mislabel.
+        walk = walk_folder(split_root / name, root=split_root / name)
         files += [(path, label) for path in walk.images]
         listing.others += walk.others
         listing.passed_over += walk.passed_over
@@ -211,12 +211,21 @@ def list_folder(root: Path, val_fraction: float) -> FileListing:
     if (root / "train").is_dir() and val_root is not None:
         classes = _class_folders(root / "train")
         listing = FileListing(classes, {}, f"{root}/train + {val_root.name}/")
-        listing.splits["train"] = _walk_classes(root / "train", classes, root, listing)
-        listing.splits["val"] = _walk_classes(val_root, classes, root, listing)
+        listing.splits["train"] = _walk_classes(root / "train", classes, listing)
+        listing.splits["val"] = _walk_classes(val_root, classes, listing)
+        strays = sorted(set(_class_folders(val_root)) - set(classes))
+        if strays:
+            logger.warning(
+                "%s: class folder(s) %s have no match in train/ and are not used",
+                val_root,
+                ", ".join(strays),
+            )
         return listing
     classes = _class_folders(root)
     listing = FileListing(classes, {}, f"{root} split {1 - val_fraction:.0%}/{val_fraction:.0%}")
-    files = _walk_classes(root, classes, root, listing)
+    files = _walk_classes(root, classes, listing)
+    if not files:
+        raise DataError(f"{root}: no image files in any class folder ({len(classes)} found)")
     labels = torch.tensor([label for _, label in files], dtype=torch.long)
     train_index, val_index = stratified_split(labels, val_fraction, SPLIT_SEED)
     listing.splits["train"] = [files[i] for i in train_index.tolist()]
@@ -294,7 +303,12 @@ def load_data(
         train, val, classes = load_disk_dataset(spec, Path(data_root).expanduser())
         described = f"{spec} from {data_root} (test split for validation)"
         return bundle_tensors(
-            train, val, classes, digits=spec in ("mnist", "kmnist"), description=described, **sizing
+            train,
+            val,
+            classes,
+            digits=spec in ("mnist", "kmnist", "svhn"),
+            description=described,
+            **sizing,
         )
     path = Path(spec).expanduser()
     base = data_base_folder(spec)
@@ -337,12 +351,17 @@ def write_manifest(listing: FileListing, path: Path, base: Path) -> None:
 
 
 def read_manifest(path: Path, base: Path) -> FileListing:
-    manifest = json.loads(path.read_text(encoding="utf-8"))
-    classes = list(manifest["classes"])
-    index = {name: i for i, name in enumerate(classes)}
-    listing = FileListing(classes, {"train": [], "val": []}, f"{base} (split from {path})")
-    for entry in manifest["files"]:
-        listing.splits[entry["split"]].append((base / entry["path"], index[entry["label"]]))
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        classes = list(manifest["classes"])
+        index = {name: i for i, name in enumerate(classes)}
+        listing = FileListing(classes, {"train": [], "val": []}, f"{base} (split from {path})")
+        for entry in manifest["files"]:
+            listing.splits[entry["split"]].append((base / entry["path"], index[entry["label"]]))
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise DataError(
+            f"{path}: damaged split manifest ({type(error).__name__}: {error})"
+        ) from None
     return listing
 
 
