@@ -85,8 +85,15 @@ class _DecodeEach(Dataset):
             return index, None, str(error)
 
 
-def _as_list(items: list) -> list:
-    return items
+def _stack_chunk(
+    items: list[tuple[int, torch.Tensor | None, str]],
+) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]:
+    """Runs in the worker: one tensor per chunk crosses the process boundary, not one per
+    image (each crossing costs a shared-memory segment, more than decoding a small JPEG)."""
+    good = [(index, image) for index, image, _ in items if image is not None]
+    failed = [(index, error) for index, image, error in items if image is None]
+    stacked = torch.stack([image for _, image in good]) if good else None
+    return [index for index, _ in good], stacked, failed
 
 
 def _decode_into(
@@ -100,19 +107,18 @@ def _decode_into(
     """Decode `files` into the rows of `target` (N, C, H, W) using `workers` processes."""
     loader = DataLoader(
         _DecodeEach(files, channels, size, resize_mode),
-        batch_size=32,
+        batch_size=64,
         num_workers=workers,
-        collate_fn=_as_list,
+        collate_fn=_stack_chunk,
     )
     decoded = [False] * len(files)
     skipped = []
-    for chunk in loader:
-        for index, image, error in chunk:
-            if image is None:
-                skipped.append((str(files[index]), error))
-            else:
-                target[index] = image
-                decoded[index] = True
+    for indices, images, failed in loader:
+        if images is not None:
+            target[indices] = images
+        for index in indices:
+            decoded[index] = True
+        skipped += [(str(files[index]), error) for index, error in failed]
     return decoded, skipped
 
 

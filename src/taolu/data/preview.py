@@ -18,7 +18,7 @@ from torchvision.utils import make_grid
 
 from taolu.config import TrainConfig
 from taolu.data.loaders import Batches
-from taolu.data.pipeline import batch_transforms, load_training_data
+from taolu.data.pipeline import TrainingData, batch_transforms, load_training_data
 from taolu.data.transforms import SamplePipeline
 
 GAP = 4  # white pixels between cells and around the grid
@@ -147,29 +147,32 @@ def grid_tensor(images: torch.Tensor, columns: int = 8) -> torch.Tensor:
     return make_grid(unit, nrow=columns, padding=2, pad_value=1.0)
 
 
+def augmented_samples(
+    prepared: TrainingData, augment: str, count: int, seed: int
+) -> tuple[torch.Tensor, list[int]]:
+    """`count` training images as the model sees them (after the run's batch augmentation or
+    per-sample pipeline), back in uint8 (N, C, H, W), with their labels. Uses its own
+    generator, so showing samples never changes what a run trains on."""
+    device = torch.device("cpu")
+    batches = Batches(prepared.bundle.train, count, device, shuffle=True, workers=0)
+    transform, _, _ = batch_transforms(
+        "none" if prepared.per_sample else augment,
+        prepared.bundle,
+        prepared.preprocessing,
+        device,
+        channels_last=False,
+    )
+    generator = torch.Generator().manual_seed(seed)
+    images, labels = next(iter(batches.iterate(generator)))
+    normalised = transform(images, generator)  # (B, C, H, W)
+    pixels = normalised * transform.std + transform.mean
+    return pixels.clamp(0, 1).mul(255).round().to(torch.uint8), labels.tolist()
+
+
 def preview_training_samples(
     config: TrainConfig, count: int = 32
 ) -> tuple[torch.Tensor, list[int], list[str]]:
-    """`count` training images as the model would see them (augmented by the run's own
-    batch augmentation or per-sample pipeline), back in uint8 (N, C, H, W), with their labels
-    and the class names."""
+    """What `taolu data preview` shows: augmented training samples, labels and class names."""
     prepared = load_training_data(config)
-    device = torch.device("cpu")
-    batches = Batches(
-        prepared.bundle.train,
-        count,
-        device,
-        shuffle=True,
-        workers=prepared.workers,
-        skips=prepared.skips,
-    )
-    augment = "none" if prepared.per_sample else config.augment
-    transform, _, _ = batch_transforms(
-        augment, prepared.bundle, prepared.preprocessing, device, channels_last=False
-    )
-    generator = torch.Generator().manual_seed(config.seed)
-    images, labels = next(iter(batches.iterate(generator)))
-    normalised = transform(images, generator)  # (B, C, H, W)
-    mean, std = transform.mean, transform.std
-    pixels = (normalised * std + mean).clamp(0, 1).mul(255).round().to(torch.uint8)
-    return pixels, labels.tolist(), prepared.bundle.classes
+    images, labels = augmented_samples(prepared, config.augment, count, config.seed)
+    return images, labels, prepared.bundle.classes

@@ -23,6 +23,7 @@ from taolu.data.loaders import (
     Preprocessing,
 )
 from taolu.data.pipeline import batch_transforms, load_training_data
+from taolu.data.preview import augmented_samples, grid_tensor
 from taolu.data.sources import (
     MANIFEST_NAME,
     data_base_folder,
@@ -206,8 +207,11 @@ def run_training(
         write_manifest(data.listing, run_dir / MANIFEST_NAME, data_base_folder(config.data))
     weights_dir = run_dir / ckpt.CHECKPOINT_DIR
     best_path, last_path = weights_dir / ckpt.BEST_NAME, weights_dir / ckpt.LAST_NAME
-    log = RunLog(run_dir, history, resume_step=step if resume_state is not None else None)
+    run_log = RunLog(run_dir, history, resume_step=step if resume_state is not None else None)
     model_label = config.model
+    if resume_state is None:
+        images, _ = augmented_samples(prepared, config.augment, count=32, seed=config.seed)
+        run_log.log_samples(grid_tensor(images))
     _say(
         config,
         (
@@ -243,13 +247,13 @@ def run_training(
         finally:
             progress.close()
         if not math.isfinite(trained.loss):
-            log.close()
+            run_log.close()
             kept = f"; the best checkpoint so far is {best_path}" if best_path.is_file() else ""
             raise TrainingError(
                 f"training diverged in epoch {epoch}: the loss became {trained.loss}; "
                 f"try a lower --lr (it is {config.lr}){kept}"
             )
-        log.log_steps(step + 1, trained.step_losses)
+        run_log.log_steps(step + 1, trained.step_losses)
         step += len(trained.step_losses)
         tested = evaluate(model, val_batches, eval_transform, loss_fn, precision)
         train_seconds += trained.seconds
@@ -266,7 +270,7 @@ def run_training(
             "train_seconds": trained.seconds,
             "train_images": trained.images,
         }
-        log.log_epoch(row, step)
+        run_log.log_epoch(row, step)
         final_val = row
         improved = tested.acc > best_val_acc
         if improved:
@@ -280,7 +284,7 @@ def run_training(
             "step": step,
             "total_steps": total_steps,
             "elapsed_seconds": row["elapsed_seconds"],
-            "history": log.history,
+            "history": run_log.history,
             "best_val_acc": best_val_acc,
             "best_epoch": best_epoch,
             "rng": ckpt.rng_state(generator),
@@ -326,8 +330,8 @@ def run_training(
         "best_checkpoint": str(best_path),
         "last_checkpoint": str(last_path),
     }
-    log.write_summary(summary)
-    log.close()
+    run_log.write_summary(summary)
+    run_log.close()
     _say(
         config,
         (
@@ -340,7 +344,7 @@ def run_training(
         best_val_acc=best_val_acc,
         final_val_acc=final_val["val_acc"],
         model=model,
-        history=log.history,
+        history=run_log.history,
         summary=summary,
         best_checkpoint=best_path,
         last_checkpoint=last_path,

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch.utils.tensorboard import SummaryWriter
 
 METRIC_COLUMNS = (
@@ -42,6 +43,10 @@ class RunLog:
             purge_step=None if resume_step is None else resume_step + 1,
         )
         self._write_csv()
+
+    def log_samples(self, grid: torch.Tensor) -> None:
+        """The augmented training inputs, once at the start of a run (train/samples)."""
+        self.writer.add_image("train/samples", grid, 0)
 
     def log_steps(self, first_step: int, losses: list[float]) -> None:
         for offset, loss in enumerate(losses):
