@@ -295,8 +295,6 @@ def _run_train(args: argparse.Namespace) -> int:
     set_options = parse_set_items(args.set_items)
     resume_state = resume_dir = None
     if args.resume:
-        from pathlib import Path
-
         resume_dir = Path(args.resume)
         resume_state = ckpt.load_checkpoint(ckpt.find_checkpoint(resume_dir, ckpt.LAST_NAME))
     config = build_train_config(args.config, options, set_options, resume_state=resume_state)
