@@ -26,7 +26,9 @@ def one_run() -> tuple[float, dict]:
         started = time.perf_counter()
         subprocess.run(
             [sys.executable, "-m", "taolu", "train", "--no-progress"],
-            cwd=folder, check=True, stdout=subprocess.DEVNULL,
+            cwd=folder,
+            check=True,
+            stdout=subprocess.DEVNULL,
         )
         wall = time.perf_counter() - started
         summary = json.loads((Path(folder) / "runs" / "train" / "summary.json").read_text())
