@@ -211,3 +211,30 @@ def digits_run(tmp_path_factory) -> taolu.TrainResult:
 @pytest.fixture(scope="session")
 def quiet():
     return dict(QUIET)
+
+
+# --------------------------------------------------------------------------- CLI in-process
+
+
+@pytest.fixture
+def cli_main(capsys):
+    """cli_main(*argv) -> (exit code, stdout, stderr) of `taolu.cli.main` run in-process (no
+    start-up cost). The handler main puts on the 'taolu' logger is taken off afterwards, so
+    it cannot write into a later test's closed capture stream."""
+    import logging
+
+    from taolu.cli import main
+
+    logger = logging.getLogger("taolu")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    logger.handlers.clear()
+
+    def call(*argv):
+        code = main([str(arg) for arg in argv])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    yield call
+    logger.handlers[:] = saved[0]
+    logger.setLevel(saved[1])
+    logger.propagate = saved[2]

@@ -20,7 +20,13 @@ from taolu.config import (
 )
 from taolu.data.loaders import Batches, BatchTransform, Preprocessing
 from taolu.data.pipeline import TransformedSplit, check_transforms_option, stored_eval_pipeline
-from taolu.data.sources import NamedSamples, check_data_spec, is_embedded, load_data
+from taolu.data.sources import (
+    MANIFEST_NAME,
+    NamedSamples,
+    check_data_spec,
+    is_named_set,
+    load_data,
+)
 from taolu.engine import checkpoint as ckpt
 from taolu.engine.loop import evaluate as evaluate_batches
 from taolu.engine.optim import build_loss
@@ -91,7 +97,7 @@ def build_train_config(
                         )
         layers.insert(0, {k: v for k, v in saved.items() if k in FIELDS})
     config = resolve_config(*layers, validators=_validators(parts))
-    if not is_embedded(config.data) and not config.data.startswith(USER_PREFIX):
+    if not is_named_set(config.data) and not config.data.startswith(USER_PREFIX):
         # Stored absolute, so eval and resume find the folder from any working directory.
         config = dataclasses.replace(config, data=str(Path(config.data).expanduser().resolve()))
     if parts.train_data is not None:
@@ -164,8 +170,12 @@ def evaluate(
     else:
         spec = str(data) if data is not None else saved["data"]
         _check_data(spec)
+        # The run's own split, as recorded when it was trained: files added since stay out.
+        manifest = path.parent.parent / MANIFEST_NAME if data is None else None
         bundle = load_data(
             spec,
+            manifest=manifest,
+            data_root=saved.get("data_root", ""),
             val_fraction=saved["val_fraction"],
             image_size=preprocessing.size[0]
             if preprocessing.size[0] == preprocessing.size[1]

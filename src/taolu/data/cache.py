@@ -227,7 +227,7 @@ def decode_once(
         for path in (path for files in bundle.listing.splits.values() for path, _ in files):
             reason = header_problem(path)
             if reason:
-                skips.add(reason)
+                skips.add(str(path), reason)
         return bundle, used
     decoded = {}
     for name in ("train", "val"):
@@ -237,8 +237,8 @@ def decode_once(
             split, _ = decode_to_disk(*settings, cache_dir or default_cache_dir())
         else:
             split = decode_to_ram(*settings)
-        for _, reason in split.skipped:
-            skips.add(reason)
+        for path, reason in split.skipped:
+            skips.add(path, reason)
         decoded[name] = split.tensors
     return replace(bundle, train=decoded["train"], val=decoded["val"]), used
 

@@ -129,9 +129,7 @@ class SkipLog:
     def __init__(self) -> None:
         self.reasons: dict[str, str] = {}
 
-    def add(self, reason: str) -> None:
-        # Reasons come from decode.py as "PATH: what went wrong".
-        path = reason.split(": ", 1)[0]
+    def add(self, path: str, reason: str) -> None:
         if path not in self.reasons:
             self.reasons[path] = reason
             log.warning("skipped %s", reason)
@@ -140,9 +138,11 @@ class SkipLog:
         return [{"path": path, "reason": reason} for path, reason in self.reasons.items()]
 
 
-def _stack_samples(samples: list[tuple]) -> tuple[torch.Tensor | None, torch.Tensor, list[str]]:
-    """Collate (image, label) or (image-or-None, label, error) samples, leaving out the
-    samples whose file could not be decoded and returning their errors."""
+def _stack_samples(
+    samples: list[tuple],
+) -> tuple[torch.Tensor | None, torch.Tensor, list[tuple[str, str]]]:
+    """Collate (image, label) or (image-or-None, label, (path, error)) samples, leaving out
+    the samples whose file could not be decoded and returning their (path, error) pairs."""
     errors = [sample[2] for sample in samples if sample[0] is None]
     samples = [sample for sample in samples if sample[0] is not None]
     images = [sample[0] for sample in samples]
@@ -205,8 +205,8 @@ class Batches:
         loader = self._loader(self.split, order.tolist())
         non_blocking = self.device.type == "cuda"
         for images, labels, errors in loader:
-            for error in errors:
-                self.skips.add(error)
+            for path, error in errors:
+                self.skips.add(path, error)
             if images is None:
                 continue
             yield images.to(self.device, non_blocking=non_blocking), labels.to(self.device)

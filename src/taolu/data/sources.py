@@ -66,6 +66,11 @@ def is_embedded(spec: str) -> bool:
     return spec in LOADERS
 
 
+def is_named_set(spec: str) -> bool:
+    """An embedded set or a torchvision set on disk: a name, not a path."""
+    return is_embedded(spec) or spec in _disk_set_names()
+
+
 def _disk_set_names() -> tuple[str, ...]:
     from taolu.data import disk_sets  # imported late: it builds on this module
 
@@ -158,14 +163,15 @@ class ImageFiles(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor | None, int, str]:
-        """(image, label, "") or, for a file that cannot be decoded, (None, label, reason):
+    def __getitem__(self, index: int) -> tuple[torch.Tensor | None, int, tuple[str, str] | str]:
+        """(image, label, "") or, for a file that cannot be decoded, (None, label, (path,
+        reason)):
         training skips it and names it once instead of dying inside a worker."""
         path, label = self.files[index]
         try:
             return decode_file(path, self.channels, self.size, self.resize_mode), label, ""
         except DataError as error:
-            return None, label, str(error)
+            return None, label, (str(path), str(error))
 
 
 def list_image_files(folder: Path) -> list[Path]:

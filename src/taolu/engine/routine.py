@@ -22,7 +22,11 @@ from taolu.data.loaders import (
     Batches,
     Preprocessing,
 )
-from taolu.data.pipeline import batch_transforms, load_training_data
+from taolu.data.pipeline import (
+    batch_transforms,
+    load_training_data,
+    refuse_too_many_bad_files,
+)
 from taolu.data.preview import augmented_samples, grid_tensor
 from taolu.data.sources import (
     MANIFEST_NAME,
@@ -256,6 +260,8 @@ def run_training(
         run_log.log_steps(step + 1, trained.step_losses)
         step += len(trained.step_losses)
         tested = evaluate(model, val_batches, eval_transform, loss_fn, precision)
+        if data.listing is not None:  # files decoded per epoch may only now prove unreadable
+            refuse_too_many_bad_files(data, skips, config.max_bad_fraction, config.data)
         train_seconds += trained.seconds
         train_images += trained.images
         row = {
