@@ -22,11 +22,11 @@ from taolu.data.loaders import Batches, BatchTransform, Preprocessing
 from taolu.data.pipeline import TransformedSplit, check_transforms_option, stored_eval_pipeline
 from taolu.data.sources import (
     MANIFEST_NAME,
-    NamedSamples,
     check_data_spec,
     is_named_set,
     load_data,
 )
+from taolu.data.user_data import NamedSamples
 from taolu.engine import checkpoint as ckpt
 from taolu.engine.loop import evaluate as evaluate_batches
 from taolu.engine.optim import build_loss

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import stat
 from concurrent.futures import ThreadPoolExecutor
@@ -25,8 +24,6 @@ from taolu.data.decode import decode_file
 from taolu.data.loaders import SkipLog
 from taolu.data.sources import DataBundle, DeferredTensors, ImageTensors
 from taolu.errors import DataError
-
-log = logging.getLogger("taolu")
 
 CACHE_VERSION = 1
 

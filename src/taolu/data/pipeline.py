@@ -19,7 +19,7 @@ from taolu.data.loaders import (
     auto_workers,
     sample_images,
 )
-from taolu.data.sources import DataBundle, ImageTensors, bundle_datasets, load_data
+from taolu.data.sources import DataBundle, ImageTensors, load_data
 from taolu.data.transforms import (
     PRESETS,
     SamplePipeline,
@@ -29,6 +29,7 @@ from taolu.data.transforms import (
     parse_transform_list,
     preset_for,
 )
+from taolu.data.user_data import bundle_datasets
 from taolu.errors import ConfigError, DataError
 
 logger = logging.getLogger("taolu")
