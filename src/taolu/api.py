@@ -42,7 +42,11 @@ USER_PREFIX = "user:"
 def _validators(parts: UserParts) -> dict:
     """Checks for values that need outside knowledge; skipped where the caller's own object
     stands in for the name."""
-    checks = {"device": check_device_name, "transforms": check_transforms_option}
+    checks = {
+        "device": check_device_name,
+        "transforms": check_transforms_option,
+        "freeze": _check_freeze,
+    }
     if parts.train_data is None:
         checks["data"] = _check_data
     if parts.model is None:
@@ -62,6 +66,34 @@ def _refuse_user_object(value: str, what: str, keyword: str) -> None:
 def _check_data(spec: str) -> None:
     _refuse_user_object(spec, "Dataset", "data")
     check_data_spec(spec)
+
+
+def _check_freeze(value: str) -> None:
+    if value not in ("none", "backbone") and not value.isdigit():
+        raise ConfigError(
+            f"option 'freeze': {value!r} is not allowed; use none, backbone, or a number N "
+            "(the first N parameter tensors)"
+        )
+
+
+def _weights_defaults(config: TrainConfig, given: set[str]) -> TrainConfig:
+    """Pretrained torchvision weights bring their own preprocessing: the size they were
+    trained at, ImageNet's mean and std, three channels, resize-then-crop. Applied where the
+    user did not choose otherwise, before the config is frozen, so config.yaml shows it."""
+    from taolu.models import model_kind
+    from taolu.models.zoo import weights_preprocessing
+
+    if not config.weights or model_kind(config.model) != "torchvision":
+        return config
+    preprocessing = weights_preprocessing(config.model, config.weights) or {}
+    defaults = {
+        "image_size": preprocessing.get("size"),
+        "channels": 3,
+        "normalize": "imagenet",
+        "resize_mode": "crop",
+    }
+    chosen = {key: value for key, value in defaults.items() if key not in given and value}
+    return dataclasses.replace(config, **chosen)
 
 
 def _check_model(name: str) -> None:
@@ -97,9 +129,16 @@ def build_train_config(
                         )
         layers.insert(0, {k: v for k, v in saved.items() if k in FIELDS})
     config = resolve_config(*layers, validators=_validators(parts))
+    if resume_state is None and parts.model is None:
+        config = _weights_defaults(config, {key for layer in layers for key in layer})
     if not is_named_set(config.data) and not config.data.startswith(USER_PREFIX):
         # Stored absolute, so eval and resume find the folder from any working directory.
         config = dataclasses.replace(config, data=str(Path(config.data).expanduser().resolve()))
+    for key in ("weights", "model"):  # files named relative to here are stored absolute
+        value = getattr(config, key)
+        is_file_option = key == "weights" or value.endswith((".yaml", ".yml", ".json"))
+        if value and is_file_option and Path(value).expanduser().is_file():
+            config = dataclasses.replace(config, **{key: str(Path(value).expanduser().resolve())})
     if parts.train_data is not None:
         config = dataclasses.replace(config, data=USER_PREFIX + type(parts.train_data).__qualname__)
     if parts.model is not None:

@@ -144,6 +144,20 @@ def build_parser() -> argparse.ArgumentParser:
         '"probability"}]} or {"path", "error"} per input',
     )
     _add_data_commands(commands)
+    models = commands.add_parser(
+        "models",
+        help="list trainable models, or show one layer by layer",
+        description="Without NAME: every model with its parameters, default input size and "
+        "whether pretrained weights are in the local torch hub cache. With `show NAME`: each "
+        "layer's output shape and parameters, and FLOPs per image.",
+    )
+    models.add_argument("action", nargs="?", choices=("show",), help="show one model")
+    models.add_argument("name", nargs="?", metavar="NAME")
+    models.add_argument(
+        "--image-size", type=int, default=0, help="input side for show (default: the model's own)"
+    )
+    models.add_argument("--channels", type=int, default=3, choices=(1, 3), help="(default: 3)")
+    models.add_argument("--classes", type=int, default=10, help="outputs (default: 10)")
     return parser
 
 
@@ -219,6 +233,37 @@ def _data_config(args: argparse.Namespace) -> TrainConfig:
 
     options = {name: getattr(args, name) for name in FIELDS if hasattr(args, name)}
     return build_train_config(None, options)
+
+
+def _run_models(args: argparse.Namespace) -> int:
+    from taolu.models import summary
+
+    if args.action is None:
+        print(f"{'model':<28} {'source':<12} {'parameters':>14} {'input':>6}  local weights")
+        for row in summary.list_models():
+            print(
+                f"{row['name']:<28} {row['source']:<12} {row['parameters']:>14,} "
+                f"{row['input_size']:>6}  {row['local_weights'] or '-'}"
+            )
+        return 0
+    if not args.name:
+        raise ConfigError("taolu models show needs a model NAME")
+    size = args.image_size or summary.default_size(args.name)
+    print(f"{args.name} at {args.channels}x{size}x{size}, {args.classes} classes")
+    print(f"{'layer':<36} {'type':<22} {'output':<22} {'parameters':>12}")
+    rows = summary.layer_table(args.name, size, args.channels, args.classes)
+    for row in rows:
+        print(
+            f"{row['layer']:<36} {row['type']:<22} {str(row['output']):<22} "
+            f"{row['parameters']:>12,}"
+        )
+    flops = summary.count_flops(args.name, size, args.channels, args.classes)
+    total = sum(row["parameters"] for row in rows)
+    print(
+        f"parameters {total:,}; FLOPs per image: forward {flops['forward']:,}, "
+        f"training step {flops['train_step']:,}"
+    )
+    return 0
 
 
 def _run_data(args: argparse.Namespace) -> int:
@@ -377,6 +422,7 @@ def main(argv: list[str] | None = None) -> int:
         "eval": _run_eval,
         "predict": _run_predict,
         "data": _run_data,
+        "models": _run_models,
     }
     _show_warnings_plainly()
     try:

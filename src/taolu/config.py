@@ -82,7 +82,30 @@ class TrainConfig:
         -1, "DataLoader worker processes for file/Dataset data; -1 = auto", ge=-1
     )
     # --- model ---
-    model: str = _option("fastcnn", "network to train: fastcnn, tudui or lenet5", kind="model")
+    model: str = _option(
+        "fastcnn",
+        "network: fastcnn, tudui, lenet5, resnet9, a torchvision classifier (resnet18, vgg16, "
+        "...), a YAML/JSON layer list, or package.module:factory",
+        kind="model",
+    )
+    weights: str = _option(
+        "",
+        "pretrained weights: a .pth/.safetensors/taolu checkpoint file, or DEFAULT or a "
+        "torchvision weights name, read from the local torch hub cache only",
+    )
+    freeze: str = _option(
+        "none",
+        "parameters kept fixed: none, backbone (all but the head), or N (the first N)",
+        kind="freeze",
+    )
+    fine_tune: int = _option(
+        0,
+        "train only the head for this many epochs, then the whole net (backbone at a lower lr)",
+        ge=0,
+    )
+    backbone_lr_scale: float = _option(
+        0.1, "backbone learning rate after the head-only epochs, as a share of lr", gt=0.0, le=1.0
+    )
     # --- loss and optimizer ---
     optimizer: str = _option("sgd", "optimizer", choices=OPTIMIZERS)
     lr: float = _option(0.05, "peak learning rate", gt=0.0)

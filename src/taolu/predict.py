@@ -15,7 +15,7 @@ from taolu.data.pipeline import stored_eval_pipeline
 from taolu.data.sources import list_image_files
 from taolu.data.transforms import SamplePipeline
 from taolu.errors import CheckpointError, DataError
-from taolu.models import build_model
+from taolu.models import build_model, model_kind
 
 
 def restore_model(state: dict[str, Any], model: nn.Module | None = None) -> nn.Module:
@@ -23,6 +23,12 @@ def restore_model(state: dict[str, Any], model: nn.Module | None = None) -> nn.M
     own nn.Module class must be handed in as `model` (taolu never imports it by itself)."""
     preprocessing = Preprocessing.from_dict(state["preprocessing"])
     if model is None:
+        if state.get("model_name") and model_kind(state["model_name"]) == "factory":
+            raise CheckpointError(
+                f"this checkpoint was trained with {state['model_name']}; taolu does not import "
+                "code named inside a checkpoint: build the model in Python and pass it with "
+                "model=..."
+            )
         if not state.get("model_name"):
             raise CheckpointError(
                 f"this checkpoint was trained with your own nn.Module ({state['model_class']}); "
@@ -30,7 +36,11 @@ def restore_model(state: dict[str, Any], model: nn.Module | None = None) -> nn.M
                 "taolu.evaluate(run, model=MyNet())"
             )
         model = build_model(
-            state["model_name"], preprocessing.channels, preprocessing.size, len(state["classes"])
+            state["model_name"],
+            preprocessing.channels,
+            preprocessing.size,
+            len(state["classes"]),
+            weights=state["config"].get("weights"),
         )
     try:
         model.load_state_dict(state["model"])

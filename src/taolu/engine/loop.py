@@ -37,6 +37,7 @@ def train_one_epoch(
     generator: torch.Generator,
     scaler: torch.amp.GradScaler | None = None,
     on_step: Callable[[int, torch.Tensor, torch.Tensor, int], None] | None = None,
+    after_train_mode: Callable[[nn.Module], None] | None = None,
 ) -> EpochResult:
     """Forward, loss, backward, step for every batch.
 
@@ -44,6 +45,8 @@ def train_one_epoch(
     when the caller reads them. Loss and accuracy are summed on the device.
     """
     model.train()
+    if after_train_mode is not None:  # e.g. frozen BatchNorm layers back to eval mode
+        after_train_mode(model)
     device = transform.mean.device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)

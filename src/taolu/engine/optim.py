@@ -10,22 +10,37 @@ def build_loss(label_smoothing: float) -> nn.Module:
     return nn.CrossEntropyLoss(label_smoothing=label_smoothing)
 
 
-def _decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    # Decaying biases and norm scales only fights the normalisation; decay weights alone.
-    decay, no_decay = [], []
-    for parameter in model.parameters():
+def _parameter_groups(
+    model: nn.Module, lr: float, weight_decay: float, head: str | None, backbone_lr_scale: float
+) -> list[dict]:
+    """Weights decay, biases and norm scales do not (decaying them only fights the
+    normalisation); with a `head` named, everything else learns at lr * backbone_lr_scale."""
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, parameter in model.named_parameters():
         if parameter.requires_grad:
-            (decay if parameter.ndim > 1 else no_decay).append(parameter)
+            in_head = head is None or name == head or name.startswith(head + ".")
+            groups.setdefault((in_head, parameter.ndim > 1), []).append(parameter)
     return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {
+            "params": members,
+            "lr": lr if in_head else lr * backbone_lr_scale,
+            "weight_decay": weight_decay if decays else 0.0,
+        }
+        for (in_head, decays), members in sorted(groups.items())
     ]
 
 
 def build_optimizer(
-    model: nn.Module, name: str, *, lr: float, momentum: float, weight_decay: float
+    model: nn.Module,
+    name: str,
+    *,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    head: str | None = None,
+    backbone_lr_scale: float = 1.0,
 ) -> torch.optim.Optimizer:
-    groups = _decay_groups(model, weight_decay)
+    groups = _parameter_groups(model, lr, weight_decay, head, backbone_lr_scale)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0)
     if name == "adam":
@@ -46,7 +61,7 @@ def build_scheduler(
         # torch divides by the warm-up length, so very short runs get at least 1.5 steps of it.
         return torch.optim.lr_scheduler.OneCycleLR(
             optimizer,
-            max_lr=lr,
+            max_lr=[group["lr"] for group in optimizer.param_groups],
             total_steps=total_steps,
             pct_start=max(0.25, 1.5 / total_steps),
             cycle_momentum=False,

@@ -9,6 +9,7 @@ import logging
 import math
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,59 @@ class UserParts:
     train_data: Dataset | None = None
     val_data: Dataset | None = None
     classes: list[str] | None = None
+
+
+def freeze_parameters(model: nn.Module, mode: str) -> Callable[[nn.Module], None]:
+    """Freeze per --freeze; returns what keeps frozen BatchNorm layers in eval mode (their
+    running statistics belong to the pretrained weights) each time training mode is set."""
+    from taolu.models.zoo import freeze, set_frozen_batchnorm_eval
+
+    frozen = freeze(model, mode, head_name(model))
+    logger.debug("froze %d parameter tensors (--freeze %s)", len(frozen), mode)
+    return set_frozen_batchnorm_eval
+
+
+def start_from_weights(model: nn.Module, config: TrainConfig) -> Callable | None:
+    """Load --weights (strict, but for the replaced head) and apply --freeze."""
+    from taolu.models.zoo import load_weights
+
+    if config.weights:
+        report = load_weights(model, config.weights, config.model, head=head_name(model))
+        if config.verbose:
+            print(report.render(), flush=True)
+    return freeze_parameters(model, config.freeze) if config.freeze != "none" else None
+
+
+def train_backbone(model: nn.Module, head: str, trainable: bool, freeze_mode: str) -> None:
+    """Switch the backbone's parameters on or off, leaving those --freeze keeps frozen."""
+    from taolu.models.zoo import freeze
+
+    for name, parameter in model.named_parameters():
+        if not (name == head or name.startswith(head + ".")):
+            parameter.requires_grad_(trainable)
+    if freeze_mode != "none":
+        freeze(model, freeze_mode, head)
+
+
+def set_frozen_batchnorm_eval(model: nn.Module) -> None:
+    from taolu.models.zoo import set_frozen_batchnorm_eval as keep_statistics
+
+    keep_statistics(model)
+
+
+def head_name(model: nn.Module) -> str:
+    """The classifier head's dotted name: torchvision's per family, else the last Linear."""
+    from taolu.models.zoo import head_path
+
+    try:
+        return head_path(model)
+    except (ValueError, KeyError, AttributeError):
+        linears = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+        if not linears:
+            raise ConfigError(
+                "cannot tell this model's classifier head (no Linear layer)"
+            ) from None
+        return linears[-1]
 
 
 def new_run_dir(out: str, name: str) -> Path:
@@ -145,7 +199,16 @@ def run_training(
     built_in = parts.model is None
     model = parts.model
     if model is None:
-        model = build_model(config.model, data.channels, data.size, len(data.classes))
+        model = build_model(
+            config.model, data.channels, data.size, len(data.classes), weights=config.weights
+        )
+    frozen_norms = None
+    if resume_state is None and (config.weights or config.freeze != "none"):
+        frozen_norms = start_from_weights(model, config)
+    elif config.freeze != "none":  # resumed: the weights come from the checkpoint
+        frozen_norms = freeze_parameters(model, config.freeze)
+    if config.fine_tune:
+        frozen_norms = set_frozen_batchnorm_eval
     # channels_last speeds up convolutions on CPU and GPU; only for our own nets, since a
     # user's forward() may call .view(), which needs the default memory layout.
     channels_last = built_in and device.type in ("cpu", "cuda")
@@ -170,6 +233,8 @@ def run_training(
         lr=config.lr,
         momentum=config.momentum,
         weight_decay=config.weight_decay,
+        head=head_name(model) if config.fine_tune else None,
+        backbone_lr_scale=config.backbone_lr_scale,
     )
     total_steps = config.epochs * len(train_batches)
     scheduler = build_scheduler(optimizer, config.scheduler, lr=config.lr, total_steps=total_steps)
@@ -234,6 +299,9 @@ def run_training(
     train_images = sum(row["train_images"] for row in history)
     final_val: dict[str, float] = {}
     for epoch in range(start_epoch, config.epochs + 1):
+        if config.fine_tune:
+            # The first --fine-tune epochs train the head alone; then the backbone joins in.
+            train_backbone(model, head_name(model), epoch > config.fine_tune, config.freeze)
         progress = EpochProgress(config.progress, len(train_batches), f"epoch {epoch}")
         try:
             trained = train_one_epoch(
@@ -247,6 +315,7 @@ def run_training(
                 generator,
                 scaler,
                 on_step=progress,
+                after_train_mode=frozen_norms,
             )
         finally:
             progress.close()

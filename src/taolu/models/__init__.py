@@ -1,5 +1,6 @@
-"""Networks taolu can build by name."""
+"""Networks taolu can build: built-in nets, torchvision classifiers, layer lists, factories."""
 
-from taolu.models.nets import BUILTIN_MODELS, build_model, check_model_name
+from taolu.models.factory import build_model, check_model_name, model_kind
+from taolu.models.nets import BUILTIN_MODELS
 
-__all__ = ["BUILTIN_MODELS", "build_model", "check_model_name"]
+__all__ = ["BUILTIN_MODELS", "build_model", "check_model_name", "model_kind"]

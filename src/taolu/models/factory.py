@@ -1,0 +1,90 @@
+"""Any model name taolu accepts, made into a network sized for the data: a built-in net, a
+torchvision classifier, a YAML/JSON layer list, or `package.module:factory`."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+from pathlib import Path
+
+from torch import nn
+
+from taolu.errors import ConfigError
+from taolu.models.nets import BUILTIN_MODELS
+
+FACTORY_PATTERN = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
+
+
+def model_kind(name: str) -> str:
+    """'builtin', 'spec', 'factory' or 'torchvision' (raises ConfigError for none of them)."""
+    if name in BUILTIN_MODELS:
+        return "builtin"
+    from taolu.models import spec, zoo  # imported late: zoo pulls in torchvision's models
+
+    if spec.is_spec_path(name):
+        if not Path(name).expanduser().is_file():
+            raise ConfigError(f"option 'model': layer list {name} not found")
+        return "spec"
+    if FACTORY_PATTERN.fullmatch(name):
+        return "factory"
+    if zoo.is_torchvision_model(name):
+        return "torchvision"
+    raise ConfigError(
+        f"option 'model': unknown model {name!r}; known models: the built-in nets "
+        f"({', '.join(BUILTIN_MODELS)}), any torchvision classifier (see `taolu models`), a "
+        "YAML/JSON layer list (*.yaml, *.json), or package.module:factory"
+    )
+
+
+def check_model_name(name: str) -> None:
+    model_kind(name)
+
+
+def _call_factory(name: str, channels: int, size: tuple[int, int], classes: int) -> nn.Module:
+    """Import `package.module` and call `factory`, passing whichever of channels, classes
+    (or num_classes) and image_size (or size) it takes. Only ever for a name the user gave."""
+    module_name, attribute = name.split(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as error:
+        raise ConfigError(f"option 'model': cannot load {name}: {error}") from None
+    offered = {
+        "channels": channels,
+        "in_channels": channels,
+        "classes": classes,
+        "num_classes": classes,
+        "image_size": size[0],
+        "size": size,
+    }
+    accepted = inspect.signature(factory).parameters
+    model = factory(**{key: value for key, value in offered.items() if key in accepted})
+    if not isinstance(model, nn.Module):
+        raise ConfigError(
+            f"option 'model': {name} returned {type(model).__name__}, not an nn.Module"
+        )
+    return model
+
+
+def build_model(
+    name: str,
+    channels: int,
+    size: tuple[int, int],
+    classes: int,
+    *,
+    weights: str | None = None,
+) -> nn.Module:
+    """The network `name`, sized for (channels, size) inputs and `classes` outputs.
+    `weights` matters only to torchvision models whose shape depends on them (ViT sizes)."""
+    kind = model_kind(name)
+    if kind == "builtin":
+        return BUILTIN_MODELS[name](channels, tuple(size), classes)
+    if kind == "spec":
+        from taolu.models.spec import build_from_spec, load_layer_spec
+
+        return build_from_spec(load_layer_spec(name), channels, tuple(size), classes, source=name)
+    if kind == "factory":
+        return _call_factory(name, channels, tuple(size), classes)
+    from taolu.models.zoo import build_torchvision
+
+    return build_torchvision(name, classes, channels, weights=weights or None)

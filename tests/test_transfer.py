@@ -1,0 +1,134 @@
+"""Transfer learning through `taolu.train`: weights from a file, the head replaced, the
+backbone frozen or fine-tuned, and the weights' own preprocessing applied."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+import yaml
+from PIL import Image
+
+import taolu
+from taolu.cli import main
+from taolu.engine.checkpoint import load_checkpoint
+
+QUIET = dict(verbose=False, progress=False, batch_size=8, image_size=32, epochs=2)
+
+
+@pytest.fixture(scope="module")
+def three_classes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("colours")
+    rng = np.random.default_rng(0)
+    for label in range(3):
+        (root / f"c{label}").mkdir()
+        for index in range(10):
+            pixels = np.zeros((40, 40, 3), np.uint8)
+            pixels[..., label] = 200
+            pixels = (pixels + rng.integers(0, 50, pixels.shape)).astype(np.uint8)
+            Image.fromarray(pixels).save(root / f"c{label}" / f"{index}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def resnet18_file(tmp_path_factory):
+    """A torchvision resnet18 state dict with random weights and its 1000-class head."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "resnet18-random.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+    return path
+
+
+def backbone_changes(model, saved) -> list[str]:
+    state = model.state_dict()
+    return [
+        key
+        for key in state
+        if not key.startswith("fc.") and not torch.equal(state[key], saved[key])
+    ]
+
+
+def test_frozen_backbone_stays_bit_identical(three_classes, resnet18_file, tmp_path):
+    result = taolu.train(
+        data=str(three_classes),
+        model="resnet18",
+        weights=str(resnet18_file),
+        freeze="backbone",
+        out=str(tmp_path),
+        **QUIET,
+    )
+    saved = torch.load(resnet18_file, weights_only=True)
+    assert backbone_changes(result.model, saved) == []
+    assert result.model.fc.out_features == 3
+    assert not torch.equal(result.model.fc.weight, torch.zeros_like(result.model.fc.weight))
+    config = yaml.safe_load((result.run_dir / "config.yaml").read_text())
+    # The weights' own preprocessing, where the user chose nothing else.
+    assert (config["channels"], config["normalize"], config["resize_mode"]) == (
+        3,
+        "imagenet",
+        "crop",
+    )
+    assert config["image_size"] == 32  # chosen by the user, so kept
+    mean = load_checkpoint(result.best_checkpoint)["preprocessing"]["mean"]
+    assert mean == pytest.approx([0.485, 0.456, 0.406])
+
+
+def test_fine_tune_trains_the_head_first_then_the_backbone_slower(
+    three_classes, resnet18_file, tmp_path
+):
+    saved = torch.load(resnet18_file, weights_only=True)
+    head_only = taolu.train(
+        data=str(three_classes),
+        model="resnet18",
+        weights=str(resnet18_file),
+        fine_tune=2,
+        out=str(tmp_path),
+        name="head",
+        **QUIET,
+    )
+    assert backbone_changes(head_only.model, saved) == []
+    both = taolu.train(
+        data=str(three_classes),
+        model="resnet18",
+        weights=str(resnet18_file),
+        fine_tune=1,
+        backbone_lr_scale=0.1,
+        out=str(tmp_path),
+        name="both",
+        **QUIET,
+    )
+    assert backbone_changes(both.model, saved) != []
+    groups = load_checkpoint(both.last_checkpoint)["optimizer"]["param_groups"]
+    peaks = sorted({round(group["max_lr"], 8) for group in groups})
+    assert peaks == [pytest.approx(0.005), pytest.approx(0.05)]
+
+
+def test_default_weights_missing_from_the_hub_cache_fail_fast_offline(
+    three_classes, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-hub"))
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("taolu tried to reach the network")
+
+    monkeypatch.setattr("socket.socket.connect", no_network)
+    monkeypatch.setattr("socket.create_connection", no_network)
+    code = main(
+        [
+            "train",
+            "--data",
+            str(three_classes),
+            "--model",
+            "resnet18",
+            "--weights",
+            "DEFAULT",
+            "--out",
+            str(tmp_path / "runs"),
+            "--no-progress",
+        ]
+    )
+    error = capsys.readouterr().err
+    assert code == 2
+    assert "resnet18-f37072fd.pth" in error and str(tmp_path / "empty-hub") in error
+    assert "Traceback" not in error
