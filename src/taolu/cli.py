@@ -17,6 +17,7 @@ TRAIN_EXAMPLES = """examples:
   taolu train --data digits --epochs 30        scikit-learn's 8x8 digits
   taolu train --data ~/photos --image-size 64  your own folder of class folders
   taolu train --config my.yaml --set lr=0.05   a YAML file, then one value overridden
+  taolu train --data ~/photos --model resnet18 --weights DEFAULT --freeze backbone
   taolu train --resume runs/train --epochs 20  continue a run from its last checkpoint
 
 Precedence: defaults < --config file < named flags < --set key=value."""

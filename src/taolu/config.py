@@ -38,7 +38,12 @@ class TrainConfig:
     """Every option of a training run. Frozen: derived values live in locals, never here."""
 
     # --- data ---
-    data: str = _option("mnist5k", "embedded set (mnist5k, digits) or an image folder", kind="data")
+    data: str = _option(
+        "mnist5k",
+        "embedded set (mnist5k, digits), torchvision set on disk (cifar10, ... with data_root), "
+        "image folder, or CSV list with a path,label header",
+        kind="data",
+    )
     data_root: str = _option(
         "", "folder holding torchvision data sets on disk (mnist, cifar10, ...); never downloaded"
     )
