@@ -308,3 +308,19 @@ def test_evaluate_from_another_directory_finds_a_relative_folder(
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     assert taolu.evaluate(result.run_dir.resolve())["samples"] == 4
+
+
+def test_api_names_stay_functions_after_submodules_are_imported():
+    import taolu.inference  # noqa: F401  (a submodule must not shadow taolu.predict)
+
+    assert taolu.predict.__module__ == "taolu.api" and callable(taolu.predict)
+    assert taolu.train.__module__ == "taolu.api"
+
+
+def test_import_taolu_leaves_torch_for_later():
+    """`taolu --help` answers at once because importing taolu does not import torch."""
+    import subprocess
+    import sys
+
+    check = "import sys, taolu, taolu.cli; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", check], check=True)

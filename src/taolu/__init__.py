@@ -6,12 +6,28 @@ taolu.evaluate(result.run_dir)
 taolu.predict(result.run_dir, ["digit.png"], topk=3)
 """
 
-from taolu.api import evaluate, predict, train
+import importlib
+
 from taolu.config import TrainConfig
-from taolu.engine.routine import TrainResult
 from taolu.errors import CheckpointError, ConfigError, DataError, TaoluError, TrainingError
 
 __version__ = "0.1.0"
+
+# The API needs torch, which takes seconds to import; it is loaded on first use (PEP 562) so
+# that `taolu --help` and a bad option answer at once.
+_LAZY = {
+    "train": "taolu.api",
+    "evaluate": "taolu.api",
+    "predict": "taolu.api",
+    "TrainResult": "taolu.engine.routine",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'taolu' has no attribute {name!r}")
+
 
 __all__ = [
     "CheckpointError",

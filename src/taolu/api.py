@@ -33,8 +33,8 @@ from taolu.engine.optim import build_loss
 from taolu.engine.precision import check_device_name, pick_device, pick_precision
 from taolu.engine.routine import TrainResult, UserParts, run_training
 from taolu.errors import ConfigError, DataError
+from taolu.inference import classify, expand_inputs, restore_model
 from taolu.models import check_model_name
-from taolu.predict import classify, expand_inputs, restore_model
 
 USER_PREFIX = "user:"
 
