@@ -551,3 +551,19 @@ def test_the_bad_categories_are_the_unreadable_ones():
         "too_large",
     }
     assert set(doctor.BAD_CATEGORIES) <= set(doctor.CATEGORIES)
+
+
+def test_a_torchvision_set_on_disk_is_checked_from_its_data_root(tmp_path, capsys):
+    from test_disk_sets import write_cifar10_root
+
+    from taolu.cli import main
+
+    write_cifar10_root(tmp_path)
+    report = check_data("cifar10", data_root=tmp_path)
+    assert len(report.classes) == 10 and not report.blocking
+    assert sum(report.counts["train"].values()) > 0 and sum(report.counts["val"].values()) > 0
+    assert report.sizes["width"]["max"] == 32
+    with pytest.raises(ConfigError, match="--data-root"):
+        check_data("cifar10")
+    assert main(["data", "check", "cifar10", "--data-root", str(tmp_path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["classes"][0] == "airplane"

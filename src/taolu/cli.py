@@ -190,6 +190,7 @@ def _add_data_commands(commands: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="move the unreadable files into DIR (relative paths kept)",
     )
+    check.add_argument("--data-root", default="", help="where torchvision sets lie on disk")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
 
     export = actions.add_parser(
@@ -317,6 +318,7 @@ def _run_data_check(args: argparse.Namespace) -> int:
         min_size=args.min_size,
         max_bad_fraction=args.max_bad_fraction,
         workers=args.workers,
+        data_root=args.data_root or None,
     )
     print(
         json.dumps(report.to_dict(), indent=2, ensure_ascii=False) if args.json else report.render()
@@ -405,11 +407,24 @@ def _plain_message(error: BaseException) -> str:
     return text
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to sys.stderr as it is when a record is emitted, not as it was when the handler
+    was made: whoever calls main() in-process (tests, notebooks) may swap it in between."""
+
+    @property
+    def stream(self):  # noqa: D102
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: object) -> None:
+        pass
+
+
 def _show_warnings_plainly() -> None:
     """taolu's warnings (skipped files, ignored links) as 'taolu: warning: ...' on stderr."""
     logger = logging.getLogger("taolu")
     if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _CurrentStderr()
         handler.setFormatter(logging.Formatter("taolu: warning: %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.WARNING)

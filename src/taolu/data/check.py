@@ -21,6 +21,7 @@ from typing import BinaryIO
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from taolu.data import sources
+from taolu.data.disk_sets import DISK_DATASETS, load_disk_dataset
 from taolu.data.embedded import DIGIT_CLASSES, LOADERS, stratified_split
 from taolu.data.files import is_hidden
 from taolu.errors import ConfigError, DataError
@@ -247,14 +248,20 @@ def check_data(
     min_size: int = 8,
     max_bad_fraction: float = 0.1,
     workers: int = 0,
+    data_root: str | Path | None = None,
 ) -> DataReport:
-    """Check an embedded set's name, an image folder or a .csv file list; changes no file.
+    """Check an embedded set's name, a torchvision set on disk under `data_root`, an image
+    folder or a .csv file list; changes no file.
 
     `workers` > 0 inspects files on that many threads (Pillow decodes without the GIL).
     """
     spec = str(spec)
     if sources.is_embedded(spec):
         return _check_embedded(spec, val_fraction)
+    if spec in DISK_DATASETS:
+        if not data_root:
+            raise ConfigError(f"{spec} is read from disk: give its folder with --data-root")
+        return _check_disk_set(spec, Path(data_root).expanduser())
     path = Path(spec).expanduser()
     if not path.exists():
         raise ConfigError(
@@ -305,6 +312,29 @@ def _check_embedded(name: str, val_fraction: float) -> DataReport:
         problems={category: [] for category in CATEGORIES},
         image_files=0,
         sizes=_size_stats([width] * len(images), [height] * len(images)),
+        imbalance_ratio=_imbalance(counts["train"]),
+        max_bad_fraction=0.0,
+    )
+
+
+def _check_disk_set(name: str, root: Path) -> DataReport:
+    """A torchvision set read from disk: its readers already refuse broken files, so what is
+    left to report is the class balance and the image size."""
+    train, val, classes = load_disk_dataset(name, root)
+    counts = {
+        split: {c: int((tensors.labels == i).sum()) for i, c in enumerate(classes)}
+        for split, tensors in (("train", train), ("val", val))
+    }
+    height, width = train.images.shape[-2:]
+    total = len(train) + len(val)
+    return DataReport(
+        spec=name,
+        layout=f"torchvision {name} under {root} (test split as validation)",
+        classes=list(classes),
+        counts=counts,
+        problems={category: [] for category in CATEGORIES},
+        image_files=0,
+        sizes=_size_stats([int(width)] * total, [int(height)] * total),
         imbalance_ratio=_imbalance(counts["train"]),
         max_bad_fraction=0.0,
     )
