@@ -40,22 +40,25 @@ def ant_bee(array_dataset, easy_images):
     return make
 
 
-@pytest.mark.parametrize("kind", ["numpy", "pil", "tensor"])
-def test_users_dataset_and_sequential_learn_an_easy_task(tmp_path, ant_bee, kind, quiet):
-    train_data, val_data = ant_bee(kind)
+def train_on_ant_bee(train_data, val_data, out, quiet) -> taolu.TrainResult:
+    """A small nn.Sequential on the user's two-class Datasets, 3 epochs, seeded."""
     torch.manual_seed(0)
-    net = small_net()
-    result = taolu.train(
-        model=net,
+    return taolu.train(
+        model=small_net(),
         data=train_data,
         val_data=val_data,
         classes=["ant", "bee"],
         epochs=3,
         batch_size=16,
         workers=0,
-        out=str(tmp_path),
+        out=str(out),
         **quiet,
     )
+
+
+@pytest.mark.parametrize("kind", ["numpy", "pil", "tensor"])
+def test_users_dataset_and_sequential_learn_an_easy_task(tmp_path, ant_bee, kind, quiet):
+    result = train_on_ant_bee(*ant_bee(kind), tmp_path, quiet)
     assert result.run_dir.is_dir() and result.run_dir.parent == tmp_path
     assert len(result.history) == 3
     assert result.best_val_acc > 0.9
@@ -166,19 +169,7 @@ def test_val_data_needs_a_training_dataset(tmp_path, ant_bee, quiet):
 
 @pytest.fixture
 def users_run(tmp_path, ant_bee, quiet):
-    train_data, val_data = ant_bee()
-    torch.manual_seed(0)
-    return taolu.train(
-        model=small_net(),
-        data=train_data,
-        val_data=val_data,
-        classes=["ant", "bee"],
-        epochs=3,
-        batch_size=16,
-        workers=0,
-        out=str(tmp_path),
-        **quiet,
-    )
+    return train_on_ant_bee(*ant_bee(), tmp_path, quiet)
 
 
 def test_predict_in_memory_images_with_the_users_model(users_run, easy_images):
