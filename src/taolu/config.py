@@ -26,6 +26,7 @@ AUGMENTS = ("auto", "none", "shift", "shift-flip")
 RESIZE_MODES = ("squash", "crop", "pad")
 CACHE_MODES = ("auto", "ram", "disk", "off")
 NORMALIZE_MODES = ("auto", "imagenet", "none")
+MONITORS = ("val/acc", "val/loss", "train/acc", "train/loss")
 
 
 def _option(default: Any, help: str, **rules: Any) -> Any:
@@ -122,6 +123,14 @@ class TrainConfig:
     label_smoothing: float = _option(0.1, "cross-entropy label smoothing", ge=0.0, lt=1.0)
     # --- run ---
     epochs: int = _option(15, "passes over the training split", ge=1)
+    monitor: str = _option(
+        "val/acc",
+        "the metric that picks the best checkpoint (and early stopping)",
+        choices=MONITORS,
+    )
+    patience: int = _option(
+        0, "stop after this many epochs without a better monitored value; 0 = never", ge=0
+    )
     device: str = _option("auto", f"where to train: {DEVICES_HELP}", kind="device")
     precision: str = _option(
         "auto", "auto = bf16 where the hardware has it, fp16 on older GPUs", choices=PRECISIONS
@@ -141,7 +150,17 @@ class TrainConfig:
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(TrainConfig)}
 # Options that may differ when a run is resumed; the rest define the run and must not change.
 RESUMABLE_OPTIONS = frozenset(
-    {"epochs", "device", "workers", "progress", "verbose", "cache", "cache_dir", "data_root"}
+    {
+        "epochs",
+        "device",
+        "workers",
+        "progress",
+        "verbose",
+        "cache",
+        "cache_dir",
+        "data_root",
+        "patience",
+    }
 )
 
 

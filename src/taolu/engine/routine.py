@@ -108,6 +108,12 @@ def set_frozen_batchnorm_eval(model: nn.Module) -> None:
     keep_statistics(model)
 
 
+def better(row: dict[str, float], best: dict[str, float], monitor: str) -> bool:
+    """Whether `row` beats `best` on the monitored metric: accuracy up, loss down."""
+    key = monitor.replace("/", "_")
+    return row[key] > best[key] if key.endswith("acc") else row[key] < best[key]
+
+
 def head_name(model: nn.Module) -> str:
     """The classifier head's dotted name: torchvision's per family, else the last Linear."""
     from taolu.models.zoo import head_path
@@ -298,6 +304,7 @@ def run_training(
     train_seconds = sum(row["train_seconds"] for row in history)
     train_images = sum(row["train_images"] for row in history)
     final_val: dict[str, float] = {}
+    stopped_early = False
     for epoch in range(start_epoch, config.epochs + 1):
         if config.fine_tune:
             # The first --fine-tune epochs train the head alone; then the backbone joins in.
@@ -347,7 +354,7 @@ def run_training(
         }
         run_log.log_epoch(row, step)
         final_val = row
-        improved = tested.acc > best_val_acc
+        improved = best_epoch == 0 or better(row, run_log.history[best_epoch - 1], config.monitor)
         if improved:
             best_val_acc, best_epoch = tested.acc, epoch
         state = {
@@ -380,12 +387,22 @@ def run_training(
                 f"{trained.images_per_second:,.0f} img/s  {row['elapsed_seconds']:.1f}s"
             ),
         )
+        if config.patience and epoch - best_epoch >= config.patience and epoch < config.epochs:
+            stopped_early = True
+            _say(
+                config,
+                f"taolu: stopping early: no better {config.monitor} for "
+                f"{config.patience} epochs (best at epoch {best_epoch})",
+            )
+            break
 
     model.load_state_dict(ckpt.load_checkpoint(best_path)["model"])
     model.eval()
     summary = {
         "best_val_acc": best_val_acc,
         "best_epoch": best_epoch,
+        "monitor": config.monitor,
+        "stopped_early": stopped_early,
         "final_val_acc": final_val["val_acc"],
         "final_val_loss": final_val["val_loss"],
         "epochs_completed": final_val["epoch"],
