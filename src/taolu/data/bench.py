@@ -31,9 +31,8 @@ def measure_delivery(config: TrainConfig, epochs: int, device: torch.device) -> 
         workers=prepared.workers,
         skips=prepared.skips,
     )
-    augment = "none" if prepared.per_sample else config.augment
     train_transform, _, _ = batch_transforms(
-        augment, bundle, prepared.preprocessing, device, channels_last=device.type != "mps"
+        config.augment, prepared, device, channels_last=device.type != "mps"
     )
     generator = torch.Generator().manual_seed(config.seed)
     rates = []

@@ -197,16 +197,15 @@ def measure_preprocessing(
 
 
 def batch_transforms(
-    augment: str,
-    bundle: DataBundle,
-    preprocessing: Preprocessing,
-    device: torch.device,
-    channels_last: bool,
+    augment: str, prepared: TrainingData, device: torch.device, channels_last: bool
 ) -> tuple[BatchTransform, BatchTransform, str]:
     """(train transform, eval transform, augmentation used). `auto` shifts digits and also
-    flips everything else; the shift is about 1/14 of the image side (2 px at 28 px).
-    Pass augment="none" when a per-sample pipeline already augments."""
-    if augment == "auto":
+    flips everything else; the shift is about 1/14 of the image side (2 px at 28 px). With a
+    per-sample pipeline the batches are only normalised: the pipeline already augmented."""
+    bundle, preprocessing = prepared.bundle, prepared.preprocessing
+    if prepared.per_sample:
+        augment = "none"
+    elif augment == "auto":
         augment = "shift" if bundle.digits else "shift-flip"
     shift = 0 if augment == "none" else max(1, round(min(bundle.size) / 14))
     train = BatchTransform(
@@ -216,4 +215,5 @@ def batch_transforms(
         flip=augment == "shift-flip",
         channels_last=channels_last,
     )
-    return train, BatchTransform(preprocessing, device, channels_last=channels_last), augment
+    used = "per-sample transforms" if prepared.per_sample else augment
+    return train, BatchTransform(preprocessing, device, channels_last=channels_last), used

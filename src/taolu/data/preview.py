@@ -155,13 +155,7 @@ def augmented_samples(
     generator, so showing samples never changes what a run trains on."""
     device = torch.device("cpu")
     batches = Batches(prepared.bundle.train, count, device, shuffle=True, workers=0)
-    transform, _, _ = batch_transforms(
-        "none" if prepared.per_sample else augment,
-        prepared.bundle,
-        prepared.preprocessing,
-        device,
-        channels_last=False,
-    )
+    transform, _, _ = batch_transforms(augment, prepared, device, channels_last=False)
     generator = torch.Generator().manual_seed(seed)
     images, labels = next(iter(batches.iterate(generator)))
     normalised = transform(images, generator)  # (B, C, H, W)

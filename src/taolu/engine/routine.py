@@ -102,12 +102,6 @@ def train_backbone(model: nn.Module, head: str, trainable: bool, freeze_mode: st
         freeze(model, freeze_mode, head)
 
 
-def set_frozen_batchnorm_eval(model: nn.Module) -> None:
-    from taolu.models.zoo import set_frozen_batchnorm_eval as keep_statistics
-
-    keep_statistics(model)
-
-
 def better(row: dict[str, float], best: dict[str, float], monitor: str) -> bool:
     """Whether `row` beats `best` on the monitored metric: accuracy up, loss down."""
     key = monitor.replace("/", "_")
@@ -213,7 +207,10 @@ def run_training(
         frozen_norms = start_from_weights(model, config)
     elif config.freeze != "none":  # resumed: the weights come from the checkpoint
         frozen_norms = freeze_parameters(model, config.freeze)
+    fine_tune_head = head_name(model) if config.fine_tune else None
     if config.fine_tune:
+        from taolu.models.zoo import set_frozen_batchnorm_eval
+
         frozen_norms = set_frozen_batchnorm_eval
     # channels_last speeds up convolutions on CPU and GPU; only for our own nets, since a
     # user's forward() may call .view(), which needs the default memory layout.
@@ -222,14 +219,8 @@ def run_training(
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     train_transform, eval_transform, augment = batch_transforms(
-        "none" if prepared.per_sample else config.augment,
-        data,
-        preprocessing,
-        device,
-        channels_last,
+        config.augment, prepared, device, channels_last
     )
-    if prepared.per_sample:
-        augment = "per-sample transforms"
 
     # 3. Make the loss function and the optimizer.
     loss_fn = build_loss(config.label_smoothing).to(device)
@@ -239,7 +230,7 @@ def run_training(
         lr=config.lr,
         momentum=config.momentum,
         weight_decay=config.weight_decay,
-        head=head_name(model) if config.fine_tune else None,
+        head=fine_tune_head,
         backbone_lr_scale=config.backbone_lr_scale,
     )
     total_steps = config.epochs * len(train_batches)
@@ -308,7 +299,7 @@ def run_training(
     for epoch in range(start_epoch, config.epochs + 1):
         if config.fine_tune:
             # The first --fine-tune epochs train the head alone; then the backbone joins in.
-            train_backbone(model, head_name(model), epoch > config.fine_tune, config.freeze)
+            train_backbone(model, fine_tune_head, epoch > config.fine_tune, config.freeze)
         progress = EpochProgress(config.progress, len(train_batches), f"epoch {epoch}")
         try:
             trained = train_one_epoch(
