@@ -176,12 +176,26 @@ def train(
         options["model"] = model
     if isinstance(data, (str, Path)):
         options["data"] = str(data)
-    resume_state = None
-    resume_dir = None
+    return train_from_options(config, options, {}, parts=parts, resume=resume)
+
+
+def train_from_options(
+    config_file: str | Path | None,
+    options: Mapping[str, Any],
+    set_options: Mapping[str, Any],
+    *,
+    parts: UserParts | None = None,
+    resume: str | Path | None = None,
+) -> TrainResult:
+    """The one way into training for the CLI and `train`: resolve the layers (on top of the
+    run's saved config when resuming), then run the routine."""
+    resume_state = resume_dir = None
     if resume is not None:
         resume_dir = Path(resume)
         resume_state = ckpt.load_checkpoint(ckpt.find_checkpoint(resume_dir, ckpt.LAST_NAME))
-    resolved = build_train_config(config, options, parts=parts, resume_state=resume_state)
+    resolved = build_train_config(
+        config_file, options, set_options, parts=parts, resume_state=resume_state
+    )
     return run_training(resolved, parts, resume_dir=resume_dir, resume_state=resume_state)
 
 

@@ -335,18 +335,12 @@ def _run_data_check(args: argparse.Namespace) -> int:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from taolu.api import build_train_config
-    from taolu.engine import checkpoint as ckpt
-    from taolu.engine.routine import run_training
+    from taolu.api import train_from_options
 
     options = {name: getattr(args, name) for name in FIELDS if hasattr(args, name)}
-    set_options = parse_set_items(args.set_items)
-    resume_state = resume_dir = None
-    if args.resume:
-        resume_dir = Path(args.resume)
-        resume_state = ckpt.load_checkpoint(ckpt.find_checkpoint(resume_dir, ckpt.LAST_NAME))
-    config = build_train_config(args.config, options, set_options, resume_state=resume_state)
-    run_training(config, resume_dir=resume_dir, resume_state=resume_state)
+    train_from_options(
+        args.config, options, parse_set_items(args.set_items), resume=args.resume or None
+    )
     return 0
 
 
