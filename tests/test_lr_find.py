@@ -1,0 +1,249 @@
+"""The learning-rate range test: schedule, stop rule, suggestion, restoration and its files."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from taolu.data.loaders import Batches, BatchTransform, Preprocessing
+from taolu.data.sources import ImageTensors
+from taolu.engine.lr_find import LrSweep, suggest_lr, sweep_lr, write_lr_sweep
+from taolu.engine.precision import Precision
+
+CPU = torch.device("cpu")
+CLASSES = 4
+
+
+def make_batches(count: int = 128, batch_size: int = 16) -> Batches:
+    """Learnable 8x8 images: each class lights up its own 4x4 quadrant over strong noise, and
+    one label in eight is wrong, so the loss cannot reach 0 and a too-high lr shows."""
+    maker = torch.Generator().manual_seed(0)
+    labels = torch.arange(count) % CLASSES
+    images = torch.randint(0, 160, (count, 1, 8, 8), generator=maker, dtype=torch.uint8)
+    for index, label in enumerate(labels.tolist()):
+        row, col = divmod(label, 2)
+        images[index, 0, row * 4 : row * 4 + 4, col * 4 : col * 4 + 4] += 60
+    labels[::8] = (labels[::8] + 1) % CLASSES
+    split = ImageTensors(images, labels.to(torch.int64))
+    return Batches(split, batch_size, CPU, shuffle=True)
+
+
+def make_transform() -> BatchTransform:
+    # What pipeline.batch_transforms builds with augment "none": normalisation only.
+    return BatchTransform(Preprocessing(1, (8, 8), "squash", (0.3,), (0.25,)), CPU)
+
+
+def make_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Dropout(0.1),  # draws from torch's global RNG, which the sweep must give back
+        nn.Flatten(),
+        nn.Linear(4 * 8 * 8, CLASSES),
+    )
+
+
+def make_optimizer(model: nn.Module, lr: float = 0.05) -> torch.optim.Optimizer:
+    head, body = model[-1], [model[0], model[1]]
+    return torch.optim.SGD(
+        [
+            {"params": [p for layer in body for p in layer.parameters()], "lr": lr * 0.1},
+            {"params": list(head.parameters()), "lr": lr},
+        ],
+        lr=lr,
+        momentum=0.9,
+        nesterov=True,
+    )
+
+
+def run(model=None, optimizer=None, batches=None, loss_fn=None, **options) -> LrSweep:
+    model = model if model is not None else make_model()
+    optimizer = optimizer if optimizer is not None else make_optimizer(model)
+    return sweep_lr(
+        model,
+        batches if batches is not None else make_batches(),
+        make_transform(),
+        loss_fn if loss_fn is not None else nn.CrossEntropyLoss(),
+        optimizer,
+        Precision("fp32", "cpu"),
+        torch.Generator().manual_seed(1),
+        **options,
+    )
+
+
+def train_a_little(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """A few real steps, so the optimizer has momentum buffers for the sweep to disturb."""
+    batches, transform, loss_fn = make_batches(), make_transform(), nn.CrossEntropyLoss()
+    for images, labels in batches.iterate(torch.Generator().manual_seed(2)):
+        optimizer.zero_grad()
+        loss_fn(model(transform(images)), labels).backward()
+        optimizer.step()
+
+
+@pytest.fixture(scope="module")
+def sweep() -> LrSweep:
+    # 60 steps over 8 batches an epoch: the sweep has to go round the data several times.
+    return run(start_lr=1e-4, end_lr=1.0, steps=60, diverge_factor=1e9)
+
+
+def test_lrs_rise_geometrically_from_start_to_end(sweep):
+    assert len(sweep.lrs) == len(sweep.losses) == len(sweep.smoothed) == 60
+    assert not sweep.stopped_early
+    assert sweep.lrs[0] == pytest.approx(1e-4)
+    assert sweep.lrs[-1] == pytest.approx(1.0)
+    assert max(sweep.lrs) <= 1.0 * (1 + 1e-12)
+    ratios = np.array(sweep.lrs[1:]) / np.array(sweep.lrs[:-1])
+    assert np.allclose(ratios, (1.0 / 1e-4) ** (1 / 59))
+
+
+def test_smoothed_loss_is_the_bias_corrected_average(sweep):
+    average = 0.0
+    for step, (loss, smoothed) in enumerate(zip(sweep.losses, sweep.smoothed, strict=True)):
+        average = 0.98 * average + 0.02 * loss
+        assert smoothed == pytest.approx(average / (1 - 0.98 ** (step + 1)))
+    assert sweep.smoothed[0] == pytest.approx(sweep.losses[0])
+    assert all(math.isfinite(value) for value in sweep.losses)
+
+
+def test_the_sweep_learns_and_suggests_an_lr_on_the_falling_slope(sweep):
+    lowest = int(np.argmin(sweep.smoothed))
+    assert sweep.smoothed[lowest] < 0.7 * sweep.smoothed[0]  # the data is learnable
+    assert sweep.lrs[0] <= sweep.suggested_lr < sweep.lrs[lowest]
+    index = sweep.lrs.index(sweep.suggested_lr)
+    # It is where the smoothed curve falls fastest before the minimum, so it is falling there.
+    slopes = np.gradient(np.array(sweep.smoothed), np.log10(sweep.lrs))
+    assert slopes[index] == pytest.approx(slopes[:lowest].min())
+    assert slopes[index] < 0
+
+
+def test_suggestion_on_a_known_curve():
+    lrs = list(np.logspace(-5, 1, 61))
+    logs = np.log10(lrs)
+    # Falls fastest at 1e-2, bottoms out near 1e-1, then climbs steeply.
+    curve = 2.0 - np.tanh(2 * (logs + 2)) + np.where(logs > -0.5, 5 * (logs + 0.5) ** 2, 0.0)
+    assert suggest_lr(lrs, list(curve)) == pytest.approx(1e-2)
+
+
+def test_suggestion_falls_back_to_a_tenth_of_the_minimum():
+    lrs = [1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0]
+    assert suggest_lr(lrs, [3.0, 2.0, 1.0, 0.5, 9.0, 20.0]) == pytest.approx(0.1)
+    # A minimum at the very start: the fallback is kept inside the swept range.
+    assert suggest_lr(lrs, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]) == pytest.approx(1e-3)
+    # A flat curve has its minimum at the first point: no slope to read.
+    flat = list(np.logspace(-4, 0, 20))
+    assert suggest_lr(flat, [1.0] * 20) == pytest.approx(flat[0])
+    assert math.isnan(suggest_lr([], []))
+
+
+def test_weights_optimizer_modes_and_rng_are_restored_bit_for_bit():
+    model = make_model()
+    optimizer = make_optimizer(model)
+    train_a_little(model, optimizer)
+    model.eval()
+    weights = {name: value.clone() for name, value in model.state_dict().items()}
+    state = {
+        key: {name: value.clone() for name, value in values.items()}
+        for key, values in optimizer.state_dict()["state"].items()
+    }
+    groups = [dict(group, params=None) for group in optimizer.param_groups]
+    rng = torch.get_rng_state()
+
+    result = run(model, optimizer, start_lr=1e-3, end_lr=1.0, steps=20, diverge_factor=1e9)
+
+    assert len(result.lrs) == 20
+    after = model.state_dict()
+    assert after.keys() == weights.keys()
+    for name, value in weights.items():
+        assert torch.equal(after[name], value), name
+    restored = optimizer.state_dict()["state"]
+    assert restored.keys() == state.keys() and state
+    for key, values in state.items():
+        for name, value in values.items():
+            assert torch.equal(restored[key][name], value), (key, name)
+    assert [dict(group, params=None) for group in optimizer.param_groups] == groups
+    assert [group["lr"] for group in optimizer.param_groups] == pytest.approx([0.005, 0.05])
+    assert not any(module.training for module in model.modules())
+    assert all(p.grad is None for p in model.parameters())
+    assert torch.equal(torch.get_rng_state(), rng)
+
+
+def test_restored_also_when_the_sweep_raises():
+    model = make_model()
+    optimizer = make_optimizer(model)
+    weights = {name: value.clone() for name, value in model.state_dict().items()}
+    calls = 0
+
+    def failing_loss(logits, labels):
+        nonlocal calls
+        calls += 1
+        if calls > 3:
+            raise RuntimeError("boom")
+        return nn.functional.cross_entropy(logits, labels)
+
+    with pytest.raises(RuntimeError, match="boom"):
+        run(model, optimizer, loss_fn=failing_loss, start_lr=1e-2, end_lr=10.0, steps=10)
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, weights[name]), name
+    assert optimizer.state_dict()["state"] == {}
+    assert [group["lr"] for group in optimizer.param_groups] == pytest.approx([0.005, 0.05])
+    assert model.training  # a new module trains; the sweep put that back as it was
+
+
+def test_a_huge_end_lr_diverges_and_stops_early():
+    result = run(start_lr=1e-3, end_lr=1e4, steps=100)
+    assert result.stopped_early
+    assert 5 < len(result.lrs) < 100
+    assert all(math.isfinite(value) for value in result.losses + result.smoothed)
+    assert result.lrs[0] <= result.suggested_lr <= result.lrs[-1]
+
+
+def test_param_group_ratios_are_kept_during_the_sweep():
+    model = make_model()
+    optimizer = make_optimizer(model)
+    seen: list[list[float]] = []
+    model.register_forward_pre_hook(
+        lambda module, args: seen.append([g["lr"] for g in optimizer.param_groups])
+    )
+    result = run(model, optimizer, start_lr=1e-4, end_lr=1e-1, steps=12)
+    assert len(seen) == 12
+    # The sweep's lr is the first group's (here the backbone, at a tenth of the head's).
+    for (body, head), lr in zip(seen, result.lrs, strict=True):
+        assert body == pytest.approx(lr)
+        assert head == pytest.approx(10 * lr)
+
+
+def test_fewer_batches_than_steps_goes_round_the_data():
+    batches = make_batches(count=20, batch_size=8)  # 2 batches an epoch, the odd 4 dropped
+    assert len(batches) == 3
+    result = run(batches=batches, start_lr=1e-4, end_lr=1e-2, steps=25)
+    assert len(result.losses) == 25 and not result.stopped_early
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ValueError):
+        run(start_lr=1.0, end_lr=0.1, steps=10)
+    with pytest.raises(ValueError):
+        run(steps=1)
+
+
+def test_write_lr_sweep_writes_a_png_and_a_csv(sweep, tmp_path):
+    csv_path, png_path = write_lr_sweep(sweep, tmp_path / "run")
+    assert csv_path == tmp_path / "run" / "lr_find.csv"
+    assert png_path == tmp_path / "run" / "lr_find.png"
+    data = png_path.read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 5000
+    with csv_path.open(newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == ["step", "lr", "loss", "smoothed_loss"]
+    assert len(rows) == len(sweep.lrs) + 1
+    assert [int(row[0]) for row in rows[1:]] == list(range(1, len(sweep.lrs) + 1))
+    assert [float(row[1]) for row in rows[1:]] == sweep.lrs
+    assert [float(row[2]) for row in rows[1:]] == sweep.losses
+    assert [float(row[3]) for row in rows[1:]] == sweep.smoothed
