@@ -29,7 +29,7 @@ from taolu.data.loaders import Batches, BatchTransform, Preprocessing
 from taolu.data.sources import ImageTensors
 from taolu.data.transforms import normalization_stats
 from taolu.engine.loop import train_one_epoch
-from taolu.engine.optim import build_loss, build_optimizer, build_scheduler
+from taolu.engine.optim import LrSchedule, build_loss, build_optimizer
 from taolu.engine.precision import Precision, pick_precision
 from taolu.models import build_model
 
@@ -59,7 +59,9 @@ class Setup:
         self.optimizer = build_optimizer(
             self.model, "sgd", lr=0.05, momentum=0.9, weight_decay=5e-4
         )
-        self.scheduler = build_scheduler(self.optimizer, "onecycle", lr=0.05, total_steps=steps)
+        self.scheduler = LrSchedule(
+            self.optimizer, "onecycle", total_steps=steps, steps_per_epoch=steps
+        )
         self.generator = torch.Generator().manual_seed(SEED)
 
 

@@ -30,7 +30,12 @@ METRIC_COLUMNS = [
     "train_acc",
     "val_loss",
     "val_acc",
+    "val_top5_acc",
+    "val_macro_f1",
+    "val_balanced_acc",
     "lr",
+    "grad_norm",
+    "skipped_batches",
     "train_images_per_second",
 ]
 SUMMARY_KEYS = {
@@ -246,8 +251,8 @@ def test_train_writes_a_complete_run_directory(cli_run, wave1):
     accumulator = EventAccumulator(str(cli_run))
     accumulator.Reload()
     tags = set(accumulator.Tags()["scalars"])
-    assert {"train/loss", "train/acc", "val/loss", "val/acc", "lr"} <= tags
-    for tag in ("train/acc", "val/loss", "val/acc", "lr"):
+    assert {"train/loss", "train/acc", "val/loss", "val/acc", "train/lr"} <= tags
+    for tag in ("train/acc", "val/loss", "val/acc", "train/lr"):
         assert len(accumulator.Scalars(tag)) == 2, tag
     steps_per_epoch = -(-summary["train_samples"] // FIELDS["batch_size"].default)
     assert len(accumulator.Scalars("train/loss")) == 2 * steps_per_epoch

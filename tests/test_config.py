@@ -96,7 +96,7 @@ def test_empty_yaml_file_means_defaults(tmp_path):
         ("options", "val_fraction", 1.0, "1.0"),
         ("options", "channels", 2, "2"),
         ("options", "optimizer", "lbfgs", "lbfgs"),
-        ("options", "scheduler", "step", "step"),
+        ("options", "scheduler", "linear", "linear"),
         ("options", "precision", "fp8", "fp8"),
         ("options", "device", "gpu", "gpu"),
         ("options", "device", "cuda:x", "cuda:x"),

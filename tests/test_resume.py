@@ -53,7 +53,7 @@ def assert_clean_records(run_dir, epochs):
     rows = read_metrics(run_dir)
     assert [int(row["epoch"]) for row in rows] == list(range(1, epochs + 1))
     events = scalars(run_dir)
-    for tag in ("val/acc", "val/loss", "train/acc", "lr"):
+    for tag in ("val/acc", "val/loss", "train/acc", "train/lr"):
         assert len(events[tag]) == epochs, tag
         steps = [event.step for event in events[tag]]
         assert steps == sorted(set(steps)), tag
@@ -63,6 +63,24 @@ def assert_clean_records(run_dir, epochs):
     # val/acc in TensorBoard is the metrics.csv column, epoch by epoch
     for event, row in zip(events["val/acc"], rows, strict=True):
         assert event.value == pytest.approx(float(row["val_acc"]), abs=1e-6)
+
+
+def interrupt_third_evaluation(monkeypatch, start_run):
+    """Run `start_run()` with Ctrl-C raised as the third epoch's evaluation begins: two
+    epochs are checkpointed, the third's training steps are logged but not saved."""
+    real_evaluate = routine.evaluate
+    calls = []
+
+    def evaluate_then_interrupt(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(routine, "evaluate", evaluate_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        start_run()
+    monkeypatch.setattr(routine, "evaluate", real_evaluate)
 
 
 @pytest.fixture
@@ -126,19 +144,7 @@ def test_interrupted_embedded_run_resumes_to_identical_weights(tmp_path, monkeyp
     common = dict(data="digits", epochs=EPOCHS, device="cpu", out=str(tmp_path), **quiet)
     reference = taolu.train(name="whole", **common)
 
-    real_evaluate = routine.evaluate
-    calls = []
-
-    def evaluate_then_interrupt(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real_evaluate(*args, **kwargs)
-
-    monkeypatch.setattr(routine, "evaluate", evaluate_then_interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        taolu.train(name="cut", **common)
-    monkeypatch.setattr(routine, "evaluate", real_evaluate)
+    interrupt_third_evaluation(monkeypatch, lambda: taolu.train(name="cut", **common))
     run_dir = tmp_path / "cut"
     assert len(read_metrics(run_dir)) == 2
 
@@ -257,3 +263,46 @@ def test_resume_with_more_epochs_shows_no_torch_warning(tmp_path, quiet):
         taolu.train(resume=first.run_dir, epochs=2, **quiet)
     scheduler_warnings = [w for w in caught if "lr_scheduler.step()" in str(w.message)]
     assert not scheduler_warnings
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(
+            ema=0.9,
+            scheduler="cosine",
+            warmup_epochs=1,
+            accumulate=2,
+            clip_grad=1.0,
+            mixup=0.2,
+            cutmix=1.0,
+            sampler="balanced",
+            class_weights="auto",
+        ),
+        dict(scheduler="plateau", plateau_patience=0, monitor="val/loss", optimizer="adamw"),
+    ],
+    ids=["ema-cosine-warmup-accumulate-clip-mix-balanced", "plateau-adamw"],
+)
+def test_resume_is_exact_with_every_stateful_option_on(tmp_path, monkeypatch, quiet, options):
+    """EMA, the schedule (warm-up, plateau), accumulation, mixup/cutmix draws and the
+    balanced sampler all continue exactly after an interruption."""
+    common = dict(data="digits", epochs=EPOCHS, device="cpu", out=str(tmp_path), **options)
+    reference = taolu.train(name="whole", **common, **quiet)
+
+    interrupt_third_evaluation(monkeypatch, lambda: taolu.train(name="cut", **common, **quiet))
+    run_dir = tmp_path / "cut"
+
+    next_second()
+    resumed = taolu.train(resume=run_dir, **quiet)
+    ours = torch.load(run_dir / "weights" / "last.pt", weights_only=True)
+    theirs = torch.load(reference.run_dir / "weights" / "last.pt", weights_only=True)
+    assert_same_weights(ours["model"], theirs["model"])
+    if "ema_model" in theirs:
+        assert_same_weights(ours["ema_model"], theirs["ema_model"])
+        assert ours["ema_updates"] == theirs["ema_updates"]
+    assert ours["scheduler"] == theirs["scheduler"]
+    for key in ("train_loss", "val_loss", "val_acc", "lr", "val_macro_f1"):
+        assert [row[key] for row in resumed.history] == pytest.approx(
+            [row[key] for row in reference.history], abs=1e-6
+        ), key
+    assert_clean_records(run_dir, EPOCHS)

@@ -94,6 +94,7 @@ def test_fine_tune_trains_the_head_first_then_the_backbone_slower(
         weights=str(resnet18_file),
         fine_tune=1,
         backbone_lr_scale=0.1,
+        lr=0.05,  # the recipe would pick 0.01 for pretrained weights
         out=str(tmp_path),
         name="both",
         **QUIET,

@@ -29,7 +29,7 @@ from taolu.data.sources import (
 from taolu.data.user_data import NamedSamples
 from taolu.engine import checkpoint as ckpt
 from taolu.engine.loop import evaluate as evaluate_batches
-from taolu.engine.optim import build_loss
+from taolu.engine.optim import build_loss, check_optimizer_name
 from taolu.engine.precision import check_device_name, pick_device, pick_precision
 from taolu.engine.routine import TrainResult, UserParts, run_training
 from taolu.errors import ConfigError, DataError
@@ -46,6 +46,7 @@ def _validators(parts: UserParts) -> dict:
         "device": check_device_name,
         "transforms": check_transforms_option,
         "freeze": _check_freeze,
+        "optimizer": check_optimizer_name,
     }
     if parts.train_data is None:
         checks["data"] = _check_data
@@ -196,7 +197,11 @@ def train_from_options(
     resolved = build_train_config(
         config_file, options, set_options, parts=parts, resume_state=resume_state
     )
-    return run_training(resolved, parts, resume_dir=resume_dir, resume_state=resume_state)
+    file_layer = read_config_file(config_file) if config_file else {}
+    chosen = {*file_layer, *options, *(set_options or {})}
+    return run_training(
+        resolved, parts, resume_dir=resume_dir, resume_state=resume_state, chosen=chosen
+    )
 
 
 def evaluate(
@@ -259,14 +264,19 @@ def evaluate(
         BatchTransform(preprocessing, torch_device),
         build_loss(saved["label_smoothing"]).to(torch_device),
         precision,
+        classes=list(state["classes"]),
     )
+    report = result.report
     return {
         "checkpoint": str(path),
         "data": described,
         "samples": result.images,
         "loss": result.loss,
         "acc": result.acc,
+        **(report.scalars if report is not None else {}),
         "epoch": state["epoch"],
+        "per_class": report.per_class if report is not None else {},
+        "confusion_matrix": report.confusion_matrix if report is not None else [],
     }
 
 

@@ -357,10 +357,25 @@ def _run_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
     else:
+        extra = "".join(
+            f"  {label} {result[key]:.4f}"
+            for key, label in (
+                ("top5_acc", "top-5"),
+                ("macro_f1", "macro-F1"),
+                ("balanced_acc", "balanced acc"),
+            )
+            if key in result
+        )
         print(
             f"{result['checkpoint']} (epoch {result['epoch']}) on {result['data']}: "
             f"{result['samples']} images  loss {result['loss']:.4f}  acc {result['acc']:.4f}"
+            + extra
         )
+        for name, scores in result["per_class"].items():
+            print(
+                f"  {name:<20} precision {scores['precision']:.4f}  recall "
+                f"{scores['recall']:.4f}  f1 {scores['f1']:.4f}  ({scores['support']} images)"
+            )
     return 0
 
 

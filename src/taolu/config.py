@@ -18,15 +18,23 @@ import yaml
 from taolu.errors import ConfigError
 
 EMBEDDED_DATA = ("mnist5k", "digits")
-OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
-SCHEDULERS = ("onecycle", "cosine", "constant")
+SCHEDULERS = ("onecycle", "cosine", "step", "plateau", "constant")
 DEVICES_HELP = "auto, cpu, cuda, cuda:N or mps"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 AUGMENTS = ("auto", "none", "shift", "shift-flip")
 RESIZE_MODES = ("squash", "crop", "pad")
 CACHE_MODES = ("auto", "ram", "disk", "off")
 NORMALIZE_MODES = ("auto", "imagenet", "none")
-MONITORS = ("val/acc", "val/loss", "train/acc", "train/loss")
+MONITORS = (
+    "val/acc",
+    "val/loss",
+    "val/top5_acc",
+    "val/macro_f1",
+    "val/balanced_acc",
+    "train/acc",
+    "train/loss",
+)
+SWITCHES = ("auto", "on", "off")
 
 
 def _option(default: Any, help: str, **rules: Any) -> Any:
@@ -112,15 +120,74 @@ class TrainConfig:
     backbone_lr_scale: float = _option(
         0.1, "backbone learning rate after the head-only epochs, as a share of lr", gt=0.0, le=1.0
     )
+    channels_last: str = _option(
+        "auto",
+        "channels-last memory layout: auto = on for taolu's own nets on CPU and GPU, "
+        "off for your nn.Module (its forward() may call .view())",
+        choices=SWITCHES,
+    )
+    compile: bool = _option(
+        False, "torch.compile the model (measured slower for small nets on CPU; try it on GPU)"
+    )
     # --- loss and optimizer ---
-    optimizer: str = _option("sgd", "optimizer", choices=OPTIMIZERS)
+    optimizer: str = _option(
+        "sgd",
+        "sgd, adam, adamw, rmsprop, or any other torch.optim optimizer by name (nadam, radam, "
+        "adagrad, ...)",
+        kind="optimizer",
+    )
     lr: float = _option(0.05, "peak learning rate", gt=0.0)
-    momentum: float = _option(0.9, "SGD/RMSprop momentum (Nesterov for SGD)", ge=0.0, lt=1.0)
+    momentum: float = _option(0.9, "SGD/RMSprop momentum", ge=0.0, lt=1.0)
+    nesterov: bool = _option(True, "Nesterov momentum for SGD")
     weight_decay: float = _option(
         5e-4, "weight decay on weights (not on biases or norm layers)", ge=0.0
     )
-    scheduler: str = _option("onecycle", "learning-rate schedule over the run", choices=SCHEDULERS)
+    scheduler: str = _option(
+        "onecycle",
+        "learning-rate schedule: onecycle (warm-up then anneal), cosine, step, plateau "
+        "(cut when the monitored metric stalls), constant",
+        choices=SCHEDULERS,
+    )
+    warmup_epochs: float = _option(
+        0.0, "linear warm-up from lr/100 before cosine, step or constant", ge=0.0
+    )
+    step_epochs: int = _option(
+        0, "step: multiply the lr by lr_gamma every this many epochs; 0 = a third of the run", ge=0
+    )
+    lr_gamma: float = _option(0.1, "the factor step and plateau multiply the lr by", gt=0.0, lt=1.0)
+    plateau_patience: int = _option(
+        2, "plateau: epochs without a better monitored value before the lr is cut", ge=0
+    )
+    accumulate: int = _option(1, "batches whose gradients add up before each optimizer step", ge=1)
+    clip_grad: float = _option(0.0, "clip the gradients' global norm to this; 0 = off", ge=0.0)
+    ema: float = _option(
+        0.0,
+        "decay of an exponential moving average of the weights, which is evaluated and saved "
+        "(e.g. 0.999); 0 = off",
+        ge=0.0,
+        lt=1.0,
+    )
     label_smoothing: float = _option(0.1, "cross-entropy label smoothing", ge=0.0, lt=1.0)
+    mixup: float = _option(
+        0.0, "mixup: Beta(a, a) mixing of image pairs and labels; 0 = off", ge=0.0
+    )
+    cutmix: float = _option(
+        0.0, "cutmix: Beta(a, a) sized patches pasted between images; 0 = off", ge=0.0
+    )
+    class_weights: str = _option(
+        "none",
+        "auto weighs each class's loss by the inverse of its share of the training split",
+        choices=("none", "auto"),
+    )
+    sampler: str = _option(
+        "shuffle",
+        "shuffle, or balanced: draw every class equally often (with replacement)",
+        choices=("shuffle", "balanced"),
+    )
+    lr_find: bool = _option(
+        False,
+        "instead of training: sweep the lr, plot the loss against it, suggest a value",
+    )
     # --- run ---
     epochs: int = _option(15, "passes over the training split", ge=1)
     monitor: str = _option(
@@ -130,6 +197,14 @@ class TrainConfig:
     )
     patience: int = _option(
         0, "stop after this many epochs without a better monitored value; 0 = never", ge=0
+    )
+    on_nan: str = _option(
+        "stop",
+        "when a step's loss is NaN or infinite: stop (best checkpoint kept) or skip the batch",
+        choices=("stop", "skip"),
+    )
+    deterministic: bool = _option(
+        False, "deterministic algorithms only: the same seed gives bitwise identical runs on CPU"
     )
     device: str = _option("auto", f"where to train: {DEVICES_HELP}", kind="device")
     precision: str = _option(
@@ -160,6 +235,8 @@ RESUMABLE_OPTIONS = frozenset(
         "cache_dir",
         "data_root",
         "patience",
+        "compile",
+        "on_nan",
     }
 )
 

@@ -14,6 +14,7 @@ from taolu.data.loaders import BatchTransform, Preprocessing
 from taolu.data.pipeline import stored_eval_pipeline
 from taolu.data.sources import list_image_files
 from taolu.data.transforms import SamplePipeline
+from taolu.engine import checkpoint as ckpt
 from taolu.errors import CheckpointError, DataError
 from taolu.models import build_model, model_kind
 
@@ -43,7 +44,7 @@ def restore_model(state: dict[str, Any], model: nn.Module | None = None) -> nn.M
             weights=state["config"].get("weights"),
         )
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(ckpt.inference_weights(state))
     except RuntimeError as error:
         raise CheckpointError(f"the checkpoint's weights do not fit the model: {error}") from None
     return model.eval()

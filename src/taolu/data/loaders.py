@@ -152,6 +152,30 @@ def _stack_samples(
     return (torch.stack(images) if images else None), labels, errors
 
 
+def split_labels(split: Split) -> torch.Tensor:
+    """Every label of a split (N,), read without decoding images where the split knows them:
+    in-memory tensors, file lists and Datasets with torchvision's `targets`."""
+    while True:
+        if isinstance(split, DeferredTensors):
+            split = split.materialize()
+        if isinstance(split, ImageTensors):
+            return split.labels
+        targets = getattr(split, "targets", None)
+        if targets is not None:
+            return torch.as_tensor(list(targets), dtype=torch.long)
+        inner = getattr(split, "split", None) or getattr(split, "dataset", None)
+        if inner is None or len(inner) != len(split):
+            break
+        split = inner
+    return torch.tensor([int(split[index][1]) for index in range(len(split))], dtype=torch.long)
+
+
+def balanced_sample_weights(labels: torch.Tensor) -> torch.Tensor:
+    """Per-sample drawing weights that give every class the same total: 1 / its count."""
+    counts = torch.bincount(labels).float()
+    return 1.0 / counts[labels]
+
+
 class Batches:
     """Iterates (images, labels) batches of a split on `device`, images still uint8 (or float).
 
@@ -168,8 +192,11 @@ class Batches:
         shuffle: bool,
         workers: int = 0,
         skips: SkipLog | None = None,
+        sample_weights: torch.Tensor | None = None,
     ):
         self.split = split
+        # With weights, each epoch draws len(split) samples with replacement (class-balanced).
+        self.sample_weights = sample_weights
         self.batch_size = batch_size
         self.device = device
         self.shuffle = shuffle
@@ -190,7 +217,11 @@ class Batches:
         return full + (1 if rest > (1 if self.shuffle else 0) else 0)
 
     def order(self, generator: torch.Generator | None) -> torch.Tensor:
-        if self.shuffle:
+        if self.sample_weights is not None:
+            order = torch.multinomial(
+                self.sample_weights, len(self.split), replacement=True, generator=generator
+            )
+        elif self.shuffle:
             order = torch.randperm(len(self.split), generator=generator)
         else:
             order = torch.arange(len(self.split))

@@ -78,6 +78,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
+def inference_weights(state: dict[str, Any]) -> dict[str, Any]:
+    """The weights eval, predict and export use: the moving average when --ema kept one."""
+    return state.get("ema_model") or state["model"]
+
+
 def find_checkpoint(run_or_file: str | Path, which: str = BEST_NAME) -> Path:
     """A checkpoint file given directly, or `which` inside a run directory."""
     path = Path(run_or_file)

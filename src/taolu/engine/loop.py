@@ -10,6 +10,8 @@ import torch
 from torch import nn
 
 from taolu.data.loaders import Batches, BatchTransform
+from taolu.engine.metrics import ClassMetrics, ClassReport
+from taolu.engine.optim import LrSchedule
 from taolu.engine.precision import Precision
 
 
@@ -19,11 +21,46 @@ class EpochResult:
     acc: float
     images: int
     seconds: float
-    step_losses: list[float] = field(default_factory=list)
+    step_losses: list[float] = field(default_factory=list)  # one per optimizer step
+    steps: int = 0  # optimizer steps taken
+    skipped_batches: int = 0  # batches left out because their loss was NaN or infinite
+    grad_norm: float | None = None  # mean global gradient norm (before clipping)
+    report: ClassReport | None = None  # evaluation only: per-class metrics
 
     @property
     def images_per_second(self) -> float:
         return self.images / self.seconds if self.seconds > 0 else 0.0
+
+
+class NonFiniteLoss(Exception):
+    """A training step's loss was NaN or infinite and --on-nan is stop."""
+
+    def __init__(self, batch: int, loss: float):
+        super().__init__(f"batch {batch}: loss {loss}")
+        self.batch, self.loss = batch, loss
+
+
+@dataclass(frozen=True)
+class StepRules:
+    """How each batch becomes an optimizer step, beyond forward-backward-step.
+
+    accumulate: batches whose gradients add up before one optimizer step.
+    clip_grad: clip the global gradient norm to this (0 = off).
+    on_nan: "stop" raises NonFiniteLoss before the bad batch touches the weights; "skip"
+        leaves the batch out.
+    mix: mixup/cutmix, (inputs, labels) -> (mixed inputs, soft targets (B, classes)).
+    ema: the averaged model, updated after every optimizer step.
+    """
+
+    accumulate: int = 1
+    clip_grad: float = 0.0
+    on_nan: str = "stop"
+    mix: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
+    ema: torch.optim.swa_utils.AveragedModel | None = None
+
+
+def steps_per_epoch(batches: int, accumulate: int) -> int:
+    return -(-batches // accumulate)
 
 
 def train_one_epoch(
@@ -32,14 +69,15 @@ def train_one_epoch(
     transform: BatchTransform,
     loss_fn: nn.Module,
     optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    schedule: LrSchedule,
     precision: Precision,
     generator: torch.Generator,
     scaler: torch.amp.GradScaler | None = None,
+    rules: StepRules = StepRules(),
     on_step: Callable[[int, torch.Tensor, torch.Tensor, int], None] | None = None,
     after_train_mode: Callable[[nn.Module], None] | None = None,
 ) -> EpochResult:
-    """Forward, loss, backward, step for every batch.
+    """Forward, loss, backward for every batch; an optimizer step every `rules.accumulate`.
 
     `on_step(i, loss, correct, images_seen)` gets device tensors, so a GPU is only synchronised
     when the caller reads them. Loss and accuracy are summed on the device.
@@ -50,39 +88,95 @@ def train_one_epoch(
     device = transform.mean.device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
-    step_losses, seen = [], 0
+    step_losses, grad_norms, seen, skipped = [], [], 0, 0
+    planned = len(batches)
+    window_losses = []  # losses of the batches whose gradients wait for the next step
+    optimizer.zero_grad(set_to_none=True)
+    steps = 0
     started = time.perf_counter()
     for index, (images, labels) in enumerate(batches.iterate(generator)):
         inputs = transform(images, generator)  # (B, C, H, W), augmented and normalised
+        targets = labels
+        if rules.mix is not None:
+            inputs, targets = rules.mix(inputs, labels)  # targets (B, classes), soft
         with precision.autocast():
             logits = model(inputs)  # (B, classes)
-            loss = loss_fn(logits, labels)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
-        scheduler.step()
-        batch = labels.shape[0]
-        seen += batch
-        loss_sum += loss.detach() * batch
-        correct += (logits.detach().argmax(1) == labels).sum()
-        step_losses.append(loss.detach())
-        if on_step is not None:
-            on_step(index, loss.detach(), correct, seen)
+            loss = loss_fn(logits, targets)
+        # One host sync per step: the price of acting before a bad batch touches the weights.
+        if not bool(torch.isfinite(loss.detach())):
+            if rules.on_nan == "stop":
+                raise NonFiniteLoss(index, float(loss.detach()))
+            skipped += 1
+            loss = None
+        window_start = index - index % rules.accumulate
+        window = min(rules.accumulate, planned - window_start)
+        if loss is not None:
+            scaled = loss / window if window > 1 else loss
+            (scaler.scale(scaled) if scaler is not None else scaled).backward()
+            window_losses.append(loss.detach())
+            batch = labels.shape[0]
+            seen += batch
+            loss_sum += loss.detach() * batch
+            correct += (logits.detach().argmax(1) == labels).sum()
+            if on_step is not None:
+                on_step(index, loss.detach(), correct, seen)
+        if (index + 1) % rules.accumulate == 0 or index + 1 == planned:
+            _finish_step(
+                model, optimizer, scaler, rules, schedule, window_losses, step_losses, grad_norms
+            )
+            steps += 1
+    if window_losses:  # undecodable files left the last window short
+        _finish_step(
+            model, optimizer, scaler, rules, schedule, window_losses, step_losses, grad_norms
+        )
+        steps += 1
     seconds = time.perf_counter() - started
     return EpochResult(
-        loss=float(loss_sum) / max(seen, 1),
+        loss=float(loss_sum) / max(seen, 1) if seen else float("nan"),
         acc=float(correct) / max(seen, 1),
         images=seen,
         seconds=seconds,
         step_losses=[float(value) for value in torch.stack(step_losses).float().cpu()]
         if step_losses
         else [],
+        steps=steps,
+        skipped_batches=skipped,
+        grad_norm=float(torch.stack(grad_norms).mean()) if grad_norms else None,
     )
+
+
+def _finish_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    rules: StepRules,
+    schedule: LrSchedule,
+    window_losses: list[torch.Tensor],
+    step_losses: list[torch.Tensor],
+    grad_norms: list[torch.Tensor],
+) -> None:
+    """End one optimizer step: measure (and clip) the gradient norm, step, update the EMA,
+    clear the gradients, advance the schedule. A window whose every batch was skipped
+    applies nothing, but the schedule still advances: it follows the run's position."""
+    if window_losses:
+        if scaler is not None:
+            scaler.unscale_(optimizer)  # measure and clip the true gradients, not scaled ones
+        gradients = [p.grad for p in model.parameters() if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(gradients)
+        if rules.clip_grad > 0:
+            torch.nn.utils.clip_grads_with_norm_(model.parameters(), rules.clip_grad, norm)
+        grad_norms.append(norm.detach())
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if rules.ema is not None:
+            rules.ema.update_parameters(model)
+        step_losses.append(torch.stack(window_losses).mean())
+        window_losses.clear()
+    schedule.step()
 
 
 @torch.no_grad()
@@ -92,12 +186,15 @@ def evaluate(
     transform: BatchTransform,
     loss_fn: nn.Module,
     precision: Precision,
+    classes: list[str] | None = None,
 ) -> EpochResult:
-    """Mean loss and top-1 accuracy over every sample of `batches`, counted once each."""
+    """Mean loss and top-1 accuracy over every sample of `batches`, counted once each; with
+    `classes`, also the per-class report (top-5, precision/recall/F1, confusion matrix)."""
     model.eval()
     device = transform.mean.device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
+    metrics = ClassMetrics(classes, device) if classes else None
     seen = 0
     started = time.perf_counter()
     for images, labels in batches.iterate():
@@ -106,9 +203,12 @@ def evaluate(
         loss_sum += loss_fn(logits.float(), labels) * labels.shape[0]
         correct += (logits.argmax(1) == labels).sum()
         seen += labels.shape[0]
+        if metrics is not None:
+            metrics.update(logits, labels)
     return EpochResult(
         loss=float(loss_sum) / max(seen, 1),
         acc=float(correct) / max(seen, 1),
         images=seen,
         seconds=time.perf_counter() - started,
+        report=metrics.report() if metrics is not None and seen else None,
     )

@@ -2,12 +2,53 @@
 
 from __future__ import annotations
 
+import inspect
+import math
+import warnings
+from typing import Any
+
 import torch
 from torch import nn
 
+from taolu.errors import ConfigError
 
-def build_loss(label_smoothing: float) -> nn.Module:
-    return nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+# LBFGS needs a closure that re-evaluates the loss, SparseAdam sparse gradients and Muon
+# only 2-D weight matrices (no biases or norms): none fits a minibatch loop over every layer.
+UNFIT_OPTIMIZERS = ("lbfgs", "sparseadam", "muon")
+
+
+def build_loss(label_smoothing: float, class_weights: torch.Tensor | None = None) -> nn.Module:
+    return nn.CrossEntropyLoss(weight=class_weights, label_smoothing=label_smoothing)
+
+
+def balanced_class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Each class's loss weight, the inverse of its share of `labels`, scaled so a balanced
+    split gets 1 everywhere (scikit-learn's 'balanced' rule). A class with no sample gets 0."""
+    counts = torch.bincount(labels, minlength=num_classes).float()
+    weights = len(labels) / (num_classes * counts.clamp(min=1))
+    return torch.where(counts > 0, weights, torch.zeros_like(weights))
+
+
+def optimizer_classes() -> dict[str, type[torch.optim.Optimizer]]:
+    """The torch.optim optimizers a minibatch loop can drive, by lower-case name (sgd, adamw,
+    nadam, ...)."""
+    return {
+        name.lower(): value
+        for name, value in vars(torch.optim).items()
+        if inspect.isclass(value)
+        and issubclass(value, torch.optim.Optimizer)
+        and value is not torch.optim.Optimizer
+        and name.lower() not in UNFIT_OPTIMIZERS
+    }
+
+
+def check_optimizer_name(name: str) -> None:
+    known = optimizer_classes()
+    if name.lower() not in known:
+        raise ConfigError(
+            f"option 'optimizer': {name!r} is not a torch.optim optimizer; choose one of: "
+            + ", ".join(sorted(known))
+        )
 
 
 def _parameter_groups(
@@ -37,37 +78,104 @@ def build_optimizer(
     lr: float,
     momentum: float,
     weight_decay: float,
+    nesterov: bool = True,
     head: str | None = None,
     backbone_lr_scale: float = 1.0,
 ) -> torch.optim.Optimizer:
+    """Any torch.optim optimizer by name; momentum and Nesterov go to those that take them."""
     groups = _parameter_groups(model, lr, weight_decay, head, backbone_lr_scale)
-    if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0)
-    if name == "adam":
-        return torch.optim.Adam(groups, lr=lr)
-    if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr)
-    if name == "rmsprop":
-        return torch.optim.RMSprop(groups, lr=lr, momentum=momentum)
-    raise ValueError(f"unknown optimizer {name!r}")
+    optimizer_class = optimizer_classes()[name.lower()]
+    accepted = inspect.signature(optimizer_class).parameters
+    extra: dict[str, Any] = {}
+    if "momentum" in accepted and name.lower() in ("sgd", "rmsprop"):
+        extra["momentum"] = momentum
+    if "nesterov" in accepted:
+        # torch refuses Nesterov without momentum; the flag means "when there is momentum".
+        extra["nesterov"] = nesterov and momentum > 0
+    return optimizer_class(groups, lr=lr, **extra)
 
 
-def build_scheduler(
-    optimizer: torch.optim.Optimizer, name: str, *, lr: float, total_steps: int
-) -> torch.optim.lr_scheduler.LRScheduler:
-    """A schedule stepped once per optimizer step over `total_steps`."""
-    if name == "onecycle" and total_steps >= 2:
-        # Warm up over the first quarter, anneal to ~0 by the end (Smith's one-cycle policy).
-        # torch divides by the warm-up length, so very short runs get at least 1.5 steps of it.
-        return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer,
-            max_lr=[group["lr"] for group in optimizer.param_groups],
-            total_steps=total_steps,
-            pct_start=max(0.25, 1.5 / total_steps),
-            cycle_momentum=False,
-        )
-    if name == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
-    if name in ("constant", "onecycle"):  # a one-step run has no cycle to follow
-        return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
-    raise ValueError(f"unknown scheduler {name!r}")
+class LrSchedule:
+    """The learning rate over a run: `step()` after every optimizer step, `end_epoch(value)`
+    after every validation (only `plateau` uses the value). torch's schedulers do the work:
+    OneCycleLR, LambdaLR (warm-up, then cosine, step or constant) and ReduceLROnPlateau."""
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        name: str,
+        *,
+        total_steps: int,
+        steps_per_epoch: int,
+        warmup_epochs: float = 0.0,
+        step_epochs: int = 0,
+        gamma: float = 0.1,
+        plateau_patience: int = 2,
+        plateau_mode: str = "max",
+    ):
+        self.name = name
+        self.plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
+        self.warmup_steps = 0
+        if name == "onecycle" and total_steps >= 2:
+            # Warm up over the first quarter, anneal to ~0 by the end (Smith's one-cycle
+            # policy). torch divides by the warm-up length, so very short runs get at least
+            # 1.5 steps of it.
+            self.per_step = torch.optim.lr_scheduler.OneCycleLR(
+                optimizer,
+                max_lr=[group["lr"] for group in optimizer.param_groups],
+                total_steps=total_steps,
+                pct_start=max(0.25, 1.5 / total_steps),
+                cycle_momentum=False,
+            )
+            return
+        warmup = round(warmup_epochs * steps_per_epoch)
+        if name == "step":
+            every = (step_epochs or max(1, math.ceil(total_steps / steps_per_epoch / 3))) * max(
+                steps_per_epoch, 1
+            )
+        self.warmup_steps = warmup
+
+        def factor(step: int) -> float:
+            if step < warmup:  # linear from 1% of the lr, as torch's LinearLR would
+                return 0.01 + 0.99 * step / warmup
+            if name == "cosine":
+                progress = (step - warmup) / max(total_steps - warmup, 1)
+                return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+            if name == "step":
+                return gamma ** ((step - warmup) // every)
+            return 1.0  # constant, plateau (which cuts the lr itself), one-step onecycle
+
+        self.per_step = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        if name == "plateau":
+            self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, mode=plateau_mode, factor=gamma, patience=plateau_patience
+            )
+
+    def step(self) -> None:
+        if self.plateau is not None and self.per_step.last_epoch >= self.warmup_steps:
+            return  # after warm-up the plateau rule owns the lr; LambdaLR would overwrite it
+        self.per_step.step()
+
+    def end_epoch(self, monitored: float) -> None:
+        if self.plateau is not None and self.per_step.last_epoch >= self.warmup_steps:
+            self.plateau.step(monitored)
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {"per_step": self.per_step.state_dict()}
+        if self.plateau is not None:
+            state["plateau"] = self.plateau.state_dict()
+        return state
+
+    def resume(self, state: dict[str, Any], steps_taken: int, same_length: bool) -> None:
+        """Continue a saved schedule. When the run's length changed (a larger --epochs), the
+        per-step schedule is rebuilt for the new length and replayed to `steps_taken`."""
+        if same_length:
+            self.per_step.load_state_dict(state["per_step"])
+        else:
+            with warnings.catch_warnings():
+                # Stepping a schedule without optimizer steps is deliberate here.
+                warnings.simplefilter("ignore", UserWarning)
+                for _ in range(steps_taken):
+                    self.step()
+        if self.plateau is not None:
+            self.plateau.load_state_dict(state["plateau"])

@@ -5,11 +5,11 @@ prepare the data -> build the model -> make the loss and the optimizer -> train 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
-import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,8 @@ from taolu.config import TrainConfig, config_to_dict, write_config
 from taolu.data.loaders import (
     Batches,
     Preprocessing,
+    balanced_sample_weights,
+    split_labels,
 )
 from taolu.data.pipeline import (
     batch_transforms,
@@ -35,13 +37,26 @@ from taolu.data.sources import (
     write_manifest,
 )
 from taolu.engine import checkpoint as ckpt
-from taolu.engine.loop import evaluate, train_one_epoch
-from taolu.engine.optim import build_loss, build_optimizer, build_scheduler
+from taolu.engine.loop import (
+    NonFiniteLoss,
+    StepRules,
+    evaluate,
+    steps_per_epoch,
+    train_one_epoch,
+)
+from taolu.engine.metrics import TOP5_MIN_CLASSES
+from taolu.engine.optim import (
+    LrSchedule,
+    balanced_class_weights,
+    build_loss,
+    build_optimizer,
+)
 from taolu.engine.precision import pick_device, pick_precision
+from taolu.engine.recipe import choose_recipe, describe_recipe
 from taolu.errors import CheckpointError, ConfigError, TrainingError
 from taolu.models import build_model
 from taolu.track.progress import EpochProgress
-from taolu.track.runlog import RunLog
+from taolu.track.runlog import RunLog, write_json_atomic
 
 logger = logging.getLogger("taolu")
 
@@ -56,8 +71,9 @@ class TrainResult:
     model: nn.Module
     history: list[dict[str, float]]
     summary: dict[str, Any] = field(repr=False)
-    best_checkpoint: Path
-    last_checkpoint: Path
+    best_checkpoint: Path | None  # None after --lr-find, which trains nothing
+    last_checkpoint: Path | None
+    suggested_lr: float | None = None  # set by --lr-find
 
 
 @dataclass(frozen=True)
@@ -103,9 +119,68 @@ def train_backbone(model: nn.Module, head: str, trainable: bool, freeze_mode: st
 
 
 def better(row: dict[str, float], best: dict[str, float], monitor: str) -> bool:
-    """Whether `row` beats `best` on the monitored metric: accuracy up, loss down."""
+    """Whether `row` beats `best` on the monitored metric: losses down, everything else up."""
     key = monitor.replace("/", "_")
-    return row[key] > best[key] if key.endswith("acc") else row[key] < best[key]
+    return row[key] < best[key] if key.endswith("loss") else row[key] > best[key]
+
+
+@contextlib.contextmanager
+def deterministic_algorithms(enabled: bool) -> Iterator[None]:
+    """Only deterministic kernels while the run lasts (--deterministic); torch's global
+    switches are put back afterwards, since `taolu.train` is a library call."""
+    if not enabled:
+        yield
+        return
+    import os
+
+    before = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
+    # cuBLAS needs a fixed workspace to be deterministic; it must be set before first use.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0])
+        torch.backends.cudnn.benchmark = before[1]
+
+
+def build_mix(
+    mixup: float, cutmix: float, classes: int
+) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None:
+    """torchvision's batch MixUp / CutMix (one of them per batch when both are on)."""
+    if not (mixup or cutmix):
+        return None
+    from torchvision.transforms import v2
+
+    chosen = []
+    if mixup:
+        chosen.append(v2.MixUp(alpha=mixup, num_classes=classes))
+    if cutmix:
+        chosen.append(v2.CutMix(alpha=cutmix, num_classes=classes))
+    return chosen[0] if len(chosen) == 1 else v2.RandomChoice(chosen)
+
+
+def build_ema(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel | None:
+    """An exponential moving average of the weights (and BatchNorm statistics).
+
+    The decay warms up as min(decay, (1 + n) / (10 + n)) over the first updates, as
+    TensorFlow's ExponentialMovingAverage does, so the average is not dominated by the random
+    initial weights in short runs."""
+    if not decay:
+        return None
+    from torch.optim.swa_utils import AveragedModel
+
+    def average(averaged: list[torch.Tensor], current: list[torch.Tensor], count) -> None:
+        updates = int(count)
+        weight = 1.0 - min(decay, (1 + updates) / (10 + updates))
+        for mean, value in zip(averaged, current, strict=True):
+            if mean.is_floating_point():
+                mean.lerp_(value, weight)
+            else:  # counters such as BatchNorm's batches seen are copied, not averaged
+                mean.copy_(value)
+
+    return AveragedModel(model, multi_avg_fn=average, use_buffers=True)
 
 
 def head_name(model: nn.Module) -> str:
@@ -159,8 +234,22 @@ def run_training(
     *,
     resume_dir: Path | None = None,
     resume_state: dict[str, Any] | None = None,
+    chosen: Collection[str] = (),
 ) -> TrainResult:
-    """Train `config` (a fresh run, or the run in `resume_dir` from its last checkpoint)."""
+    """Train `config` (a fresh run, or the run in `resume_dir` from its last checkpoint).
+
+    `chosen` names the options the user set; the data's default recipe fills in the rest."""
+    with deterministic_algorithms(config.deterministic):
+        return _run_training(config, parts, resume_dir, resume_state, chosen)
+
+
+def _run_training(
+    config: TrainConfig,
+    parts: UserParts | None,
+    resume_dir: Path | None,
+    resume_state: dict[str, Any] | None,
+    chosen: Collection[str],
+) -> TrainResult:
     wall_start = time.perf_counter()
     parts = parts or UserParts()
     if resume_state is not None and resume_state["epoch"] >= config.epochs:
@@ -187,8 +276,28 @@ def run_training(
     )
     data, skips, workers = prepared.bundle, prepared.skips, prepared.workers
     preprocessing = prepared.preprocessing
+    recipe_notes: list[str] = []
+    if resume_state is None:  # a resumed run keeps the recipe its config.yaml recorded
+        config, recipe_notes = choose_recipe(
+            config, chosen, train_images=len(data.train), pretrained=bool(config.weights)
+        )
+    if config.monitor == "val/top5_acc" and len(data.classes) < TOP5_MIN_CLASSES:
+        raise ConfigError(
+            f"option 'monitor': val/top5_acc needs at least {TOP5_MIN_CLASSES} classes; "
+            f"this data has {len(data.classes)}"
+        )
+    imbalance_options = config.sampler == "balanced" or config.class_weights == "auto"
+    train_labels = split_labels(data.train) if imbalance_options else None
     train_batches = Batches(
-        data.train, config.batch_size, device, shuffle=True, workers=workers, skips=skips
+        data.train,
+        config.batch_size,
+        device,
+        shuffle=True,
+        workers=workers,
+        skips=skips,
+        sample_weights=balanced_sample_weights(train_labels)
+        if config.sampler == "balanced"
+        else None,
     )
     val_batches = Batches(
         data.val, max(config.batch_size, 256), device, shuffle=False, workers=workers, skips=skips
@@ -212,52 +321,93 @@ def run_training(
         from taolu.models.zoo import set_frozen_batchnorm_eval
 
         frozen_norms = set_frozen_batchnorm_eval
-    # channels_last speeds up convolutions on CPU and GPU; only for our own nets, since a
-    # user's forward() may call .view(), which needs the default memory layout.
-    channels_last = built_in and device.type in ("cpu", "cuda")
+    # channels_last speeds up convolutions on CPU and GPU. `auto` keeps it off for a user's
+    # nn.Module, whose forward() may call .view(), which needs the default memory layout.
+    channels_last = config.channels_last == "on" or (
+        config.channels_last == "auto" and built_in and device.type in ("cpu", "cuda")
+    )
     model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    ema = build_ema(model, config.ema)
+    # Checkpoints always hold `model`'s own state dict; the compiled wrapper only runs it.
+    network = torch.compile(model) if config.compile else model
     train_transform, eval_transform, augment = batch_transforms(
         config.augment, prepared, device, channels_last
     )
 
     # 3. Make the loss function and the optimizer.
-    loss_fn = build_loss(config.label_smoothing).to(device)
+    class_weights = None
+    if config.class_weights == "auto":
+        class_weights = balanced_class_weights(train_labels, len(data.classes)).to(device)
+    loss_fn = build_loss(config.label_smoothing, class_weights).to(device)
+    # Validation loss is the plain (unweighted) loss, comparable across runs and `taolu eval`.
+    eval_loss_fn = build_loss(config.label_smoothing).to(device)
     optimizer = build_optimizer(
         model,
         config.optimizer,
         lr=config.lr,
         momentum=config.momentum,
         weight_decay=config.weight_decay,
+        nesterov=config.nesterov,
         head=fine_tune_head,
         backbone_lr_scale=config.backbone_lr_scale,
     )
-    total_steps = config.epochs * len(train_batches)
-    scheduler = build_scheduler(optimizer, config.scheduler, lr=config.lr, total_steps=total_steps)
+    epoch_steps = steps_per_epoch(len(train_batches), config.accumulate)
+    total_steps = config.epochs * epoch_steps
+    schedule = LrSchedule(
+        optimizer,
+        config.scheduler,
+        total_steps=total_steps,
+        steps_per_epoch=epoch_steps,
+        warmup_epochs=config.warmup_epochs,
+        step_epochs=config.step_epochs,
+        gamma=config.lr_gamma,
+        plateau_patience=config.plateau_patience,
+        plateau_mode="min" if config.monitor.endswith("loss") else "max",
+    )
     scaler = precision.grad_scaler()
+    rules = StepRules(
+        accumulate=config.accumulate,
+        clip_grad=config.clip_grad,
+        on_nan=config.on_nan,
+        mix=build_mix(config.mixup, config.cutmix, len(data.classes)),
+        ema=ema,
+    )
+    recipe = describe_recipe(config, augment, precision.name, str(device))
+    if config.lr_find:  # instead of training: the learning-rate range test
+        from taolu.engine.lr_find import sweep_lr
+
+        sweep = sweep_lr(
+            network,
+            train_batches,
+            train_transform,
+            loss_fn,
+            optimizer,
+            precision,
+            generator,
+            after_train_mode=frozen_norms,
+        )
+        return report_lr_sweep(config, sweep, optimizer, network, recipe)
 
     start_epoch, step, elapsed_before, history = 1, 0, 0.0, []
     best_val_acc, best_epoch = -1.0, 0
     if resume_state is not None:
         try:
             model.load_state_dict(resume_state["model"])
+            if ema is not None:
+                ema.module.load_state_dict(resume_state["ema_model"])
+                ema.n_averaged.fill_(resume_state["ema_updates"])
         except RuntimeError as error:
             raise CheckpointError(
                 f"the checkpoint in {resume_dir} does not fit this model: {error}"
             ) from None
         optimizer.load_state_dict(resume_state["optimizer"])
-        if resume_state["total_steps"] == total_steps:
-            scheduler.load_state_dict(resume_state["scheduler"])
-        else:  # --epochs changed: the schedule is rebuilt for the new length, at this step
-            scheduler = build_scheduler(
-                optimizer, config.scheduler, lr=config.lr, total_steps=total_steps
-            )
-            with warnings.catch_warnings():
-                # Replaying steps without optimizer steps is deliberate here.
-                warnings.simplefilter("ignore", UserWarning)
-                for _ in range(resume_state["step"]):
-                    scheduler.step()
+        schedule.resume(
+            resume_state["scheduler"],
+            resume_state["step"],
+            same_length=resume_state["total_steps"] == total_steps,
+        )
         if scaler is not None and resume_state.get("grad_scaler"):
             scaler.load_state_dict(resume_state["grad_scaler"])
         ckpt.restore_rng_state(resume_state["rng"], generator)
@@ -274,17 +424,18 @@ def run_training(
     weights_dir = run_dir / ckpt.CHECKPOINT_DIR
     best_path, last_path = weights_dir / ckpt.BEST_NAME, weights_dir / ckpt.LAST_NAME
     run_log = RunLog(run_dir, history, resume_step=step if resume_state is not None else None)
-    model_label = config.model
     if resume_state is None:
         images, _ = augmented_samples(prepared, config.augment, count=32, seed=config.seed)
         run_log.log_samples(grid_tensor(images))
     _say(
         config,
         (
-            f"taolu: {model_label} on {data.description}: {len(data.train)} train / "
+            f"taolu: {config.model} on {data.description}: {len(data.train)} train / "
             f"{len(data.val)} val images, {len(data.classes)} classes, "
-            f"{data.channels}x{data.size[0]}x{data.size[1]}; {device}, {precision.name}; "
-            f"augment {augment}; run {run_dir}"
+            f"{data.channels}x{data.size[0]}x{data.size[1]}; run {run_dir}\n"
+            f"taolu: recipe: {recipe}"
+            + (f" ({'; '.join(recipe_notes)})" if recipe_notes else "")
+            + "; any of it can be changed by its flag"
         ),
     )
     if resume_state is not None:
@@ -303,34 +454,59 @@ def run_training(
         progress = EpochProgress(config.progress, len(train_batches), f"epoch {epoch}")
         try:
             trained = train_one_epoch(
-                model,
+                network,
                 train_batches,
                 train_transform,
                 loss_fn,
                 optimizer,
-                scheduler,
+                schedule,
                 precision,
                 generator,
                 scaler,
+                rules,
                 on_step=progress,
                 after_train_mode=frozen_norms,
             )
+        except NonFiniteLoss as bad:
+            run_log.close()
+            raise TrainingError(
+                f"epoch {epoch}, batch {bad.batch + 1}: the loss became {bad.loss}; training "
+                f"stopped before that batch changed any weight. "
+                + _kept_checkpoints(best_path, last_path)
+                + f" Try a lower --lr (it is {config.lr:g}), --clip-grad, or --on-nan skip."
+            ) from None
         finally:
             progress.close()
         if not math.isfinite(trained.loss):
             run_log.close()
-            kept = f"; the best checkpoint so far is {best_path}" if best_path.is_file() else ""
+            skipped = trained.skipped_batches
+            skipped = f" ({skipped} batches skipped)" if skipped else ""
             raise TrainingError(
-                f"training diverged in epoch {epoch}: the loss became {trained.loss}; "
-                f"try a lower --lr (it is {config.lr}){kept}"
+                f"training diverged in epoch {epoch}: the loss became {trained.loss}{skipped}. "
+                + _kept_checkpoints(best_path, last_path)
+                + f" Try a lower --lr (it is {config.lr:g})."
+            )
+        if trained.skipped_batches:
+            logger.warning(
+                "epoch %d: skipped %d batches whose loss was NaN or infinite (--on-nan skip)",
+                epoch,
+                trained.skipped_batches,
             )
         run_log.log_steps(step + 1, trained.step_losses)
-        step += len(trained.step_losses)
-        tested = evaluate(model, val_batches, eval_transform, loss_fn, precision)
+        step += trained.steps
+        tested = evaluate(
+            ema.module if ema is not None else network,
+            val_batches,
+            eval_transform,
+            eval_loss_fn,
+            precision,
+            classes=data.classes,
+        )
         if data.listing is not None:  # files decoded per epoch may only now prove unreadable
             refuse_too_many_bad_files(data, skips, config.max_bad_fraction, config.data)
         train_seconds += trained.seconds
         train_images += trained.images
+        report = tested.report
         row = {
             "epoch": epoch,
             "elapsed_seconds": round(elapsed_before + time.perf_counter() - loop_start, 4),
@@ -338,20 +514,25 @@ def run_training(
             "train_acc": trained.acc,
             "val_loss": tested.loss,
             "val_acc": tested.acc,
+            **{f"val_{name}": value for name, value in report.scalars.items()},
             "lr": optimizer.param_groups[0]["lr"],
+            "grad_norm": trained.grad_norm,
+            "skipped_batches": trained.skipped_batches,
             "train_images_per_second": round(trained.images_per_second, 1),
             "train_seconds": trained.seconds,
             "train_images": trained.images,
+            "per_class": report.per_class,
         }
         run_log.log_epoch(row, step)
         final_val = row
         improved = best_epoch == 0 or better(row, run_log.history[best_epoch - 1], config.monitor)
         if improved:
             best_val_acc, best_epoch = tested.acc, epoch
+        schedule.end_epoch(row[config.monitor.replace("/", "_")])
         state = {
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
+            "scheduler": schedule.state_dict(),
             "grad_scaler": scaler.state_dict() if scaler is not None else {},
             "epoch": epoch,
             "step": step,
@@ -366,7 +547,11 @@ def run_training(
             "preprocessing": preprocessing.to_dict(),
             "model_name": config.model if built_in else None,
             "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
+            "confusion_matrix": report.confusion_matrix,
         }
+        if ema is not None:  # eval, predict and export use these averaged weights
+            state["ema_model"] = ema.module.state_dict()
+            state["ema_updates"] = int(ema.n_averaged)
         ckpt.save_checkpoint(state, last_path)
         if improved:
             ckpt.copy_checkpoint(last_path, best_path)
@@ -387,12 +572,19 @@ def run_training(
             )
             break
 
-    model.load_state_dict(ckpt.load_checkpoint(best_path)["model"])
+    best_state = ckpt.load_checkpoint(best_path)
+    model.load_state_dict(ckpt.inference_weights(best_state))
     model.eval()
+    best_row = run_log.history[best_epoch - 1]
     summary = {
         "best_val_acc": best_val_acc,
         "best_epoch": best_epoch,
         "monitor": config.monitor,
+        "best_metrics": {
+            key: value
+            for key, value in best_row.items()
+            if key.startswith(("train_", "val_")) and isinstance(value, float)
+        },
         "stopped_early": stopped_early,
         "final_val_acc": final_val["val_acc"],
         "final_val_loss": final_val["val_loss"],
@@ -402,13 +594,18 @@ def run_training(
         "wall_seconds": round(time.perf_counter() - wall_start, 3),
         "device": str(device),
         "precision": precision.name,
+        "recipe": recipe,
         "cache": prepared.cache,
         "skipped_files": skips.as_list(),
-        "model": model_label,
+        "skipped_batches": sum(row.get("skipped_batches", 0) for row in run_log.history),
+        "model": config.model,
         "data": data.description,
         "classes": list(data.classes),
         "train_samples": len(data.train),
         "val_samples": len(data.val),
+        # Of the best checkpoint's epoch: what `best.pt` (and eval, predict) deliver.
+        "per_class": best_row["per_class"],
+        "confusion_matrix": best_state["confusion_matrix"],
         "run_dir": str(run_dir),
         "best_checkpoint": str(best_path),
         "last_checkpoint": str(last_path),
@@ -431,4 +628,59 @@ def run_training(
         summary=summary,
         best_checkpoint=best_path,
         last_checkpoint=last_path,
+    )
+
+
+def _kept_checkpoints(best_path: Path, last_path: Path) -> str:
+    if not best_path.is_file():
+        return "No checkpoint was saved yet."
+    return f"The best checkpoint so far is {best_path}; the last complete epoch is in {last_path}."
+
+
+def report_lr_sweep(
+    config: TrainConfig,
+    sweep: Any,
+    optimizer: torch.optim.Optimizer,
+    model: nn.Module,
+    recipe: str,
+) -> TrainResult:
+    """--lr-find's records: lr_find.csv and .png, summary.json and the suggested --lr."""
+    from taolu.engine.lr_find import write_lr_sweep
+
+    # The sweep reports the first parameter group's lr; under --fine-tune that is the
+    # backbone's, at lr * backbone_lr_scale, so it is scaled back to the head's (--lr's).
+    group_lrs = [group["lr"] for group in optimizer.param_groups]
+    to_config_lr = max(group_lrs) / group_lrs[0]
+    run_dir = new_run_dir(config.out, config.name)
+    write_config(config, run_dir / "config.yaml")
+    csv_path, plot_path = write_lr_sweep(sweep, run_dir)
+    suggested = sweep.suggested_lr * to_config_lr
+    summary = {
+        "lr_find": {
+            "suggested_lr": suggested,
+            "steps": len(sweep.lrs),
+            "stopped_early": sweep.stopped_early,
+            "plot": str(plot_path),
+            "csv": str(csv_path),
+        },
+        "recipe": recipe,
+        "run_dir": str(run_dir),
+    }
+    _say(config, f"taolu: learning-rate finder; recipe: {recipe}; run {run_dir}")
+    write_json_atomic(summary, run_dir / "summary.json")
+    _say(
+        config,
+        f"taolu: suggested lr {suggested:.3g} (plot: {plot_path}); train with --lr {suggested:.3g}",
+    )
+    model.eval()
+    return TrainResult(
+        run_dir=run_dir,
+        best_val_acc=float("nan"),
+        final_val_acc=float("nan"),
+        model=model,
+        history=[],
+        summary=summary,
+        best_checkpoint=None,
+        last_checkpoint=None,
+        suggested_lr=suggested,
     )

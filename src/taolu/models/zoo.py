@@ -17,7 +17,7 @@ import torchvision
 from torch import nn
 from torchvision.models import WeightsEnum
 
-from taolu.engine.checkpoint import FORMAT, load_checkpoint
+from taolu.engine.checkpoint import FORMAT, inference_weights, load_checkpoint
 from taolu.errors import CheckpointError, ConfigError
 
 # Where each family keeps its classifier head, by model class. "[-1]" means the last layer of
@@ -259,7 +259,7 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
     except Exception as error:  # torch raises many kinds for torn or foreign files
         raise CheckpointError(f"{path}: not a readable weights file: {error}") from None
     if isinstance(state, dict) and state.get("format") == FORMAT:
-        return load_checkpoint(path)["model"]
+        return inference_weights(load_checkpoint(path))
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
