@@ -64,11 +64,11 @@ def test_users_dataset_and_sequential_learn_an_easy_task(tmp_path, ant_bee, kind
     assert result.best_val_acc > 0.9
     assert result.summary["classes"] == ["ant", "bee"]
     assert (result.summary["train_samples"], result.summary["val_samples"]) == (64, 32)
-    # the returned model is the user's architecture with the best weights, in eval mode
+    # the returned model is the user's architecture with the best (EMA) weights, in eval mode
     assert isinstance(result.model, nn.Sequential) and not result.model.training
     best = torch.load(result.best_checkpoint, weights_only=True)
     for key, value in result.model.state_dict().items():
-        assert torch.equal(value.cpu(), best["model"][key])
+        assert torch.equal(value.cpu(), best["ema_model"][key])
 
 
 def test_users_dataset_without_val_data_is_split(tmp_path, array_dataset, easy_images, quiet):

@@ -62,3 +62,16 @@ def test_ci_runs_exactly_the_readmes_second_command(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "ci-ran-the-readme-line" in result.stdout
+
+
+def test_every_training_option_is_in_the_readme_table():
+    """The README's option table lists every config field as its flag, with its default."""
+    from taolu.config import FIELDS
+
+    text = README.read_text(encoding="utf-8")
+    for name, field in FIELDS.items():
+        flag = "--" + name.replace("_", "-")
+        rows = [line for line in text.splitlines() if line.startswith(f"| `{flag}`")]
+        assert rows, f"{flag} is missing from the README's option table"
+        if field.type in ("int", "float") and not isinstance(field.default, bool):
+            assert f"`{field.default:g}`" in rows[0], f"{flag}: default {field.default}"

@@ -91,7 +91,9 @@ class TrainConfig:
         "mean/std: auto (measured on the training split), imagenet, none",
         choices=NORMALIZE_MODES,
     )
-    batch_size: int = _option(128, "images per optimizer step", ge=1)
+    # 64 rather than 128: twice the steps in the first epoch, which with --ema took mnist5k
+    # past 95% validation accuracy in epoch 1 for every seed tried (benchmarks/vs_tutorial.py).
+    batch_size: int = _option(64, "images per optimizer step (per accumulation step)", ge=1)
     workers: int = _option(
         -1, "DataLoader worker processes for file/Dataset data; -1 = auto", ge=-1
     )
@@ -160,10 +162,12 @@ class TrainConfig:
     )
     accumulate: int = _option(1, "batches whose gradients add up before each optimizer step", ge=1)
     clip_grad: float = _option(0.0, "clip the gradients' global norm to this; 0 = off", ge=0.0)
+    # On by default: the averaged weights' validation accuracy is steadier epoch to epoch
+    # (measured on mnist5k: 0.94-0.97 after epoch 1 against 0.89-0.92 without).
     ema: float = _option(
-        0.0,
+        0.99,
         "decay of an exponential moving average of the weights, which is evaluated and saved "
-        "(e.g. 0.999); 0 = off",
+        "(0.999 for long runs); 0 = off",
         ge=0.0,
         lt=1.0,
     )

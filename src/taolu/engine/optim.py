@@ -15,6 +15,7 @@ from taolu.errors import ConfigError
 # LBFGS needs a closure that re-evaluates the loss, SparseAdam sparse gradients and Muon
 # only 2-D weight matrices (no biases or norms): none fits a minibatch loop over every layer.
 UNFIT_OPTIMIZERS = ("lbfgs", "sparseadam", "muon")
+ONECYCLE_START_DIVISOR = 5.0  # the one-cycle schedule starts at peak lr / this
 
 
 def build_loss(label_smoothing: float, class_weights: torch.Tensor | None = None) -> nn.Module:
@@ -119,12 +120,14 @@ class LrSchedule:
         if name == "onecycle" and total_steps >= 2:
             # Warm up over the first quarter, anneal to ~0 by the end (Smith's one-cycle
             # policy). torch divides by the warm-up length, so very short runs get at least
-            # 1.5 steps of it.
+            # 1.5 steps of it. Starting at a fifth of the peak (torch's default: a 25th)
+            # learned more in the first epoch on mnist5k without less in the end.
             self.per_step = torch.optim.lr_scheduler.OneCycleLR(
                 optimizer,
                 max_lr=[group["lr"] for group in optimizer.param_groups],
                 total_steps=total_steps,
                 pct_start=max(0.25, 1.5 / total_steps),
+                div_factor=ONECYCLE_START_DIVISOR,
                 cycle_momentum=False,
             )
             return
