@@ -23,7 +23,9 @@ import taolu
 from taolu.data.embedded import load_digits, load_mnist5k
 
 # Keyword arguments every API training run in the tests uses: quiet, and no terminal bar.
-QUIET = {"verbose": False, "progress": False}
+# report=False: drawing report/ takes about half a second per run, and most tests train
+# several runs; tests/test_report.py and test_tensorboard.py cover the report itself.
+QUIET = {"verbose": False, "progress": False, "report": False}
 
 
 # --------------------------------------------------------------------------- embedded data

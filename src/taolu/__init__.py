@@ -4,12 +4,20 @@ import taolu
 result = taolu.train(epochs=5)
 taolu.evaluate(result.run_dir)
 taolu.predict(result.run_dir, ["digit.png"], topk=3)
+taolu.export(result.run_dir, format="onnx")
 """
 
 import importlib
 
 from taolu.config import TrainConfig
-from taolu.errors import CheckpointError, ConfigError, DataError, TaoluError, TrainingError
+from taolu.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    ExportError,
+    TaoluError,
+    TrainingError,
+)
 
 __version__ = "0.1.0"
 
@@ -19,6 +27,7 @@ _LAZY = {
     "train": "taolu.api",
     "evaluate": "taolu.api",
     "predict": "taolu.api",
+    "export": "taolu.model_export",
     "TrainResult": "taolu.engine.routine",
 }
 
@@ -33,11 +42,13 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "DataError",
+    "ExportError",
     "TaoluError",
     "TrainConfig",
     "TrainResult",
     "TrainingError",
     "evaluate",
+    "export",
     "predict",
     "train",
 ]

@@ -33,7 +33,7 @@ from taolu.engine.optim import build_loss, check_optimizer_name
 from taolu.engine.precision import check_device_name, pick_device, pick_precision
 from taolu.engine.routine import TrainResult, UserParts, run_training
 from taolu.errors import ConfigError, DataError
-from taolu.inference import classify, expand_inputs, restore_model
+from taolu.inference import classify_with, expand_inputs, load_classifier, restore_model
 from taolu.models import check_model_name
 
 USER_PREFIX = "user:"
@@ -289,18 +289,22 @@ def predict(
     device: str = "auto",
     batch_size: int = 64,
     checkpoint: str = "best",
+    progress: bool = False,
 ) -> list[dict[str, Any]]:
     """Top-k classes for each input: image files, folders (searched recursively), or
     in-memory images (PIL, numpy, tensor). A file that cannot be read gets {"path", "error"}
-    and the rest still get {"path", "predictions": [{"class", "probability"}, ...]}."""
+    and the rest still get {"path", "predictions": [{"class", "probability"}, ...]}.
+
+    `run_or_checkpoint` is a run directory (its `checkpoint`, best or last), a checkpoint
+    file, or a file `taolu export` wrote: .onnx, TorchScript (.torchscript.pt; it holds code,
+    so only point at files you trust) or .safetensors (rebuilt by the model name it records,
+    or pass `model`). `progress` shows a bar on a terminal when there is more than a batch."""
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
-    path = ckpt.find_checkpoint(run_or_checkpoint, f"{checkpoint}.pt")
-    state = ckpt.load_checkpoint(path)
+    classifier = load_classifier(
+        run_or_checkpoint, checkpoint=checkpoint, model=model, device=pick_device(device)
+    )
     items: list[Any] = []
     for item in inputs:
         items += expand_inputs([item]) if isinstance(item, (str, Path)) else [item]
-    restored = restore_model(state, model)
-    return classify(
-        restored, state, items, topk=topk, device=pick_device(device), batch_size=batch_size
-    )
+    return classify_with(classifier, items, topk=topk, batch_size=batch_size, progress=progress)

@@ -132,19 +132,36 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser(
         "predict",
         help="classify image files",
-        description="Top-k classes for image files and folders, with the checkpoint's own "
-        "preprocessing. Exits non-zero when any file could not be read.",
+        description="Top-k classes for image files and folders (searched recursively), with "
+        "the model's own preprocessing. RUN_OR_CKPT may also be a file `taolu export` wrote: "
+        ".onnx, .torchscript.pt (TorchScript holds code: only files you trust) or "
+        ".safetensors. A file that cannot be read is reported and the rest are still "
+        "classified; the exit code is then 1.",
     )
     _add_checkpoint_arguments(predict, batch_size=64)
     predict.add_argument("inputs", metavar="FILES_OR_DIRS", nargs="+")
     predict.add_argument("--topk", type=int, default=5, help="classes shown per image (default: 5)")
-    predict.add_argument(
+    output = predict.add_mutually_exclusive_group()
+    output.add_argument(
         "--json",
         action="store_true",
         help='print a JSON array: {"path", "predictions": [{"class", '
         '"probability"}]} or {"path", "error"} per input',
     )
+    output.add_argument(
+        "--csv",
+        action="store_true",
+        help="print CSV with the header path,rank,class,probability,error: one row per "
+        "prediction (rank 1..K), one row with only path and error for a file that failed",
+    )
+    predict.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="a progress bar on stderr for more than one batch of files (only on a terminal)",
+    )
     _add_data_commands(commands)
+    _add_outcome_commands(commands)
     models = commands.add_parser(
         "models",
         help="list trainable models, or show one layer by layer",
@@ -160,6 +177,61 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--channels", type=int, default=3, choices=(1, 3), help="(default: 3)")
     models.add_argument("--classes", type=int, default=10, help="outputs (default: 10)")
     return parser
+
+
+def _add_outcome_commands(commands: argparse._SubParsersAction) -> None:
+    """What happens after training: look at runs, report on one, export its model."""
+    board = commands.add_parser(
+        "board",
+        help="start TensorBoard on a folder of runs (127.0.0.1 only)",
+        description="Serve TensorBoard for RUNS_DIR on 127.0.0.1 (other interfaces only with "
+        "--host), on --port or the next free port after it; Ctrl-C stops it.",
+    )
+    board.add_argument("runs_dir", nargs="?", default="runs", metavar="RUNS_DIR")
+    board.add_argument("--host", default="127.0.0.1", help="interface (default: 127.0.0.1)")
+    board.add_argument("--port", type=int, default=6006, help="first port tried (default: 6006)")
+
+    report = commands.add_parser(
+        "report",
+        help="(re)write a run's report: PNG plots and report.html",
+        description="Write RUN/report/: loss, accuracy and lr plots, the normalised confusion "
+        "matrix, per-class precision/recall/F1, sample predictions and a self-contained "
+        "report.html. Training writes it too; this regenerates it.",
+    )
+    report.add_argument("run", metavar="RUN_DIR", help="a taolu run directory")
+
+    export = commands.add_parser(
+        "export",
+        help="export a trained model to ONNX, TorchScript or safetensors",
+        description="Write the model of RUN_OR_CKPT as ONNX (dynamic batch, class names and "
+        "preprocessing in its metadata), TorchScript or safetensors, and check its outputs "
+        "against the PyTorch model at batch 1 and 8.",
+    )
+    _add_export_arguments(export)
+
+
+def _add_export_arguments(export: argparse.ArgumentParser) -> None:
+    """taolu export RUN_OR_CKPT --format onnx|torchscript|safetensors [--out FILE]."""
+    export.add_argument("run", metavar="RUN_OR_CKPT", help="run directory or checkpoint file")
+    export.add_argument(
+        "--format",
+        choices=("onnx", "torchscript", "safetensors"),
+        default="onnx",
+        help="onnx and torchscript take float32 (N, C, H, W) images in 0..1 with the "
+        "normalisation inside; safetensors holds the network's weights only (default: onnx)",
+    )
+    export.add_argument(
+        "--out",
+        metavar="FILE",
+        help="file to write, replaced if it exists (default: RUN/export/model.onnx, "
+        ".torchscript.pt or .safetensors, or model2..., model3... when that exists)",
+    )
+    export.add_argument(
+        "--checkpoint",
+        choices=("best", "last"),
+        default="best",
+        help="which checkpoint of a run directory (default: best)",
+    )
 
 
 def _add_data_commands(commands: argparse._SubParsersAction) -> None:
@@ -379,6 +451,28 @@ def _run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_board(args: argparse.Namespace) -> int:
+    from taolu.track.board import run_board
+
+    return run_board(Path(args.runs_dir), host=args.host, port=args.port)
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from taolu.track.report import write_report
+
+    path = write_report(Path(args.run))
+    print(f"taolu: report written: {path}")
+    return 0
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from taolu.model_export import export
+
+    result = export(args.run, format=args.format, out=args.out, checkpoint=args.checkpoint)
+    print(f"taolu: {result}")
+    return 0
+
+
 def _run_predict(args: argparse.Namespace) -> int:
     from taolu.api import predict
 
@@ -389,9 +483,20 @@ def _run_predict(args: argparse.Namespace) -> int:
         device=args.device,
         batch_size=args.batch_size,
         checkpoint=args.checkpoint,
+        progress=args.progress,
     )
     if args.json:
         print(json.dumps(results, indent=2, ensure_ascii=False))
+    elif args.csv:
+        import csv
+
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(["path", "rank", "class", "probability", "error"])
+        for result in results:
+            if "error" in result:
+                writer.writerow([result["path"], "", "", "", result["error"]])
+            for rank, p in enumerate(result.get("predictions", []), start=1):
+                writer.writerow([result["path"], rank, p["class"], f"{p['probability']:.6f}", ""])
     else:
         for result in results:
             if "error" in result:
@@ -448,6 +553,9 @@ def main(argv: list[str] | None = None) -> int:
         "predict": _run_predict,
         "data": _run_data,
         "models": _run_models,
+        "board": _run_board,
+        "report": _run_report,
+        "export": _run_export,
     }
     _show_warnings_plainly()
     try:

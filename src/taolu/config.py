@@ -222,6 +222,10 @@ class TrainConfig:
     )
     out: str = _option("runs", "folder that holds run directories")
     name: str = _option("", "run directory name; empty = first free of train, train2, ...")
+    histograms: int = _option(
+        0, "weight and gradient histograms in TensorBoard every N epochs; 0 = off", ge=0
+    )
+    report: bool = _option(True, "write report/ (PNG plots and report.html) at the end")
     progress: bool = _option(True, "live progress bar (only when output is a terminal)")
     verbose: bool = _option(True, "print a line per epoch and the final summary")
 
@@ -241,6 +245,8 @@ RESUMABLE_OPTIONS = frozenset(
         "patience",
         "compile",
         "on_nan",
+        "histograms",
+        "report",
     }
 )
 

@@ -19,3 +19,7 @@ class CheckpointError(TaoluError):
 
 class TrainingError(TaoluError):
     """Training cannot go on, e.g. the loss became NaN or infinite."""
+
+
+class ExportError(TaoluError):
+    """An export that failed or whose file does not reproduce the PyTorch model."""

@@ -54,6 +54,14 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    # torch.save writes a zip archive (or, long ago, a pickle stream starting with 0x80).
+    if head != b"PK\x03\x04" and not head.startswith(b"\x80"):
+        raise CheckpointError(
+            f"{path}: not a taolu checkpoint: it is not a file torch.save wrote "
+            f"(it starts with {head!r}); pass a run directory or a .pt checkpoint"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:

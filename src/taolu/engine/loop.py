@@ -26,6 +26,13 @@ class EpochResult:
     skipped_batches: int = 0  # batches left out because their loss was NaN or infinite
     grad_norm: float | None = None  # mean global gradient norm (before clipping)
     report: ClassReport | None = None  # evaluation only: per-class metrics
+    # evaluation with keep_outputs: softmax probabilities (N, classes) and labels (N,) on the
+    # CPU, and up to `keep_outputs` misclassified images as (uint8 images, true, predicted)
+    probabilities: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
+    misclassified: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    step_lrs: list[float] = field(default_factory=list)  # the lr of each optimizer step
+    step_grad_norms: list[float] = field(default_factory=list)
 
     @property
     def images_per_second(self) -> float:
@@ -57,6 +64,9 @@ class StepRules:
     on_nan: str = "stop"
     mix: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
     ema: torch.optim.swa_utils.AveragedModel | None = None
+    # Called with the model at the epoch's last optimizer step, gradients still in place
+    # (gradient histograms).
+    inspect_gradients: Callable[[nn.Module], None] | None = None
 
 
 def steps_per_epoch(batches: int, accumulate: int) -> int:
@@ -91,6 +101,7 @@ def train_one_epoch(
     step_losses, grad_norms, seen, skipped = [], [], 0, 0
     planned = len(batches)
     window_losses = []  # losses of the batches whose gradients wait for the next step
+    step_lrs: list[float] = []
     optimizer.zero_grad(set_to_none=True)
     steps = 0
     started = time.perf_counter()
@@ -121,11 +132,15 @@ def train_one_epoch(
             if on_step is not None:
                 on_step(index, loss.detach(), correct, seen)
         if (index + 1) % rules.accumulate == 0 or index + 1 == planned:
+            step_lrs.append(optimizer.param_groups[0]["lr"])
+            if index + 1 == planned and rules.inspect_gradients is not None and window_losses:
+                rules.inspect_gradients(model)
             _finish_step(
                 model, optimizer, scaler, rules, schedule, window_losses, step_losses, grad_norms
             )
             steps += 1
     if window_losses:  # undecodable files left the last window short
+        step_lrs.append(optimizer.param_groups[0]["lr"])
         _finish_step(
             model, optimizer, scaler, rules, schedule, window_losses, step_losses, grad_norms
         )
@@ -142,6 +157,8 @@ def train_one_epoch(
         steps=steps,
         skipped_batches=skipped,
         grad_norm=float(torch.stack(grad_norms).mean()) if grad_norms else None,
+        step_lrs=step_lrs,
+        step_grad_norms=[float(v) for v in torch.stack(grad_norms).cpu()] if grad_norms else [],
     )
 
 
@@ -187,28 +204,50 @@ def evaluate(
     loss_fn: nn.Module,
     precision: Precision,
     classes: list[str] | None = None,
+    keep_outputs: int = 0,
 ) -> EpochResult:
     """Mean loss and top-1 accuracy over every sample of `batches`, counted once each; with
-    `classes`, also the per-class report (top-5, precision/recall/F1, confusion matrix)."""
+    `classes`, also the per-class report (top-5, precision/recall/F1, confusion matrix).
+    With `keep_outputs` > 0, also every probability and label (PR curves) and that many
+    misclassified images (TensorBoard)."""
     model.eval()
     device = transform.mean.device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     metrics = ClassMetrics(classes, device) if classes else None
+    probabilities, all_labels, wrong = [], [], []
+    wrong_count = 0
     seen = 0
     started = time.perf_counter()
     for images, labels in batches.iterate():
         with precision.autocast():
             logits = model(transform(images))
         loss_sum += loss_fn(logits.float(), labels) * labels.shape[0]
-        correct += (logits.argmax(1) == labels).sum()
+        predicted = logits.argmax(1)
+        correct += (predicted == labels).sum()
         seen += labels.shape[0]
         if metrics is not None:
             metrics.update(logits, labels)
-    return EpochResult(
+        if keep_outputs:
+            probabilities.append(logits.float().softmax(1).cpu())
+            all_labels.append(labels.cpu())
+            if wrong_count < keep_outputs:
+                missed = (predicted != labels).nonzero().flatten()[: keep_outputs - wrong_count]
+                if len(missed):
+                    wrong.append(
+                        (images[missed].cpu(), labels[missed].cpu(), predicted[missed].cpu())
+                    )
+                    wrong_count += len(missed)
+    result = EpochResult(
         loss=float(loss_sum) / max(seen, 1),
         acc=float(correct) / max(seen, 1),
         images=seen,
         seconds=time.perf_counter() - started,
         report=metrics.report() if metrics is not None and seen else None,
     )
+    if keep_outputs and seen:
+        result.probabilities = torch.cat(probabilities)
+        result.labels = torch.cat(all_labels)
+        if wrong:
+            result.misclassified = tuple(torch.cat(parts) for parts in zip(*wrong, strict=True))
+    return result

@@ -6,6 +6,8 @@ prepare the data -> build the model -> make the loss and the optimizer -> train 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import logging
 import math
 import time
@@ -56,7 +58,7 @@ from taolu.engine.recipe import choose_recipe, describe_recipe
 from taolu.errors import CheckpointError, ConfigError, TrainingError
 from taolu.models import build_model
 from taolu.track.progress import EpochProgress
-from taolu.track.runlog import RunLog, write_json_atomic
+from taolu.track.runlog import MISCLASSIFIED_SHOWN, RunLog, write_json_atomic
 
 logger = logging.getLogger("taolu")
 
@@ -427,6 +429,10 @@ def _run_training(
     if resume_state is None:
         images, _ = augmented_samples(prepared, config.augment, count=32, seed=config.seed)
         run_log.log_samples(grid_tensor(images))
+        example = torch.zeros(1, data.channels, *data.size, device=device)
+        if channels_last:
+            example = example.to(memory_format=torch.channels_last)
+        run_log.log_graph(model, example)
     _say(
         config,
         (
@@ -452,6 +458,16 @@ def _run_training(
             # The first --fine-tune epochs train the head alone; then the backbone joins in.
             train_backbone(model, fine_tune_head, epoch > config.fine_tune, config.freeze)
         progress = EpochProgress(config.progress, len(train_batches), f"epoch {epoch}")
+        histogram_epoch = bool(config.histograms) and epoch % config.histograms == 0
+        epoch_rules = rules
+        if histogram_epoch:  # gradient histograms at the epoch's last step, before zero_grad
+            at_step = step + epoch_steps
+            epoch_rules = dataclasses.replace(
+                rules,
+                inspect_gradients=functools.partial(
+                    run_log.log_histograms, step=at_step, gradients=True
+                ),
+            )
         try:
             trained = train_one_epoch(
                 network,
@@ -463,7 +479,7 @@ def _run_training(
                 precision,
                 generator,
                 scaler,
-                rules,
+                epoch_rules,
                 on_step=progress,
                 after_train_mode=frozen_norms,
             )
@@ -492,8 +508,10 @@ def _run_training(
                 epoch,
                 trained.skipped_batches,
             )
-        run_log.log_steps(step + 1, trained.step_losses)
+        run_log.log_steps(step + 1, trained.step_losses, trained.step_lrs, trained.step_grad_norms)
         step += trained.steps
+        if histogram_epoch:
+            run_log.log_histograms(model, step, gradients=False)
         tested = evaluate(
             ema.module if ema is not None else network,
             val_batches,
@@ -501,6 +519,7 @@ def _run_training(
             eval_loss_fn,
             precision,
             classes=data.classes,
+            keep_outputs=MISCLASSIFIED_SHOWN,
         )
         if data.listing is not None:  # files decoded per epoch may only now prove unreadable
             refuse_too_many_bad_files(data, skips, config.max_bad_fraction, config.data)
@@ -524,6 +543,14 @@ def _run_training(
             "per_class": report.per_class,
         }
         run_log.log_epoch(row, step)
+        run_log.log_evaluation(
+            step,
+            data.classes,
+            tested.probabilities,
+            tested.labels,
+            tested.misclassified,
+            report.confusion_matrix,
+        )
         final_val = row
         improved = best_epoch == 0 or better(row, run_log.history[best_epoch - 1], config.monitor)
         if improved:
@@ -611,7 +638,19 @@ def _run_training(
         "last_checkpoint": str(last_path),
     }
     run_log.write_summary(summary)
+    run_log.log_hparams(
+        config_to_dict(config),
+        {
+            "hparams/best_val_acc": best_val_acc,
+            "hparams/best_val_macro_f1": best_row.get("val_macro_f1", float("nan")),
+            "hparams/final_val_acc": final_val["val_acc"],
+            "hparams/final_val_loss": final_val["val_loss"],
+        },
+        step,
+    )
     run_log.close()
+    if config.report:
+        write_run_report(model, val_batches, eval_transform, precision, run_dir)
     _say(
         config,
         (
@@ -629,6 +668,44 @@ def _run_training(
         best_checkpoint=best_path,
         last_checkpoint=last_path,
     )
+
+
+@torch.no_grad()
+def write_run_report(
+    model: nn.Module,
+    val_batches: Batches,
+    eval_transform: Any,
+    precision: Any,
+    run_dir: Path,
+    count: int = 32,
+) -> None:
+    """report/: the best model's predictions on the first validation images (kept for
+    `taolu report` to redraw), then the plots and report.html. A report that cannot be drawn
+    is warned about; the run's results stand."""
+    try:
+        from safetensors.torch import save_file
+
+        from taolu.track.pictures import as_uint8_rgb
+        from taolu.track.report import write_report
+
+        images, labels = next(iter(val_batches.iterate()))
+        images, labels = images[:count], labels[:count]
+        with precision.autocast():
+            probabilities = model(eval_transform(images)).float().softmax(1)
+        confidence, predicted = probabilities.max(1)
+        folder = run_dir / "report"
+        folder.mkdir(exist_ok=True)
+        uint8 = images if images.dtype == torch.uint8 else as_uint8_rgb(images)
+        samples = {
+            "images": uint8.contiguous().cpu(),
+            "labels": labels.cpu(),
+            "predicted": predicted.cpu(),
+            "confidence": confidence.cpu(),
+        }
+        save_file(samples, str(folder / "val_samples.safetensors"))
+        write_report(run_dir)
+    except Exception as error:  # plotting must never cost the user a finished run
+        logger.warning("could not write the report in %s: %s", run_dir / "report", error)
 
 
 def _kept_checkpoints(best_path: Path, last_path: Path) -> str:

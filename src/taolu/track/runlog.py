@@ -5,12 +5,18 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.tensorboard import SummaryWriter
+
+from taolu.track.pictures import RED, captioned_grid, confusion_picture
+
+logger = logging.getLogger("taolu")
 
 METRIC_COLUMNS = (
     "epoch",
@@ -36,10 +42,9 @@ EPOCH_TAGS = {
     "val_top5_acc": "val/top5_acc",
     "val_macro_f1": "val/macro_f1",
     "val_balanced_acc": "val/balanced_acc",
-    "lr": "train/lr",
-    "grad_norm": "train/grad_norm",
     "train_images_per_second": "train/images_per_second",
 }
+MISCLASSIFIED_SHOWN = 24  # misclassified validation images drawn each epoch
 
 
 def write_json_atomic(data: Any, path: Path) -> None:
@@ -78,9 +83,84 @@ class RunLog:
         """The augmented training inputs, once at the start of a run (train/samples)."""
         self.writer.add_image("train/samples", grid, 0)
 
-    def log_steps(self, first_step: int, losses: list[float]) -> None:
-        for offset, loss in enumerate(losses):
-            self.writer.add_scalar("train/loss", loss, first_step + offset)
+    def log_steps(
+        self,
+        first_step: int,
+        losses: list[float],
+        lrs: list[float] = (),
+        grad_norms: list[float] = (),
+    ) -> None:
+        """Per optimizer step: train/loss, train/lr and train/grad_norm."""
+        for tag, values in (
+            ("train/loss", losses),
+            ("train/lr", lrs),
+            ("train/grad_norm", grad_norms),
+        ):
+            for offset, value in enumerate(values):
+                self.writer.add_scalar(tag, value, first_step + offset)
+
+    def log_graph(self, model: torch.nn.Module, example: torch.Tensor) -> None:
+        """The model graph (traced once, in eval mode so BatchNorm statistics stay put)."""
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # tracer warnings about the user's code
+                self.writer.add_graph(model, example)
+        except Exception as error:  # a user's model may not be traceable; the run goes on
+            logger.warning("no model graph in TensorBoard: tracing failed: %s", error)
+        finally:
+            model.train(was_training)
+
+    def log_histograms(self, model: torch.nn.Module, step: int, gradients: bool) -> None:
+        """Weight histograms, or gradient histograms while the gradients are in place."""
+        for name, parameter in model.named_parameters():
+            if gradients:
+                if parameter.grad is not None:
+                    self.writer.add_histogram(f"gradients/{name}", parameter.grad.float(), step)
+            else:
+                self.writer.add_histogram(f"weights/{name}", parameter.detach().float(), step)
+
+    def log_evaluation(
+        self,
+        step: int,
+        classes: list[str],
+        probabilities: torch.Tensor | None,
+        labels: torch.Tensor | None,
+        misclassified: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
+        confusion_matrix: list[list[int]],
+    ) -> None:
+        """Per epoch: PR curves per class, misclassified images captioned 'true > predicted',
+        and the confusion matrix as a picture."""
+        if probabilities is not None and labels is not None:
+            for index, name in enumerate(classes):
+                self.writer.add_pr_curve(
+                    f"val_pr/{name}", labels == index, probabilities[:, index], step
+                )
+        if misclassified is not None:
+            images, truth, guess = (part[:MISCLASSIFIED_SHOWN] for part in misclassified)
+            captions = [f"{classes[t]} > {classes[g]}" for t, g in zip(truth, guess, strict=True)]
+            grid = captioned_grid(images, captions, [RED] * len(captions))
+            self.writer.add_image("val/misclassified", grid, step, dataformats="HWC")
+        if confusion_matrix:
+            picture = confusion_picture(confusion_matrix, classes)
+            self.writer.add_image("val/confusion_matrix", picture, step, dataformats="HWC")
+
+    def log_hparams(self, options: dict[str, Any], results: dict[str, float], step: int) -> None:
+        """The run's options and final metrics for TensorBoard's HPARAMS tab, written into
+        this run's own event file (SummaryWriter.add_hparams would start a separate run)."""
+        from torch.utils.tensorboard.summary import hparams
+
+        values = {
+            key: value if isinstance(value, (bool, int, float, str)) else str(value)
+            for key, value in options.items()
+        }
+        experiment, start, end = hparams(values, results)
+        for summary in (experiment, start, end):
+            self.writer.file_writer.add_summary(summary)
+        for tag, value in results.items():
+            self.writer.add_scalar(tag, value, step)
+        self.writer.flush()
 
     def log_epoch(self, row: dict[str, Any], step: int) -> None:
         """One epoch's row: scalars to TensorBoard, then metrics.csv and per_class.csv."""

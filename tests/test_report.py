@@ -1,0 +1,391 @@
+"""RUN/report/: the PNG plots and the self-contained report.html drawn from a run's files.
+
+One real 2-epoch digits run is shared by the module; the other runs are written by hand (a few
+small files), which is also how missing and hostile inputs are tested without training.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+import taolu
+from taolu.errors import ConfigError
+from taolu.track.report import write_report
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+ALL_PLOTS = (
+    "loss.png",
+    "accuracy.png",
+    "lr.png",
+    "confusion_matrix.png",
+    "per_class.png",
+    "val_samples.png",
+)
+# What report.html may contain: no script, no link, no iframe, no object, ever.
+ALLOWED_TAGS = {
+    "html",
+    "head",
+    "meta",
+    "title",
+    "style",
+    "body",
+    "main",
+    "h1",
+    "h2",
+    "p",
+    "section",
+    "table",
+    "thead",
+    "tbody",
+    "tr",
+    "th",
+    "td",
+    "img",
+    "span",
+    "code",
+}
+HOSTILE = "<script>alert(1)</script>"
+CHROMIUM = Path("/usr/bin/chromium")
+METRIC_COLUMNS = (
+    "epoch,elapsed_seconds,train_loss,train_acc,val_loss,val_acc,val_top5_acc,val_macro_f1,"
+    "val_balanced_acc,lr,grad_norm,skipped_batches,train_images_per_second"
+)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def save_samples(folder: Path, images: torch.Tensor, labels: torch.Tensor) -> None:
+    """report/val_samples.safetensors as the training routine writes it: every third
+    prediction wrong."""
+    from safetensors.torch import save_file
+
+    predicted = labels.clone()
+    predicted[::3] = (predicted[::3] + 1) % 10
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(
+        {
+            "images": images.contiguous(),
+            "labels": labels.long(),
+            "predicted": predicted.long(),
+            "confidence": torch.linspace(0.2, 0.99, len(labels)),
+        },
+        str(folder / "val_samples.safetensors"),
+    )
+
+
+def write_fake_run(
+    run: Path,
+    classes: list[str],
+    *,
+    epochs: int = 3,
+    summary: bool = True,
+    config: dict | None = None,
+) -> Path:
+    """A run directory by hand: metrics.csv, config.yaml and (optionally) summary.json."""
+    run.mkdir(parents=True)
+    lines = [METRIC_COLUMNS]
+    for epoch in range(1, epochs + 1):
+        acc = 0.3 + 0.2 * epoch
+        top5 = "" if len(classes) < 5 else f"{min(acc + 0.2, 1.0)}"
+        lines.append(
+            f"{epoch},{5.0 * epoch},{2.0 / epoch},{acc - 0.05},{1.8 / epoch},{acc},{top5},"
+            f"{acc - 0.1},{acc - 0.02},{0.1 / epoch},1.5,0,1000.0"
+        )
+    (run / "metrics.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    options = {"data": "somewhere", "model": "fastcnn", "epochs": epochs, "monitor": "val/acc"}
+    options.update(config or {})
+    (run / "config.yaml").write_text(yaml.safe_dump(options, sort_keys=False), encoding="utf-8")
+    if summary:
+        count = len(classes)
+        matrix = [
+            [(8 if row == column else (row + column) % 3) for column in range(count)]
+            for row in range(count)
+        ]
+        per_class = {
+            name: {
+                "precision": 0.5 + index % 5 / 10,
+                "recall": 0.9 - index % 4 / 10,
+                "f1": 0.6,
+                "support": 10 + index % 3,
+            }
+            for index, name in enumerate(classes)
+        }
+        data = {
+            "best_val_acc": 0.9, "best_epoch": epochs, "monitor": "val/acc",
+            "final_val_acc": 0.9, "epochs_completed": epochs, "train_seconds": 12.5,
+            "images_per_second": 1234.5, "device": "cpu", "precision": "fp32",
+            "recipe": "a <b>bold</b> recipe", "skipped_files": ["x.png", "y.png"],
+            "model": "fastcnn", "data": "somewhere", "classes": classes,
+            "per_class": per_class, "confusion_matrix": matrix,
+        }  # fmt: skip
+        (run / "summary.json").write_text(json.dumps(data), encoding="utf-8")
+    return run
+
+
+def assert_png(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data.startswith(PNG_SIGNATURE), path
+    assert len(data) > 1000, path
+    with Image.open(path) as picture:
+        picture.load()  # decodes every pixel: a truncated file fails here
+        assert picture.format == "PNG"
+        return picture.size
+
+
+class Tags(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tags: list[str] = []
+        self.images: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        if tag == "img":
+            self.images.append(dict(attrs)["src"])
+
+
+def parse(page: Path) -> Tags:
+    tags = Tags()
+    tags.feed(page.read_text(encoding="utf-8"))
+    return tags
+
+
+def outside_report(tree: dict) -> dict:
+    return {name: entry for name, entry in tree.items() if not name.startswith("report/")}
+
+
+# --------------------------------------------------------------------------- the real run
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A finished 2-epoch digits run with report/val_samples.safetensors and its report."""
+    out = tmp_path_factory.mktemp("report_run")
+    result = taolu.train(data="digits", epochs=2, out=str(out), progress=False, verbose=False)
+    run = Path(result.run_dir)
+    from taolu.data.embedded import load_digits
+
+    images, labels = load_digits()
+    save_samples(
+        run / "report",
+        torch.from_numpy(images[:20]).unsqueeze(1),
+        torch.from_numpy(labels[:20]),
+    )
+    write_report(run)
+    return run
+
+
+def test_every_plot_is_a_valid_png(trained):
+    folder = trained / "report"
+    for name in ALL_PLOTS:
+        width, height = assert_png(folder / name)
+        assert 300 <= width <= 2000 and 200 <= height <= 2000, (name, width, height)
+    assert not [path for path in folder.iterdir() if path.name.startswith(".")]  # no temp files
+
+
+def test_html_embeds_the_plots_and_the_runs_values(trained):
+    page = trained / "report" / "report.html"
+    text = page.read_text(encoding="utf-8")
+    tags = parse(page)
+    assert set(tags.tags) <= ALLOWED_TAGS
+    # Every plot is embedded as the very PNG written beside the page; nothing is fetched.
+    embedded = [base64.b64decode(src.split(",", 1)[1]) for src in tags.images]
+    assert all(src.startswith("data:image/png;base64,") for src in tags.images)
+    assert embedded == [(trained / "report" / name).read_bytes() for name in ALL_PLOTS]
+    assert not re.search(r"(src|href)=\"(?!data:)", text)
+    assert "Not drawn" not in text
+    summary = json.loads((trained / "summary.json").read_text())
+    for value in (
+        f"{summary['best_val_acc']:.2%}",
+        f"{summary['final_val_acc']:.2%}",
+        summary["monitor"],
+        summary["recipe"],
+        summary["device"],
+        summary["precision"],
+        summary["data"],
+        "fastcnn",
+        "label_smoothing",  # the configuration table
+        "train/lr from the TensorBoard event files",  # the per-step lr
+        "13 of 20 right",  # the sample grid: every third prediction was made wrong
+    ):
+        assert html.escape(str(value)) in text, value
+    assert f"<h1>taolu run {trained.name}</h1>" in text
+    for title in ("Loss", "Accuracy", "Learning rate", "Confusion matrix", "Sample predictions"):
+        assert f"<h2>{title}" in text
+
+
+def test_cli_rewrites_the_report_and_nothing_else(trained, cli_main, tree_snapshot):
+    folder = trained / "report"
+    before = tree_snapshot(trained)
+    old_page = (folder / "report.html").read_bytes()
+    (folder / "report.html").unlink()
+    (folder / "loss.png").unlink()
+    code, out, err = cli_main("report", trained)
+    assert code == 0, err
+    assert str(folder / "report.html") in out
+    after = tree_snapshot(trained)
+    assert outside_report(after) == outside_report(before)  # bytes, sizes and mtimes
+    samples = "report/val_samples.safetensors"
+    assert after[samples] == before[samples]  # the input is read, never rewritten
+    assert set(after) == set(before)  # no temporary files left behind
+    # The same run gives the same report, byte for byte.
+    assert (folder / "report.html").read_bytes() == old_page
+    assert_png(folder / "loss.png")
+
+
+# --------------------------------------------------------------------------- hand-made runs
+
+
+def test_hostile_names_are_escaped(tmp_path):
+    classes = [HOSTILE, 'a & b "quoted"', "$\\alpha$ not math", "new\nline", "日本語"]
+    run = write_fake_run(
+        tmp_path / 'run<b>&"x"', classes, config={"data": "<img src=x onerror=alert(2)>"}
+    )
+    page = write_report(run)
+    text = page.read_text(encoding="utf-8")
+    assert HOSTILE not in text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text  # in the per-class table
+    assert "<img src=x" not in text and "&lt;img src=x onerror=alert(2)&gt;" in text
+    assert "<b>" not in text and "run&lt;b&gt;&amp;&quot;x&quot;" in text
+    assert set(parse(page).tags) <= ALLOWED_TAGS
+    for name in ("confusion_matrix.png", "per_class.png", "loss.png"):
+        assert_png(run / "report" / name)
+
+
+def test_missing_inputs_are_skipped_with_a_note(tmp_path):
+    run = write_fake_run(tmp_path / "interrupted", ["cat", "dog"], summary=False)
+    folder = run / "report"
+    folder.mkdir()
+    (folder / "val_samples.safetensors").write_bytes(b"not a safetensors file")
+    (folder / "confusion_matrix.png").write_bytes(b"stale")  # from an earlier report
+    before = tree_snapshot_outside(run)
+    page = write_report(run)
+    text = page.read_text(encoding="utf-8")
+    for name in ("loss.png", "accuracy.png", "lr.png"):
+        assert_png(folder / name)
+    for name in ("confusion_matrix.png", "per_class.png", "val_samples.png"):
+        assert not (folder / name).exists(), name
+    assert text.count("Not drawn") == 3
+    assert "there is no summary.json" in text
+    assert "val_samples.safetensors could not be used" in text
+    assert "metrics.csv&#x27;s lr column" in text  # no event files: per-epoch lr
+    assert "from metrics.csv and config.yaml" in text  # the summary falls back
+    assert "fastcnn" in text
+    assert tree_snapshot_outside(run) == before
+
+    # Interrupted before the first epoch: only config.yaml, yet a report (all notes).
+    early = tmp_path / "early"
+    early.mkdir()
+    (early / "config.yaml").write_text("model: fastcnn\nepochs: 5\n", encoding="utf-8")
+    text = write_report(early).read_text(encoding="utf-8")
+    assert text.count("Not drawn") == len(ALL_PLOTS)
+    assert "there is no metrics.csv" in text
+
+
+def tree_snapshot_outside(run: Path) -> dict:
+    return {
+        str(path.relative_to(run)): path.read_bytes()
+        for path in sorted(run.rglob("*"))
+        if path.is_file() and path.parent.name != "report"
+    }
+
+
+def test_sparse_lr_events_are_plotted(tmp_path):
+    """train/lr once per epoch (at the epoch's last step) or once per step: both are drawn."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    run = write_fake_run(tmp_path / "sparse", [str(n) for n in range(10)])
+    writer = SummaryWriter(log_dir=str(run))
+    for step, lr in ((10, 0.1), (20, 0.05), (30, 0.01)):
+        writer.add_scalar("train/lr", lr, step)
+    writer.close()
+    text = write_report(run).read_text(encoding="utf-8")
+    assert_png(run / "report" / "lr.png")
+    assert "train/lr from the TensorBoard event files" in text
+
+
+def test_a_hundred_classes_stay_legible(tmp_path):
+    classes = [f"class_with_a_long_name_{index:03d}" for index in range(100)]
+    run = write_fake_run(tmp_path / "many", classes)
+    images = torch.randint(0, 256, (40, 3, 12, 12), dtype=torch.uint8)
+    save_samples(run / "report", images, torch.arange(40) % 100)
+    text = write_report(run).read_text(encoding="utf-8")
+    folder = run / "report"
+    width, height = assert_png(folder / "confusion_matrix.png")
+    assert width <= 1500 and height <= 1400
+    width, _ = assert_png(folder / "per_class.png")
+    assert width <= 1800
+    assert_png(folder / "val_samples.png")
+    assert "the axes show class indices" in text
+    assert text.count("class_with_a_long_name_") >= 100  # every class in the table
+
+
+def test_a_folder_that_is_not_a_run_is_refused(tmp_path, cli_main):
+    empty = tmp_path / "holiday photos"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("hello", encoding="utf-8")
+    with pytest.raises(ConfigError, match="not a taolu run directory") as caught:
+        write_report(empty)
+    message = str(caught.value)
+    assert str(empty) in message and "metrics.csv" in message and "config.yaml" in message
+    assert sorted(path.name for path in empty.iterdir()) == ["notes.txt"]  # nothing written
+    with pytest.raises(ConfigError, match="no such run directory"):
+        write_report(tmp_path / "missing")
+    code, _, err = cli_main("report", empty)
+    assert code == 2 and "not a taolu run directory" in err and "Traceback" not in err
+
+
+def test_report_in_place_of_a_folder_is_refused(tmp_path):
+    run = write_fake_run(tmp_path / "run", ["a", "b"])
+    (run / "report").write_text("a file", encoding="utf-8")
+    with pytest.raises(ConfigError, match="is not a folder"):
+        write_report(run)
+    assert (run / "report").read_text(encoding="utf-8") == "a file"
+
+
+# --------------------------------------------------------------------------- a real browser
+
+
+def test_report_renders_in_chromium(trained, tmp_path):
+    """report.html and a hostile run's page in headless Chromium: every image decodes, no
+    request leaves the page, and no script runs."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"no Chromium at {CHROMIUM} (Debian's chromium package)")
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="playwright is not installed (pip install playwright)"
+    )
+    hostile = write_fake_run(tmp_path / "hostile", [HOSTILE, "b"], config={"data": HOSTILE})
+    pages = [trained / "report" / "report.html", write_report(hostile)]
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"]
+        )
+        try:
+            page = browser.new_page()
+            requests, dialogs = [], []
+            page.on("request", lambda request: requests.append(request.url))
+            page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+            for path in pages:
+                page.goto(path.as_uri(), wait_until="load")
+                images = page.evaluate(
+                    "() => Array.from(document.images, i => [i.complete, i.naturalWidth])"
+                )
+                assert images and all(done and width > 0 for done, width in images), images
+                assert page.evaluate("() => document.scripts.length") == 0
+            assert page.title().startswith("taolu report: ")
+        finally:
+            browser.close()
+    assert not dialogs
+    # Only the two pages themselves were loaded (data: URIs are not requests to anywhere).
+    assert all(url.startswith(("file://", "data:")) for url in requests), requests
