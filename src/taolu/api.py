@@ -180,6 +180,32 @@ def train(
     return train_from_options(config, options, {}, parts=parts, resume=resume)
 
 
+def _elastic_resume_dir(
+    config_file: str | Path | None,
+    options: Mapping[str, Any],
+    set_options: Mapping[str, Any],
+    parts: UserParts | None,
+) -> Path | None:
+    """Under `torchrun --max-restarts`, a restarted worker continues the run it was part of:
+    OUT/NAME's last checkpoint (which needs --name; without one a restart starts afresh)."""
+    import logging
+    import os
+
+    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) == 0:
+        return None
+    config = build_train_config(config_file, options, set_options, parts=parts)
+    run_dir = Path(config.out).expanduser() / config.name
+    if not config.name:
+        logging.getLogger("taolu").warning(
+            "restarted by torchrun, but without --name the run cannot be found; starting afresh"
+        )
+        return None
+    if (run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST_NAME).is_file():
+        print(f"taolu: restarted by torchrun: resuming {run_dir}", flush=True)
+        return run_dir
+    return None
+
+
 def train_from_options(
     config_file: str | Path | None,
     options: Mapping[str, Any],
@@ -191,6 +217,8 @@ def train_from_options(
     """The one way into training for the CLI and `train`: resolve the layers (on top of the
     run's saved config when resuming), then run the routine."""
     resume_state = resume_dir = None
+    if resume is None:
+        resume = _elastic_resume_dir(config_file, options, set_options, parts)
     if resume is not None:
         resume_dir = Path(resume)
         resume_state = ckpt.load_checkpoint(ckpt.find_checkpoint(resume_dir, ckpt.LAST_NAME))

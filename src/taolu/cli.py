@@ -117,6 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="set any option; beats every other source",
     )
+    train.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train with N processes on this machine (DDP): the same as "
+        "torchrun --standalone --nproc_per_node=N -m taolu train ...",
+    )
     _add_config_flags(train)
 
     evaluate = commands.add_parser(
@@ -406,8 +414,44 @@ def _run_data_check(args: argparse.Namespace) -> int:
     return 1 if report.blocking else 0
 
 
+def _launch_with_torchrun(argv: list[str], processes: int) -> int:
+    """`taolu train --nproc N ...` runs `torchrun --standalone --nproc_per_node=N -m taolu
+    train ...` with the other arguments unchanged."""
+    import shlex
+    import subprocess
+
+    rest, skip = [], False
+    for index, item in enumerate(argv):
+        if skip:
+            skip = False
+        elif item == "--nproc":
+            skip = index + 1 < len(argv)
+        elif not item.startswith("--nproc="):
+            rest.append(item)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={processes}",
+        "-m",
+        "taolu",
+        *rest,
+    ]
+    print(f"taolu: starting {processes} processes: {shlex.join(command)}", flush=True)
+    return subprocess.call(command)
+
+
 def _run_train(args: argparse.Namespace) -> int:
     from taolu.api import train_from_options
+    from taolu.engine.distributed import launched_by_torchrun
+
+    if args.nproc < 1:
+        raise ConfigError(f"--nproc {args.nproc}: give at least 1 process")
+    if args.nproc > 1:
+        if launched_by_torchrun():
+            raise ConfigError("--nproc starts torchrun itself; under torchrun leave it out")
+        return _launch_with_torchrun(args.argv, args.nproc)
 
     options = {name: getattr(args, name) for name in FIELDS if hasattr(args, name)}
     train_from_options(
@@ -546,7 +590,9 @@ def _show_warnings_plainly() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     handlers: dict[str, Any] = {
         "train": _run_train,
         "eval": _run_eval,

@@ -128,6 +128,9 @@ class TrainConfig:
         "off for your nn.Module (its forward() may call .view())",
         choices=SWITCHES,
     )
+    sync_bn: bool = _option(
+        False, "synchronise BatchNorm statistics across GPU processes under torchrun (DDP)"
+    )
     compile: bool = _option(
         False, "torch.compile the model (measured slower for small nets on CPU; try it on GPU)"
     )

@@ -193,8 +193,13 @@ class Batches:
         workers: int = 0,
         skips: SkipLog | None = None,
         sample_weights: torch.Tensor | None = None,
+        shard: tuple[int, int] = (0, 1),
     ):
         self.split = split
+        # (rank, world size): under DDP each process takes every world-size-th sample of the
+        # epoch's order. Training shards are cut to equal length, since every process must
+        # take the same number of steps; validation shards keep every sample exactly once.
+        self.rank, self.world_size = shard
         # With weights, each epoch draws len(split) samples with replacement (class-balanced).
         self.sample_weights = sample_weights
         self.batch_size = batch_size
@@ -211,8 +216,16 @@ class Batches:
         self.images = split.images.to(self.device)
         self.labels = split.labels.to(self.device)
 
+    def _shard_size(self) -> int:
+        total = len(self.split)
+        if self.world_size == 1:
+            return total
+        if self.shuffle:
+            return total // self.world_size
+        return len(range(self.rank, total, self.world_size))
+
     def __len__(self) -> int:
-        full, rest = divmod(len(self.split), self.batch_size)
+        full, rest = divmod(self._shard_size(), self.batch_size)
         # A training batch of one image breaks BatchNorm; it is dropped when shuffling.
         return full + (1 if rest > (1 if self.shuffle else 0) else 0)
 
@@ -225,6 +238,10 @@ class Batches:
             order = torch.randperm(len(self.split), generator=generator)
         else:
             order = torch.arange(len(self.split))
+        if self.world_size > 1:  # every process drew the same order; each takes its share
+            if self.shuffle:
+                order = order[: self._shard_size() * self.world_size]
+            order = order[self.rank :: self.world_size]
         return order[: len(self) * self.batch_size] if self.shuffle else order
 
     def iterate(

@@ -10,6 +10,13 @@ import torch
 from torch import nn
 
 from taolu.data.loaders import Batches, BatchTransform
+from taolu.engine.distributed import (
+    SINGLE_PROCESS,
+    Cluster,
+    all_agree,
+    gather_to_main,
+    sum_across,
+)
 from taolu.engine.metrics import ClassMetrics, ClassReport
 from taolu.engine.optim import LrSchedule
 from taolu.engine.precision import Precision
@@ -67,6 +74,7 @@ class StepRules:
     # Called with the model at the epoch's last optimizer step, gradients still in place
     # (gradient histograms).
     inspect_gradients: Callable[[nn.Module], None] | None = None
+    cluster: Cluster = SINGLE_PROCESS  # under DDP: the NaN verdict and the epoch's sums are shared
 
 
 def steps_per_epoch(batches: int, accumulate: int) -> int:
@@ -114,7 +122,8 @@ def train_one_epoch(
             logits = model(inputs)  # (B, classes)
             loss = loss_fn(logits, targets)
         # One host sync per step: the price of acting before a bad batch touches the weights.
-        if not bool(torch.isfinite(loss.detach())):
+        # Under DDP every process must take the same decision, or the others would wait.
+        if not all_agree(rules.cluster, bool(torch.isfinite(loss.detach()))):
             if rules.on_nan == "stop":
                 raise NonFiniteLoss(index, float(loss.detach()))
             skipped += 1
@@ -146,6 +155,10 @@ def train_one_epoch(
         )
         steps += 1
     seconds = time.perf_counter() - started
+    loss_sum, correct, seen_count = sum_across(
+        rules.cluster, loss_sum, correct, torch.tensor(seen, device=device)
+    )
+    seen = int(seen_count)
     return EpochResult(
         loss=float(loss_sum) / max(seen, 1) if seen else float("nan"),
         acc=float(correct) / max(seen, 1),
@@ -205,11 +218,16 @@ def evaluate(
     precision: Precision,
     classes: list[str] | None = None,
     keep_outputs: int = 0,
+    cluster: Cluster = SINGLE_PROCESS,
 ) -> EpochResult:
     """Mean loss and top-1 accuracy over every sample of `batches`, counted once each; with
     `classes`, also the per-class report (top-5, precision/recall/F1, confusion matrix).
     With `keep_outputs` > 0, also every probability and label (PR curves) and that many
-    misclassified images (TensorBoard)."""
+    misclassified images (TensorBoard).
+
+    Under DDP each process evaluates its own share of the split (no sample twice, none
+    padded in); the sums and torchmetrics' counts are added across processes, and rank 0
+    receives every probability."""
     model.eval()
     device = transform.mean.device
     loss_sum = torch.zeros((), device=device)
@@ -238,6 +256,10 @@ def evaluate(
                         (images[missed].cpu(), labels[missed].cpu(), predicted[missed].cpu())
                     )
                     wrong_count += len(missed)
+    loss_sum, correct, seen_count = sum_across(
+        cluster, loss_sum, correct, torch.tensor(seen, device=device)
+    )
+    seen = int(seen_count)
     result = EpochResult(
         loss=float(loss_sum) / max(seen, 1),
         acc=float(correct) / max(seen, 1),
@@ -245,9 +267,14 @@ def evaluate(
         seconds=time.perf_counter() - started,
         report=metrics.report() if metrics is not None and seen else None,
     )
-    if keep_outputs and seen:
-        result.probabilities = torch.cat(probabilities)
-        result.labels = torch.cat(all_labels)
+    if keep_outputs:
+        shares = gather_to_main(
+            cluster, (torch.cat(probabilities), torch.cat(all_labels)) if probabilities else None
+        )
+        shares = [share for share in shares or [] if share is not None]
+        if shares:
+            result.probabilities = torch.cat([share[0] for share in shares])
+            result.labels = torch.cat([share[1] for share in shares])
         if wrong:
             result.misclassified = tuple(torch.cat(parts) for parts in zip(*wrong, strict=True))
     return result

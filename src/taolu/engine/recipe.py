@@ -39,7 +39,9 @@ def choose_recipe(
     return dataclasses.replace(config, **changes), reasons
 
 
-def describe_recipe(config: TrainConfig, augment: str, precision: str, device: str) -> str:
+def describe_recipe(
+    config: TrainConfig, augment: str, precision: str, device: str, processes: int = 1
+) -> str:
     """One line naming every choice that shapes the run, each overridable by its flag."""
     schedule = config.scheduler
     if config.warmup_epochs and config.scheduler in ("cosine", "step", "constant", "plateau"):
@@ -53,7 +55,7 @@ def describe_recipe(config: TrainConfig, augment: str, precision: str, device: s
         optimizer,
         f"weight decay {config.weight_decay:g}",
         schedule,
-        f"batch {config.batch_size}" + (f" x{config.accumulate}" if config.accumulate > 1 else ""),
+        _batch(config.batch_size, config.accumulate, processes),
         f"{config.epochs} epochs",
         f"label smoothing {config.label_smoothing:g}",
         f"augment {augment}",
@@ -71,3 +73,15 @@ def describe_recipe(config: TrainConfig, augment: str, precision: str, device: s
         parts.append(f"{config.sampler} sampler")
     parts.append(f"{precision} on {device}")
     return ", ".join(parts)
+
+
+def _batch(batch_size: int, accumulate: int, processes: int) -> str:
+    """--batch-size is per process and per accumulation step; say what an optimizer step sees."""
+    text = f"batch {batch_size}"
+    if accumulate > 1:
+        text += f" x{accumulate} accumulated"
+    if processes > 1:
+        text += f" per process x {processes} processes"
+    if accumulate > 1 or processes > 1:
+        text += f" = {batch_size * accumulate * processes} per optimizer step"
+    return text

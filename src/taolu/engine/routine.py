@@ -39,6 +39,13 @@ from taolu.data.sources import (
     write_manifest,
 )
 from taolu.engine import checkpoint as ckpt
+from taolu.engine.distributed import (
+    barrier,
+    device_for,
+    join_cluster,
+    leave_cluster,
+    share_from_main,
+)
 from taolu.engine.loop import (
     NonFiniteLoss,
     StepRules,
@@ -58,7 +65,7 @@ from taolu.engine.recipe import choose_recipe, describe_recipe
 from taolu.errors import CheckpointError, ConfigError, TrainingError
 from taolu.models import build_model
 from taolu.track.progress import EpochProgress
-from taolu.track.runlog import MISCLASSIFIED_SHOWN, RunLog, write_json_atomic
+from taolu.track.runlog import MISCLASSIFIED_SHOWN, RunLog, SilentRunLog, write_json_atomic
 
 logger = logging.getLogger("taolu")
 
@@ -230,6 +237,11 @@ def _say(config: TrainConfig, text: str) -> None:
         print(text, flush=True)
 
 
+def quiet(config: TrainConfig) -> TrainConfig:
+    """The config as processes other than rank 0 print with: silently."""
+    return dataclasses.replace(config, verbose=False)
+
+
 def run_training(
     config: TrainConfig,
     parts: UserParts | None = None,
@@ -260,7 +272,15 @@ def _run_training(
             f"epochs; pass a larger --epochs to train further"
         )
     device = pick_device(config.device)
+    # Under torchrun: join the other processes; each GPU process drives its own GPU.
+    cluster = join_cluster(device)
+    device = device_for(device, cluster)
     precision = pick_precision(config.precision, device)
+    if config.sync_bn and not (cluster.active and device.type == "cuda"):
+        raise ConfigError(
+            "option 'sync_bn': synchronised BatchNorm needs several GPU processes "
+            "(torchrun --nproc_per_node=N on CUDA); it is not available on the CPU"
+        )
     torch.manual_seed(config.seed)
     # One CPU generator drives shuffling and augmentation; its state is checkpointed.
     generator = torch.Generator().manual_seed(config.seed)
@@ -300,9 +320,16 @@ def _run_training(
         sample_weights=balanced_sample_weights(train_labels)
         if config.sampler == "balanced"
         else None,
+        shard=(cluster.rank, cluster.world_size),
     )
     val_batches = Batches(
-        data.val, max(config.batch_size, 256), device, shuffle=False, workers=workers, skips=skips
+        data.val,
+        max(config.batch_size, 256),
+        device,
+        shuffle=False,
+        workers=workers,
+        skips=skips,
+        shard=(cluster.rank, cluster.world_size),
     )
 
     # 2. Build the network model.
@@ -329,11 +356,21 @@ def _run_training(
         config.channels_last == "auto" and built_in and device.type in ("cpu", "cuda")
     )
     model = model.to(device)
+    if config.sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     ema = build_ema(model, config.ema)
-    # Checkpoints always hold `model`'s own state dict; the compiled wrapper only runs it.
-    network = torch.compile(model) if config.compile else model
+    # Checkpoints always hold `model`'s own state dict; DDP and the compiled wrapper only run
+    # it. DDP averages the gradients across processes during backward().
+    network = model
+    if cluster.active:
+        from torch.nn.parallel import DistributedDataParallel
+
+        network = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    network = torch.compile(network) if config.compile else network
     train_transform, eval_transform, augment = batch_transforms(
         config.augment, prepared, device, channels_last
     )
@@ -375,8 +412,11 @@ def _run_training(
         on_nan=config.on_nan,
         mix=build_mix(config.mixup, config.cutmix, len(data.classes)),
         ema=ema,
+        cluster=cluster,
     )
-    recipe = describe_recipe(config, augment, precision.name, str(device))
+    recipe = describe_recipe(config, augment, precision.name, str(device), cluster.world_size)
+    if config.lr_find and cluster.active:
+        raise ConfigError("--lr-find runs in one process; start it without torchrun")
     if config.lr_find:  # instead of training: the learning-rate range test
         from taolu.engine.lr_find import sweep_lr
 
@@ -419,14 +459,20 @@ def _run_training(
         history = list(resume_state["history"])
         best_val_acc, best_epoch = resume_state["best_val_acc"], resume_state["best_epoch"]
 
-    run_dir = resume_dir if resume_dir is not None else new_run_dir(config.out, config.name)
-    write_config(config, run_dir / "config.yaml")
-    if data.listing is not None and resume_state is None:
-        write_manifest(data.listing, run_dir / MANIFEST_NAME, data_base_folder(config.data))
+    # Rank 0 alone creates and writes the run directory; the others learn its name.
+    run_dir = resume_dir
+    if run_dir is None and cluster.is_main:
+        run_dir = new_run_dir(config.out, config.name)
+    run_dir = share_from_main(cluster, run_dir)
+    if cluster.is_main:
+        write_config(config, run_dir / "config.yaml")
+        if data.listing is not None and resume_state is None:
+            write_manifest(data.listing, run_dir / MANIFEST_NAME, data_base_folder(config.data))
     weights_dir = run_dir / ckpt.CHECKPOINT_DIR
     best_path, last_path = weights_dir / ckpt.BEST_NAME, weights_dir / ckpt.LAST_NAME
-    run_log = RunLog(run_dir, history, resume_step=step if resume_state is not None else None)
-    if resume_state is None:
+    log_class = RunLog if cluster.is_main else SilentRunLog
+    run_log = log_class(run_dir, history, resume_step=step if resume_state is not None else None)
+    if resume_state is None and cluster.is_main:
         images, _ = augmented_samples(prepared, config.augment, count=32, seed=config.seed)
         run_log.log_samples(grid_tensor(images))
         example = torch.zeros(1, data.channels, *data.size, device=device)
@@ -434,7 +480,7 @@ def _run_training(
             example = example.to(memory_format=torch.channels_last)
         run_log.log_graph(model, example)
     _say(
-        config,
+        config if cluster.is_main else quiet(config),
         (
             f"taolu: {config.model} on {data.description}: {len(data.train)} train / "
             f"{len(data.val)} val images, {len(data.classes)} classes, "
@@ -513,13 +559,15 @@ def _run_training(
         if histogram_epoch:
             run_log.log_histograms(model, step, gradients=False)
         tested = evaluate(
-            ema.module if ema is not None else network,
+            # the plain module: DDP's wrapper would broadcast buffers on every forward
+            ema.module if ema is not None else (model if cluster.active else network),
             val_batches,
             eval_transform,
             eval_loss_fn,
             precision,
             classes=data.classes,
             keep_outputs=MISCLASSIFIED_SHOWN,
+            cluster=cluster,
         )
         if data.listing is not None:  # files decoded per epoch may only now prove unreadable
             refuse_too_many_bad_files(data, skips, config.max_bad_fraction, config.data)
@@ -579,11 +627,13 @@ def _run_training(
         if ema is not None:  # eval, predict and export use these averaged weights
             state["ema_model"] = ema.module.state_dict()
             state["ema_updates"] = int(ema.n_averaged)
-        ckpt.save_checkpoint(state, last_path)
-        if improved:
-            ckpt.copy_checkpoint(last_path, best_path)
+        if cluster.is_main:
+            ckpt.save_checkpoint(state, last_path)
+            if improved:
+                ckpt.copy_checkpoint(last_path, best_path)
+        barrier(cluster)  # no process runs ahead of a checkpoint still being written
         _say(
-            config,
+            config if cluster.is_main else quiet(config),
             (
                 f"epoch {epoch:>3}/{config.epochs}  train loss {trained.loss:.4f} acc "
                 f"{trained.acc:.4f}  val loss {tested.loss:.4f} acc {tested.acc:.4f}  "
@@ -593,12 +643,26 @@ def _run_training(
         if config.patience and epoch - best_epoch >= config.patience and epoch < config.epochs:
             stopped_early = True
             _say(
-                config,
+                config if cluster.is_main else quiet(config),
                 f"taolu: stopping early: no better {config.monitor} for "
                 f"{config.patience} epochs (best at epoch {best_epoch})",
             )
             break
 
+    if not cluster.is_main:  # rank 0 writes the records; the others are done
+        run_log.close()
+        leave_cluster(cluster)
+        model.eval()
+        return TrainResult(
+            run_dir=run_dir,
+            best_val_acc=best_val_acc,
+            final_val_acc=final_val["val_acc"],
+            model=model,
+            history=run_log.history,
+            summary={},
+            best_checkpoint=best_path,
+            last_checkpoint=last_path,
+        )
     best_state = ckpt.load_checkpoint(best_path)
     model.load_state_dict(ckpt.inference_weights(best_state))
     model.eval()
@@ -620,6 +684,7 @@ def _run_training(
         "images_per_second": round(train_images / max(train_seconds, 1e-9), 1),
         "wall_seconds": round(time.perf_counter() - wall_start, 3),
         "device": str(device),
+        "processes": cluster.world_size,
         "precision": precision.name,
         "recipe": recipe,
         "cache": prepared.cache,
@@ -651,6 +716,7 @@ def _run_training(
     run_log.close()
     if config.report:
         write_run_report(model, val_batches, eval_transform, precision, run_dir)
+    leave_cluster(cluster)
     _say(
         config,
         (

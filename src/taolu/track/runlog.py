@@ -189,3 +189,20 @@ class RunLog:
 
     def close(self) -> None:
         self.writer.close()
+
+
+class SilentRunLog(RunLog):
+    """What processes other than rank 0 keep under DDP: the history, and no files at all."""
+
+    def __init__(self, run_dir: Path, history: list[dict[str, float]], resume_step: int | None):
+        self.run_dir = run_dir
+        self.history = list(history)
+
+    def log_epoch(self, row: dict[str, Any], step: int) -> None:
+        self.history.append(row)
+
+    def _silent(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    log_samples = log_steps = log_graph = log_histograms = _silent
+    log_evaluation = log_hparams = write_summary = close = _silent
