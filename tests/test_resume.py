@@ -5,6 +5,10 @@ overwritten."""
 from __future__ import annotations
 
 import csv
+import os
+import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -307,3 +311,70 @@ def test_resume_is_exact_with_every_stateful_option_on(tmp_path, monkeypatch, qu
             [row[key] for row in reference.history], abs=1e-6
         ), key
     assert_clean_records(run_dir, EPOCHS)
+
+
+def test_sigterm_mid_epoch_saves_a_last_checkpoint_that_resumes_exactly(
+    tmp_path, digit_parts, array_dataset, digits_arrays, quiet
+):
+    """SIGTERM in the middle of epoch 3: the run stops after that optimizer step, saves
+    last.pt with where the epoch stands, says how to resume; the resumed run ends on the
+    uninterrupted run's weights, with no step missing or repeated in the records."""
+    train_data, val_data = digit_parts
+    images, labels = digits_arrays
+
+    class TermAt(type(train_data())):
+        def __getitem__(self, index):
+            self.fetched = getattr(self, "fetched", 0) + 1
+            # (mean/std and the sample grid read some first; 400 an epoch then)
+            if self.fetched == 400 + 2 * 400 + 130:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return super().__getitem__(index)
+
+    common = dict(
+        classes=CLASSES, epochs=EPOCHS, batch_size=50, workers=0, out=str(tmp_path), **quiet
+    )
+    reference = taolu.train(data=train_data(), val_data=val_data(), name="whole", **common)
+    with pytest.raises(taolu.TrainingInterrupted) as stopped:
+        taolu.train(
+            data=TermAt(images[:400], labels[:400]), val_data=val_data(), name="cut", **common
+        )
+    run_dir = tmp_path / "cut"
+    assert f"Resume with: taolu train --resume {run_dir}" in str(stopped.value)
+    assert "SIGTERM in epoch 3" in str(stopped.value)
+    assert stopped.value.exit_code == 143
+    saved = torch.load(run_dir / "weights" / "last.pt", weights_only=True)
+    done = saved["partial_epoch"]["first_batch"]  # batches of epoch 3 already trained
+    assert saved["epoch"] == 2 and 0 < done < 8 and saved["step"] == 2 * 8 + done
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers put back
+
+    next_second()
+    resumed = taolu.train(
+        resume=run_dir, data=train_data(), val_data=val_data(), classes=CLASSES, workers=0, **quiet
+    )
+    assert_same_weights(final_weights(run_dir), final_weights(reference.run_dir))
+    for key in ("train_loss", "val_loss", "val_acc"):
+        assert [row[key] for row in resumed.history] == pytest.approx(
+            [row[key] for row in reference.history], abs=1e-6
+        ), key
+    assert_clean_records(run_dir, EPOCHS)
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_the_command_line_saves_and_says_how_to_resume(tmp_path):
+    command = [sys.executable, "-m", "taolu", "train", "--data", "digits", "--epochs", "60"]
+    command += ["--no-progress", "--out", str(tmp_path), "--name", "run"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in process.stdout:
+            if line.startswith("epoch   1/"):
+                break
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130, stderr
+    assert "stopping after the current step" in stderr
+    assert f"Resume with: taolu train --resume {tmp_path / 'run'}" in stderr
+    assert "Traceback" not in stderr
+    saved = torch.load(tmp_path / "run" / "weights" / "last.pt", weights_only=True)
+    assert saved["epoch"] >= 1

@@ -17,6 +17,7 @@ from taolu.errors import (
     ExportError,
     TaoluError,
     TrainingError,
+    TrainingInterrupted,
 )
 
 __version__ = "0.1.0"
@@ -47,6 +48,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "TrainingError",
+    "TrainingInterrupted",
     "evaluate",
     "export",
     "predict",

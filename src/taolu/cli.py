@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from taolu.config import FIELDS, TrainConfig, parse_set_items
-from taolu.errors import ConfigError, TaoluError
+from taolu.errors import ConfigError, TaoluError, TrainingInterrupted
 
 TRAIN_EXAMPLES = """examples:
   taolu train                                  the default net on the embedded MNIST digits
@@ -606,6 +606,9 @@ def main(argv: list[str] | None = None) -> int:
     _show_warnings_plainly()
     try:
         return handlers[args.command](args)
+    except TrainingInterrupted as stopped:  # SIGTERM / Ctrl-C: saved, and how to go on
+        print(f"taolu: {stopped}", file=sys.stderr)
+        return stopped.exit_code
     except TaoluError as error:
         print(f"taolu: error: {_plain_message(error)}", file=sys.stderr)
         return 2

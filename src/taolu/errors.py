@@ -23,3 +23,11 @@ class TrainingError(TaoluError):
 
 class ExportError(TaoluError):
     """An export that failed or whose file does not reproduce the PyTorch model."""
+
+
+class TrainingInterrupted(TaoluError):
+    """Training stopped on SIGTERM or Ctrl-C after saving a `last` checkpoint to resume from."""
+
+    def __init__(self, message: str, exit_code: int = 130):
+        super().__init__(message)
+        self.exit_code = exit_code

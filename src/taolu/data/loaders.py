@@ -245,11 +245,13 @@ class Batches:
         return order[: len(self) * self.batch_size] if self.shuffle else order
 
     def iterate(
-        self, generator: torch.Generator | None = None
+        self, generator: torch.Generator | None = None, order: torch.Tensor | None = None
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches in `order` (sample indices), or in a new order drawn from `generator`."""
         if isinstance(self.split, DeferredTensors):
             self._hold(self.split.materialize())
-        order = self.order(generator)
+        if order is None:
+            order = self.order(generator)
         if isinstance(self.split, ImageTensors):
             order = order.to(self.device)
             for start in range(0, len(order), self.batch_size):

@@ -40,10 +40,34 @@ class EpochResult:
     misclassified: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
     step_lrs: list[float] = field(default_factory=list)  # the lr of each optimizer step
     step_grad_norms: list[float] = field(default_factory=list)
+    # Set when a stop was requested (SIGTERM, Ctrl-C) mid-epoch: how the epoch stands.
+    stopped: EpochStart | None = None
 
     @property
     def images_per_second(self) -> float:
         return self.images / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class EpochStart:
+    """Where an epoch (re)starts: a fresh epoch by default; after a stop mid-epoch, the rest of
+    its order and the sums so far, so the resumed epoch ends as an uninterrupted one would."""
+
+    order: torch.Tensor | None = None  # the samples still to come (None: draw a new order)
+    first_batch: int = 0
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
+    skipped: int = 0
+    steps: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {key: getattr(self, key) for key in self.__dataclass_fields__}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> EpochStart:
+        return cls(**values)
 
 
 class NonFiniteLoss(Exception):
@@ -75,6 +99,8 @@ class StepRules:
     # (gradient histograms).
     inspect_gradients: Callable[[nn.Module], None] | None = None
     cluster: Cluster = SINGLE_PROCESS  # under DDP: the NaN verdict and the epoch's sums are shared
+    # Asked after every optimizer step; True ends the epoch there (a stop was requested).
+    should_stop: Callable[[], bool] | None = None
 
 
 def steps_per_epoch(batches: int, accumulate: int) -> int:
@@ -94,8 +120,12 @@ def train_one_epoch(
     rules: StepRules = StepRules(),
     on_step: Callable[[int, torch.Tensor, torch.Tensor, int], None] | None = None,
     after_train_mode: Callable[[nn.Module], None] | None = None,
+    start: EpochStart | None = None,
 ) -> EpochResult:
     """Forward, loss, backward for every batch; an optimizer step every `rules.accumulate`.
+
+    `start` continues an epoch stopped part way; when `rules.should_stop()` answers True after
+    an optimizer step, the epoch ends there and `stopped` says how to continue it.
 
     `on_step(i, loss, correct, images_seen)` gets device tensors, so a GPU is only synchronised
     when the caller reads them. Loss and accuracy are summed on the device.
@@ -104,16 +134,20 @@ def train_one_epoch(
     if after_train_mode is not None:  # e.g. frozen BatchNorm layers back to eval mode
         after_train_mode(model)
     device = transform.mean.device
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    step_losses, grad_norms, seen, skipped = [], [], 0, 0
+    start = start or EpochStart()
+    loss_sum = torch.tensor(start.loss_sum, device=device)
+    correct = torch.tensor(start.correct, device=device, dtype=torch.long)
+    step_losses, grad_norms, seen, skipped = [], [], start.seen, start.skipped
     planned = len(batches)
     window_losses = []  # losses of the batches whose gradients wait for the next step
     step_lrs: list[float] = []
     optimizer.zero_grad(set_to_none=True)
-    steps = 0
-    started = time.perf_counter()
-    for index, (images, labels) in enumerate(batches.iterate(generator)):
+    steps = start.steps
+    stopped = None
+    order = start.order if start.order is not None else batches.order(generator)
+    started = time.perf_counter() - start.seconds
+    batch_list = batches.iterate(generator, order=order)
+    for index, (images, labels) in enumerate(batch_list, start=start.first_batch):
         inputs = transform(images, generator)  # (B, C, H, W), augmented and normalised
         targets = labels
         if rules.mix is not None:
@@ -148,6 +182,19 @@ def train_one_epoch(
                 model, optimizer, scaler, rules, schedule, window_losses, step_losses, grad_norms
             )
             steps += 1
+            if rules.should_stop is not None and index + 1 < planned and rules.should_stop():
+                done = index + 1 - start.first_batch  # batches taken from `order` here
+                stopped = EpochStart(
+                    order=order[done * batches.batch_size :].cpu(),
+                    first_batch=index + 1,
+                    loss_sum=float(loss_sum),
+                    correct=int(correct),
+                    seen=seen,
+                    skipped=skipped,
+                    steps=steps,
+                    seconds=time.perf_counter() - started,
+                )
+                break
     if window_losses:  # undecodable files left the last window short
         step_lrs.append(optimizer.param_groups[0]["lr"])
         _finish_step(
@@ -172,6 +219,7 @@ def train_one_epoch(
         grad_norm=float(torch.stack(grad_norms).mean()) if grad_norms else None,
         step_lrs=step_lrs,
         step_grad_norms=[float(v) for v in torch.stack(grad_norms).cpu()] if grad_norms else [],
+        stopped=stopped,
     )
 
 

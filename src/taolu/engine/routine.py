@@ -10,6 +10,7 @@ import dataclasses
 import functools
 import logging
 import math
+import sys
 import time
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ from taolu.engine.distributed import (
     share_from_main,
 )
 from taolu.engine.loop import (
+    EpochStart,
     NonFiniteLoss,
     StepRules,
     evaluate,
@@ -62,7 +64,7 @@ from taolu.engine.optim import (
 )
 from taolu.engine.precision import pick_device, pick_precision
 from taolu.engine.recipe import choose_recipe, describe_recipe
-from taolu.errors import CheckpointError, ConfigError, TrainingError
+from taolu.errors import CheckpointError, ConfigError, TrainingError, TrainingInterrupted
 from taolu.models import build_model
 from taolu.track.progress import EpochProgress
 from taolu.track.runlog import MISCLASSIFIED_SHOWN, RunLog, SilentRunLog, write_json_atomic
@@ -253,8 +255,8 @@ def run_training(
     """Train `config` (a fresh run, or the run in `resume_dir` from its last checkpoint).
 
     `chosen` names the options the user set; the data's default recipe fills in the rest."""
-    with deterministic_algorithms(config.deterministic):
-        return _run_training(config, parts, resume_dir, resume_state, chosen)
+    with deterministic_algorithms(config.deterministic), StopRequest().installed() as stop:
+        return _run_training(config, parts, resume_dir, resume_state, chosen, stop)
 
 
 def _run_training(
@@ -263,6 +265,7 @@ def _run_training(
     resume_dir: Path | None,
     resume_state: dict[str, Any] | None,
     chosen: Collection[str],
+    stop: StopRequest,
 ) -> TrainResult:
     wall_start = time.perf_counter()
     parts = parts or UserParts()
@@ -413,6 +416,8 @@ def _run_training(
         mix=build_mix(config.mixup, config.cutmix, len(data.classes)),
         ema=ema,
         cluster=cluster,
+        # Under torchrun the agent owns signals: a stop there is a restart from last.pt.
+        should_stop=None if cluster.active else stop,
     )
     recipe = describe_recipe(config, augment, precision.name, str(device), cluster.world_size)
     if config.lr_find and cluster.active:
@@ -493,13 +498,44 @@ def _run_training(
     if resume_state is not None:
         _say(config, f"taolu: resuming after epoch {start_epoch - 1} of {config.epochs}")
 
+    def training_state() -> dict[str, Any]:
+        """What a checkpoint holds beyond the epoch, step and time it was taken at."""
+        state = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": schedule.state_dict(),
+            "grad_scaler": scaler.state_dict() if scaler is not None else {},
+            "total_steps": total_steps,
+            "history": run_log.history,
+            "best_val_acc": best_val_acc,
+            "best_epoch": best_epoch,
+            "rng": ckpt.rng_state(generator),
+            "config": config_to_dict(config),
+            "classes": list(data.classes),
+            "preprocessing": preprocessing.to_dict(),
+            "model_name": config.model if built_in else None,
+            "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
+            "confusion_matrix": [],
+        }
+        if ema is not None:  # eval, predict and export use these averaged weights
+            state["ema_model"] = ema.module.state_dict()
+            state["ema_updates"] = int(ema.n_averaged)
+        return state
+
     # 4. Train and 5. test, epoch by epoch; 6. save after each.
     loop_start = time.perf_counter()
     train_seconds = sum(row["train_seconds"] for row in history)
     train_images = sum(row["train_images"] for row in history)
     final_val: dict[str, float] = {}
     stopped_early = False
+    epoch_start = None
+    if resume_state is not None and resume_state.get("partial_epoch"):
+        epoch_start = EpochStart.from_dict(resume_state["partial_epoch"])  # stopped mid-epoch
     for epoch in range(start_epoch, config.epochs + 1):
+        if stop():
+            raise TrainingInterrupted(
+                stop.message(f"before epoch {epoch}", last_path, run_dir), stop.exit_code
+            )
         if config.fine_tune:
             # The first --fine-tune epochs train the head alone; then the backbone joins in.
             train_backbone(model, fine_tune_head, epoch > config.fine_tune, config.freeze)
@@ -528,6 +564,7 @@ def _run_training(
                 epoch_rules,
                 on_step=progress,
                 after_train_mode=frozen_norms,
+                start=epoch_start,
             )
         except NonFiniteLoss as bad:
             run_log.close()
@@ -555,7 +592,25 @@ def _run_training(
                 trained.skipped_batches,
             )
         run_log.log_steps(step + 1, trained.step_losses, trained.step_lrs, trained.step_grad_norms)
-        step += trained.steps
+        step += trained.steps - (epoch_start.steps if epoch_start is not None else 0)
+        epoch_start = None
+        if trained.stopped is not None:  # SIGTERM or Ctrl-C: save where the epoch stands
+            ckpt.save_checkpoint(
+                {
+                    **training_state(),
+                    "epoch": epoch - 1,
+                    "step": step,
+                    "elapsed_seconds": elapsed_before + time.perf_counter() - loop_start,
+                    "partial_epoch": trained.stopped.to_dict(),
+                },
+                last_path,
+            )
+            run_log.close()
+            where = (
+                f"in epoch {epoch} after {trained.stopped.first_batch} of "
+                f"{len(train_batches)} batches"
+            )
+            raise TrainingInterrupted(stop.message(where, last_path, run_dir), stop.exit_code)
         if histogram_epoch:
             run_log.log_histograms(model, step, gradients=False)
         tested = evaluate(
@@ -605,33 +660,22 @@ def _run_training(
             best_val_acc, best_epoch = tested.acc, epoch
         schedule.end_epoch(row[config.monitor.replace("/", "_")])
         state = {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": schedule.state_dict(),
-            "grad_scaler": scaler.state_dict() if scaler is not None else {},
+            **training_state(),
             "epoch": epoch,
             "step": step,
-            "total_steps": total_steps,
             "elapsed_seconds": row["elapsed_seconds"],
-            "history": run_log.history,
-            "best_val_acc": best_val_acc,
-            "best_epoch": best_epoch,
-            "rng": ckpt.rng_state(generator),
-            "config": config_to_dict(config),
-            "classes": list(data.classes),
-            "preprocessing": preprocessing.to_dict(),
-            "model_name": config.model if built_in else None,
-            "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
             "confusion_matrix": report.confusion_matrix,
         }
-        if ema is not None:  # eval, predict and export use these averaged weights
-            state["ema_model"] = ema.module.state_dict()
-            state["ema_updates"] = int(ema.n_averaged)
         if cluster.is_main:
             ckpt.save_checkpoint(state, last_path)
             if improved:
                 ckpt.copy_checkpoint(last_path, best_path)
         barrier(cluster)  # no process runs ahead of a checkpoint still being written
+        if stop() and epoch < config.epochs:  # asked to stop while this epoch was evaluated
+            run_log.close()
+            raise TrainingInterrupted(
+                stop.message(f"after epoch {epoch}", last_path, run_dir), stop.exit_code
+            )
         _say(
             config if cluster.is_main else quiet(config),
             (
@@ -772,6 +816,61 @@ def write_run_report(
         write_report(run_dir)
     except Exception as error:  # plotting must never cost the user a finished run
         logger.warning("could not write the report in %s: %s", run_dir / "report", error)
+
+
+class StopRequest:
+    """SIGINT (Ctrl-C) and SIGTERM while a run trains: the first asks for a stop after the
+    current optimizer step, where a `last` checkpoint is saved that resumes exactly; a second
+    Ctrl-C stops at once. Called, it answers whether a stop was asked for."""
+
+    def __init__(self) -> None:
+        self.signal_name: str | None = None
+
+    def __call__(self) -> bool:
+        return self.signal_name is not None
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[StopRequest]:
+        """Handle the signals while the run lasts (main thread only; under torchrun the
+        agent's own handling stays), then put the previous handlers back."""
+        import signal
+        import threading
+
+        from taolu.engine.distributed import launched_by_torchrun
+
+        if threading.current_thread() is not threading.main_thread() or launched_by_torchrun():
+            yield self
+            return
+
+        def handle(number: int, frame: Any) -> None:
+            if self.signal_name is not None and number == signal.SIGINT:
+                raise KeyboardInterrupt  # a second Ctrl-C: at once
+            self.signal_name = signal.Signals(number).name
+            print(
+                f"\ntaolu: {self.signal_name}: stopping after the current step and saving "
+                "(Ctrl-C again to stop at once)",
+                file=sys.stderr,
+                flush=True,
+            )
+
+        previous = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+        for number in previous:
+            signal.signal(number, handle)
+        try:
+            yield self
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+
+    def message(self, where: str, last_path: Path, run_dir: Path) -> str:
+        return (
+            f"stopped by {self.signal_name} {where}; saved {last_path}. "
+            f"Resume with: taolu train --resume {run_dir}"
+        )
+
+    @property
+    def exit_code(self) -> int:
+        return 143 if self.signal_name == "SIGTERM" else 130  # 128 + the signal's number
 
 
 def _kept_checkpoints(best_path: Path, last_path: Path) -> str:
