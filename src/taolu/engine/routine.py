@@ -693,81 +693,72 @@ def _run_training(
             )
             break
 
-    if not cluster.is_main:  # rank 0 writes the records; the others are done
-        run_log.close()
-        leave_cluster(cluster)
+    summary: dict[str, Any] = {}
+    if cluster.is_main:  # rank 0 writes the records; the other processes keep their weights
+        best_state = ckpt.load_checkpoint(best_path)
+        model.load_state_dict(ckpt.inference_weights(best_state))
         model.eval()
-        return TrainResult(
-            run_dir=run_dir,
-            best_val_acc=best_val_acc,
-            final_val_acc=final_val["val_acc"],
-            model=model,
-            history=run_log.history,
-            summary={},
-            best_checkpoint=best_path,
-            last_checkpoint=last_path,
+        best_row = run_log.history[best_epoch - 1]
+        summary = {
+            "best_val_acc": best_val_acc,
+            "best_epoch": best_epoch,
+            "monitor": config.monitor,
+            "best_metrics": {
+                key: value
+                for key, value in best_row.items()
+                if key.startswith(("train_", "val_")) and isinstance(value, float)
+            },
+            "stopped_early": stopped_early,
+            "final_val_acc": final_val["val_acc"],
+            "final_val_loss": final_val["val_loss"],
+            "epochs_completed": final_val["epoch"],
+            "train_seconds": round(final_val["elapsed_seconds"], 3),
+            "images_per_second": round(train_images / max(train_seconds, 1e-9), 1),
+            "wall_seconds": round(time.perf_counter() - wall_start, 3),
+            "device": str(device),
+            "processes": cluster.world_size,
+            "precision": precision.name,
+            "recipe": recipe,
+            "cache": prepared.cache,
+            "skipped_files": skips.as_list(),
+            "skipped_batches": sum(row.get("skipped_batches", 0) for row in run_log.history),
+            "model": config.model,
+            "data": data.description,
+            "classes": list(data.classes),
+            "train_samples": len(data.train),
+            "val_samples": len(data.val),
+            # Of the best checkpoint's epoch: what `best.pt` (and eval, predict) deliver.
+            "per_class": best_row["per_class"],
+            "confusion_matrix": best_state["confusion_matrix"],
+            "run_dir": str(run_dir),
+            "best_checkpoint": str(best_path),
+            "last_checkpoint": str(last_path),
+        }
+        run_log.write_summary(summary)
+        run_log.log_hparams(
+            config_to_dict(config),
+            {
+                "hparams/best_val_acc": best_val_acc,
+                "hparams/best_val_macro_f1": best_row.get("val_macro_f1", float("nan")),
+                "hparams/final_val_acc": final_val["val_acc"],
+                "hparams/final_val_loss": final_val["val_loss"],
+            },
+            step,
         )
-    best_state = ckpt.load_checkpoint(best_path)
-    model.load_state_dict(ckpt.inference_weights(best_state))
-    model.eval()
-    best_row = run_log.history[best_epoch - 1]
-    summary = {
-        "best_val_acc": best_val_acc,
-        "best_epoch": best_epoch,
-        "monitor": config.monitor,
-        "best_metrics": {
-            key: value
-            for key, value in best_row.items()
-            if key.startswith(("train_", "val_")) and isinstance(value, float)
-        },
-        "stopped_early": stopped_early,
-        "final_val_acc": final_val["val_acc"],
-        "final_val_loss": final_val["val_loss"],
-        "epochs_completed": final_val["epoch"],
-        "train_seconds": round(final_val["elapsed_seconds"], 3),
-        "images_per_second": round(train_images / max(train_seconds, 1e-9), 1),
-        "wall_seconds": round(time.perf_counter() - wall_start, 3),
-        "device": str(device),
-        "processes": cluster.world_size,
-        "precision": precision.name,
-        "recipe": recipe,
-        "cache": prepared.cache,
-        "skipped_files": skips.as_list(),
-        "skipped_batches": sum(row.get("skipped_batches", 0) for row in run_log.history),
-        "model": config.model,
-        "data": data.description,
-        "classes": list(data.classes),
-        "train_samples": len(data.train),
-        "val_samples": len(data.val),
-        # Of the best checkpoint's epoch: what `best.pt` (and eval, predict) deliver.
-        "per_class": best_row["per_class"],
-        "confusion_matrix": best_state["confusion_matrix"],
-        "run_dir": str(run_dir),
-        "best_checkpoint": str(best_path),
-        "last_checkpoint": str(last_path),
-    }
-    run_log.write_summary(summary)
-    run_log.log_hparams(
-        config_to_dict(config),
-        {
-            "hparams/best_val_acc": best_val_acc,
-            "hparams/best_val_macro_f1": best_row.get("val_macro_f1", float("nan")),
-            "hparams/final_val_acc": final_val["val_acc"],
-            "hparams/final_val_loss": final_val["val_loss"],
-        },
-        step,
-    )
-    run_log.close()
-    if config.report:
-        write_run_report(model, val_batches, eval_transform, precision, run_dir)
+        run_log.close()
+        if config.report:
+            write_run_report(model, val_batches, eval_transform, precision, run_dir)
+        _say(
+            config,
+            (
+                f"taolu: best val acc {best_val_acc:.4f} (epoch {best_epoch}) -> {best_path}; "
+                f"records in {run_dir}"
+            ),
+        )
+    else:
+        run_log.close()
+        model.eval()
     leave_cluster(cluster)
-    _say(
-        config,
-        (
-            f"taolu: best val acc {best_val_acc:.4f} (epoch {best_epoch}) -> {best_path}; "
-            f"records in {run_dir}"
-        ),
-    )
     return TrainResult(
         run_dir=run_dir,
         best_val_acc=best_val_acc,
@@ -795,7 +786,7 @@ def write_run_report(
     try:
         from safetensors.torch import save_file
 
-        from taolu.track.pictures import as_uint8_rgb
+        from taolu.track.pictures import to_uint8
         from taolu.track.report import write_report
 
         images, labels = next(iter(val_batches.iterate()))
@@ -805,9 +796,8 @@ def write_run_report(
         confidence, predicted = probabilities.max(1)
         folder = run_dir / "report"
         folder.mkdir(exist_ok=True)
-        uint8 = images if images.dtype == torch.uint8 else as_uint8_rgb(images)
         samples = {
-            "images": uint8.contiguous().cpu(),
+            "images": to_uint8(images).contiguous().cpu(),
             "labels": labels.cpu(),
             "predicted": predicted.cpu(),
             "confidence": confidence.cpu(),

@@ -13,10 +13,16 @@ CAPTION = 14  # caption strip height in pixels
 GREEN, RED, INK = (20, 140, 60), (200, 30, 30), (30, 30, 30)
 
 
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images as they are; 0..1 floats (ToTensor's range) scaled to 0..255 uint8."""
+    if images.dtype == torch.uint8:
+        return images
+    return (images.float().clamp(0, 1) * 255).round().to(torch.uint8)
+
+
 def as_uint8_rgb(images: torch.Tensor) -> torch.Tensor:
     """(N, C, H, W) uint8 or 0..1 float, 1 or 3 channels -> (N, 3, H, W) uint8."""
-    if images.dtype != torch.uint8:
-        images = (images.float().clamp(0, 1) * 255).round().to(torch.uint8)
+    images = to_uint8(images)
     return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
 
 

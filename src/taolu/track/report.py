@@ -20,9 +20,7 @@ import html
 import io
 import json
 import math
-import os
 import re
-import secrets
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from taolu.errors import ConfigError
+from taolu.track.atomic_file import write_atomic
 
 REPORT_FOLDER = "report"
 REPORT_HTML = "report.html"
@@ -115,11 +114,11 @@ def write_report(run_dir: Path) -> Path:
     for plot in plots:
         target = folder / plot.filename
         if plot.png is not None:
-            _write_atomic(target, plot.png)
+            write_atomic(target, plot.png)
         elif target.is_file():  # a stale picture from an earlier report would contradict it
             target.unlink()
     page = folder / REPORT_HTML
-    _write_atomic(page, _render_html(files, plots).encode("utf-8"))
+    write_atomic(page, _render_html(files, plots).encode("utf-8"))
     return page
 
 
@@ -508,8 +507,9 @@ def _load_samples(path: Path) -> tuple[Any, Any, Any, Any]:
     """(images uint8 (N, H, W, C) numpy, labels, predicted, confidence) from the samples file;
     raises ValueError when its tensors are not what the training routine writes."""
     import numpy as np
-    import torch
     from safetensors.torch import load_file
+
+    from taolu.track.pictures import to_uint8
 
     tensors = load_file(str(path))
     missing = [key for key in ("images", "labels", "predicted", "confidence") if key not in tensors]
@@ -518,9 +518,7 @@ def _load_samples(path: Path) -> tuple[Any, Any, Any, Any]:
     images = tensors["images"]
     if images.ndim != 4 or images.shape[1] not in (1, 3):
         raise ValueError(f"images has shape {tuple(images.shape)}, not (N, 1 or 3, H, W)")
-    if images.dtype.is_floating_point:
-        images = (images.float().clamp(0, 1) * 255).round()
-    pictures = images.to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    pictures = to_uint8(images).permute(0, 2, 3, 1).numpy()
     count = len(pictures)
     parts = [tensors[key].reshape(-1) for key in ("labels", "predicted", "confidence")]
     if any(len(part) != count for part in parts):
@@ -803,22 +801,3 @@ def _config_table(files: RunFiles) -> str:
         for key, value in files.config.items()
     )
     return f'<table class="config">\n<tbody>\n{body}\n</tbody>\n</table>'
-
-
-# --------------------------------------------------------------------------- writing
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to a temporary file beside `path`, then move it over `path`: a reader never
-    sees half a file, and an interrupted write leaves the old one."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    # os.open with 0o666 lets the umask decide the mode, as for any file the user writes
-    # (tempfile.mkstemp would leave the report readable by its owner only).
-    handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise

@@ -4,9 +4,9 @@ summary.json."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
-import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
+from taolu.track.atomic_file import write_atomic
 from taolu.track.pictures import RED, captioned_grid, confusion_picture
 
 logger = logging.getLogger("taolu")
@@ -48,20 +49,17 @@ MISCLASSIFIED_SHOWN = 24  # misclassified validation images drawn each epoch
 
 
 def write_json_atomic(data: Any, path: Path) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
+    write_atomic(path, (json.dumps(data, indent=2) + "\n").encode("utf-8"))
 
 
 def _write_csv_atomic(path: Path, columns: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
     """Rewrite `path` whole from `rows` (missing values stay empty), replacing it atomically."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns, restval="")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({key: "" if value is None else value for key, value in row.items()})
-    os.replace(temporary, path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns, restval="")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({key: "" if value is None else value for key, value in row.items()})
+    write_atomic(path, text.getvalue().encode("utf-8"))
 
 
 class RunLog:
