@@ -93,7 +93,12 @@ class TrainConfig:
     )
     # 64 rather than 128: twice the steps in the first epoch, which with --ema took mnist5k
     # past 95% validation accuracy in epoch 1 for every seed tried (benchmarks/vs_tutorial.py).
-    batch_size: int = _option(64, "images per optimizer step (per accumulation step)", ge=1)
+    batch_size: int = _option(
+        64,
+        "images per batch, per process under torchrun; an optimizer step takes --accumulate "
+        "batches from every process",
+        ge=1,
+    )
     workers: int = _option(
         -1, "DataLoader worker processes for file/Dataset data; -1 = auto", ge=-1
     )
