@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from taolu.errors import ConfigError
+from taolu.metric_names import MONITORS, VAL_ACC
 
 EMBEDDED_DATA = ("mnist5k", "digits")
 SCHEDULERS = ("onecycle", "cosine", "step", "plateau", "constant")
@@ -25,15 +26,6 @@ AUGMENTS = ("auto", "none", "shift", "shift-flip")
 RESIZE_MODES = ("squash", "crop", "pad")
 CACHE_MODES = ("auto", "ram", "disk", "off")
 NORMALIZE_MODES = ("auto", "imagenet", "none")
-MONITORS = (
-    "val/acc",
-    "val/loss",
-    "val/top5_acc",
-    "val/macro_f1",
-    "val/balanced_acc",
-    "train/acc",
-    "train/loss",
-)
 SWITCHES = ("auto", "on", "off")
 
 
@@ -203,7 +195,7 @@ class TrainConfig:
     # --- run ---
     epochs: int = _option(15, "passes over the training split", ge=1)
     monitor: str = _option(
-        "val/acc",
+        VAL_ACC,
         "the metric that picks the best checkpoint (and early stopping)",
         choices=MONITORS,
     )
