@@ -15,9 +15,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 
 import taolu
+from taolu.checkpoint import load_checkpoint
 from taolu.data.loaders import Batches, BatchTransform, Preprocessing, balanced_sample_weights
 from taolu.data.sources import ImageTensors
-from taolu.engine.checkpoint import load_checkpoint
 from taolu.engine.loop import StepRules, train_one_epoch
 from taolu.engine.optim import LrSchedule, balanced_class_weights, build_optimizer
 from taolu.engine.precision import Precision

@@ -27,7 +27,7 @@ from taolu.data.sources import (
     load_data,
 )
 from taolu.data.user_data import NamedSamples
-from taolu.engine import checkpoint as ckpt
+from taolu import checkpoint as ckpt
 from taolu.engine.loop import evaluate as evaluate_batches
 from taolu.engine.optim import build_loss, check_optimizer_name
 from taolu.engine.precision import check_device_name, pick_device, pick_precision

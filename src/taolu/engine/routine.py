@@ -39,7 +39,7 @@ from taolu.data.sources import (
     data_base_folder,
     write_manifest,
 )
-from taolu.engine import checkpoint as ckpt
+from taolu import checkpoint as ckpt
 from taolu.engine.distributed import (
     barrier,
     device_for,
@@ -68,6 +68,7 @@ from taolu.errors import CheckpointError, ConfigError, TrainingError, TrainingIn
 from taolu.models import build_model
 from taolu.track.progress import EpochProgress
 from taolu.track.runlog import MISCLASSIFIED_SHOWN, RunLog, SilentRunLog, write_json_atomic
+from taolu.train_state import restore_rng_state, rng_state
 
 logger = logging.getLogger("taolu")
 
@@ -457,7 +458,7 @@ def _run_training(
         )
         if scaler is not None and resume_state.get("grad_scaler"):
             scaler.load_state_dict(resume_state["grad_scaler"])
-        ckpt.restore_rng_state(resume_state["rng"], generator)
+        restore_rng_state(resume_state["rng"], generator)
         start_epoch = resume_state["epoch"] + 1
         step = resume_state["step"]
         elapsed_before = resume_state["elapsed_seconds"]
@@ -509,7 +510,7 @@ def _run_training(
             "history": run_log.history,
             "best_val_acc": best_val_acc,
             "best_epoch": best_epoch,
-            "rng": ckpt.rng_state(generator),
+            "rng": rng_state(generator),
             "config": config_to_dict(config),
             "classes": list(data.classes),
             "preprocessing": preprocessing.to_dict(),
