@@ -18,11 +18,11 @@ import taolu
 from taolu.checkpoint import load_checkpoint
 from taolu.data.loaders import Batches, BatchTransform, Preprocessing, balanced_sample_weights
 from taolu.data.sources import ImageTensors
-from taolu.engine.loop import StepRules, train_one_epoch
+from taolu.engine.loop import train_one_epoch
 from taolu.engine.optim import LrSchedule, balanced_class_weights, build_optimizer
 from taolu.engine.precision import Precision
-from taolu.engine.recipe import choose_recipe
-from taolu.engine.routine import build_mix
+from taolu.engine.step import Stepper, build_mix
+from taolu.run.recipe import choose_recipe
 
 CLASSES = [str(d) for d in range(10)]
 
@@ -149,20 +149,13 @@ def tiny_batches(count=64, batch_size=64, seed=0):
     return batches, BatchTransform(preprocessing, torch.device("cpu"))
 
 
-def one_epoch(model, batches, transform, rules, lr=1.0):
+def one_epoch(model, batches, transform, lr=1.0, **step_options):
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     schedule = LrSchedule(optimizer, "constant", total_steps=len(batches), steps_per_epoch=1)
-    return train_one_epoch(
-        model,
-        batches,
-        transform,
-        nn.CrossEntropyLoss(),
-        optimizer,
-        schedule,
-        Precision("fp32", "cpu"),
-        torch.Generator().manual_seed(0),
-        rules=rules,
+    stepper = Stepper(
+        model, nn.CrossEntropyLoss(), optimizer, Precision("fp32", "cpu"), transform, **step_options
     )
+    return train_one_epoch(stepper, batches, schedule, torch.Generator().manual_seed(0))
 
 
 def test_gradient_clipping_bounds_the_step_and_the_norm_is_reported():
@@ -170,7 +163,7 @@ def test_gradient_clipping_bounds_the_step_and_the_norm_is_reported():
     torch.manual_seed(0)
     model = LinearNet()
     before = [parameter.detach().clone() for parameter in model.parameters()]
-    result = one_epoch(model, batches, transform, StepRules(clip_grad=1e-3))
+    result = one_epoch(model, batches, transform, clip_grad=1e-3)
     change = torch.cat([(p - b).flatten() for p, b in zip(model.parameters(), before, strict=True)])
     assert change.norm() <= 1e-3 * 1.0001  # lr 1, no momentum: the step is the gradient
     assert result.grad_norm > 1e-3  # reported before clipping

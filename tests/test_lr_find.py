@@ -14,6 +14,7 @@ from taolu.data.loaders import Batches, BatchTransform, Preprocessing
 from taolu.data.sources import ImageTensors
 from taolu.engine.lr_find import LrSweep, suggest_lr, sweep_lr, write_lr_sweep
 from taolu.engine.precision import Precision
+from taolu.engine.step import Stepper
 
 CPU = torch.device("cpu")
 CLASSES = 4
@@ -66,13 +67,11 @@ def make_optimizer(model: nn.Module, lr: float = 0.05) -> torch.optim.Optimizer:
 def run(model=None, optimizer=None, batches=None, loss_fn=None, **options) -> LrSweep:
     model = model if model is not None else make_model()
     optimizer = optimizer if optimizer is not None else make_optimizer(model)
+    loss_fn = loss_fn if loss_fn is not None else nn.CrossEntropyLoss()
+    stepper = Stepper(model, loss_fn, optimizer, Precision("fp32", "cpu"), make_transform())
     return sweep_lr(
-        model,
+        stepper,
         batches if batches is not None else make_batches(),
-        make_transform(),
-        loss_fn if loss_fn is not None else nn.CrossEntropyLoss(),
-        optimizer,
-        Precision("fp32", "cpu"),
         torch.Generator().manual_seed(1),
         **options,
     )

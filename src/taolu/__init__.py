@@ -29,7 +29,7 @@ _LAZY = {
     "evaluate": "taolu.api",
     "predict": "taolu.api",
     "export": "taolu.model_export",
-    "TrainResult": "taolu.engine.routine",
+    "TrainResult": "taolu.run.records",
 }
 
 
