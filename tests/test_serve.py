@@ -270,10 +270,12 @@ def test_hostile_requests_get_clear_errors_and_the_server_stays_up(server, files
 
     # Requests refused as a whole, each with {"error": ...}.
     declared_200_mb = exchange(port, post_head(port, 200 * 2**20))  # only headers are sent
+    big_body, _ = multipart([("big.png", b"x" * (5 * 2**18))])  # a 1.25 MB part
+    in_chunks = [big_body[i : i + 0x10000] for i in range(0, len(big_body), 0x10000)]
     too_much_chunked = exchange(
         port,
         post_head(port, None),
-        b"".join(b"10000\r\n" + b"x" * 0x10000 + b"\r\n" for _ in range(20)) + b"0\r\n\r\n",
+        b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for chunk in in_chunks) + b"0\r\n\r\n",
     )
     thousand_files = multipart([(f"{i}.png", png) for i in range(1000)])
     refusals = {
@@ -382,9 +384,8 @@ def test_taolu_serve_in_python_takes_the_next_free_port_and_stops_on_ctrl_c(digi
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         taken = busy.getsockname()[1]
-        script = (
-            f"import taolu; raise SystemExit(taolu.serve({digits_run.run_dir!r}, port={taken}))"
-        )
+        run = str(digits_run.run_dir)
+        script = f"import taolu; raise SystemExit(taolu.serve({run!r}, port={taken}))"
         process, url, port = start_serving([sys.executable, "-c", script], tmp_path)
         try:
             assert port > taken and url == f"http://127.0.0.1:{port}/"
@@ -407,7 +408,7 @@ def test_app_mounts_in_a_users_asgi_app_and_serves_an_onnx_export(digits_run, fi
     users_app = Starlette(
         routes=[
             Mount("/digits", app=taolu.serving.app(digits_run.run_dir, topk=3)),
-            Mount("/exported", app=taolu.serving.app(onnx["path"])),
+            Mount("/exported", app=taolu.serving.app(onnx.path)),
         ]
     )
     sock = socket.socket()
