@@ -22,7 +22,6 @@ from taolu.engine.loop import train_one_epoch
 from taolu.engine.optim import LrSchedule, balanced_class_weights, build_optimizer
 from taolu.engine.precision import Precision
 from taolu.engine.step import Stepper, build_mix
-from taolu.run.recipe import choose_recipe
 
 CLASSES = [str(d) for d in range(10)]
 
@@ -445,18 +444,6 @@ def test_the_recipe_is_printed_and_small_data_gets_a_smaller_batch(
     )
     assert "batch 4," in out
     assert yaml.safe_load((tmp_path / "train2" / "config.yaml").read_text())["batch_size"] == 4
-
-
-def test_recipe_rules():
-    config = taolu.config.TrainConfig()
-    same, reasons = choose_recipe(config, set(), train_images=4000, pretrained=False)
-    assert same == config and reasons == []
-    small, _ = choose_recipe(config, set(), train_images=300, pretrained=False)
-    assert small.batch_size == 32  # >= 8 steps an epoch
-    tuned, reasons = choose_recipe(config, set(), train_images=4000, pretrained=True)
-    assert tuned.lr == 0.01 and "pretrained" in reasons[0]
-    kept, _ = choose_recipe(config, {"lr", "batch_size"}, train_images=300, pretrained=True)
-    assert kept == config
 
 
 # --------------------------------------------------------------------------- speed knobs

@@ -62,6 +62,8 @@ class TrainState:
     ema_updates: int = 0
     partial_epoch: dict[str, Any] | None = None  # engine.loop.EpochStart, after a stop mid-epoch
     model_spec: list[Any] | None = None  # a layer-list model's parsed layers
+    # --on-nan recover's recoveries so far: {epoch, step, loss, old_lr, new_lr} each
+    recoveries: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """The plain dict a checkpoint file stores (tensors and plain values only)."""

@@ -66,7 +66,7 @@ class EpochStart:
 
 
 class NonFiniteLoss(Exception):
-    """A training step's loss was NaN or infinite and --on-nan is stop."""
+    """A training step's loss was NaN or infinite and --on-nan is stop or recover."""
 
     def __init__(self, batch: int, loss: float):
         super().__init__(f"batch {batch}: loss {loss}")
@@ -92,8 +92,8 @@ def train_one_epoch(
     """Every batch through `stepper`; an optimizer step (and a schedule step) every
     `stepper.accumulate` batches.
 
-    on_nan: "stop" raises NonFiniteLoss before the bad batch touches the weights; "skip"
-        leaves the batch out.
+    on_nan: "stop" and "recover" raise NonFiniteLoss before the bad batch touches the
+        weights (the caller recovers); "skip" leaves the batch out.
     start: continues an epoch stopped part way. When `should_stop()` answers True after an
         optimizer step, the epoch ends there and `stopped` says how to continue it.
     on_step(i, loss, correct, images_seen) gets device tensors, so a GPU is only synchronised
@@ -114,7 +114,7 @@ def train_one_epoch(
     for index, (images, labels) in enumerate(batch_list, start=start.first_batch):
         loss, logits = stepper.forward(images, labels, generator)
         if not stepper.finite(loss):
-            if on_nan == "stop":
+            if on_nan != "skip":
                 raise NonFiniteLoss(index, float(loss.detach()))
             tally.skipped += 1
         else:

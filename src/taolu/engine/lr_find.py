@@ -16,19 +16,22 @@ from taolu.data.loaders import Batches
 from taolu.engine.step import Stepper, set_lr
 from taolu.layout import LR_FIND_CSV, LR_FIND_PLOT
 
-SMOOTHING_BETA = 0.98
-# Divergence is not judged during the first steps: the smoothed loss there averages only a few
-# noisy batches, and one unlucky batch could otherwise end the sweep before it starts.
+# Divergence is not judged during the first steps: the average there has seen only a few noisy
+# batches, and one unlucky batch could otherwise end the sweep before it starts.
 WARMUP_STEPS = 5
-# Fewer points than this before the minimum give no trustworthy slope.
-MIN_POINTS_FOR_SLOPE = 5
+# The suggestion's rules, each checked against training at a grid of lrs on the 13 cases of
+# benchmarks/recipe_zoo.py (see suggest_lr):
+FLAT_DROP = 0.05  # a smoothed loss that never falls this share below its start learned nothing
+FLAT_DIVISOR = 50  # a flat curve's suggestion: this far below where the loss starts to climb
+CLIMB = 1.2  # the loss "climbs" where it passes this multiple of where it started
+VALLEY_DIVISOR = 10  # the climbing point's lr is ~10x too high to train at
 
 
 @dataclass
 class LrSweep:
     lrs: list[float]  # lr used at each step (of the first param group)
     losses: list[float]  # raw per-step training loss
-    smoothed: list[float]  # exponentially smoothed, bias-corrected loss
+    smoothed: list[float]  # centred moving average of the losses (see suggest_lr)
     suggested_lr: float  # see suggest_lr
     stopped_early: bool  # True when the loss diverged before the last step
 
@@ -42,6 +45,7 @@ def sweep_lr(
     end_lr: float = 10.0,
     steps: int = 100,
     diverge_factor: float = 4.0,
+    band: tuple[float, float] | None = None,
 ) -> LrSweep:
     """Take up to `steps` optimizer steps, exactly as training takes them (`stepper`: mixing,
     accumulation, clipping, the EMA), with the lr rising exponentially from `start_lr` to
@@ -49,9 +53,9 @@ def sweep_lr(
 
     The lr is set on the first param group; every other group keeps its ratio to the first
     (a backbone at 0.1x the head stays at 0.1x). `batches` is iterated for as many epochs as
-    needed. The sweep stops when the smoothed loss exceeds `diverge_factor` times the best
-    smoothed loss so far (judged only after the first few steps) or at once when a loss is
-    not finite; a non-finite loss is not recorded.
+    needed. The sweep stops when an exponential average of the loss exceeds `diverge_factor`
+    times its best (judged only after the first few steps) or at once when a loss is not
+    finite; a non-finite loss is not recorded. `band` bounds the suggestion (see suggest_lr).
 
     Afterwards everything the step changes (`Stepper.snapshot`: weights and buffers, the
     optimizer's state and each group's lr, the EMA, the grad scaler) and each module's
@@ -73,8 +77,12 @@ def sweep_lr(
     try:
         with _fork_global_rng(batches.device):
             stream = _endless(batches, generator)
-            return _sweep(
+            lrs, losses, stopped_early = _sweep(
                 stepper, stream, generator, ratios, start_lr, end_lr, steps, diverge_factor
+            )
+            smoothed = centred_mean(losses, _half_window(len(losses)))
+            return LrSweep(
+                lrs, losses, list(smoothed), suggest_lr(lrs, losses, band), stopped_early
             )
     finally:
         stepper.restore(saved)
@@ -91,10 +99,12 @@ def _sweep(
     end_lr: float,
     steps: int,
     diverge_factor: float,
-) -> LrSweep:
+) -> tuple[list[float], list[float], bool]:
     stepper.train_mode()
     stepper.optimizer.zero_grad(set_to_none=True)
-    lrs, losses, smoothed = [], [], []
+    lrs, losses = [], []
+    # The stop rule's average forgets at a pace fitted to the sweep's length (0.98 at 100).
+    beta = 1 - 2 / max(steps, 4)
     average, best, stopped_early = 0.0, math.inf, False
     for step in range(steps):
         lr = start_lr * (end_lr / start_lr) ** (step / (steps - 1))
@@ -104,17 +114,15 @@ def _sweep(
         if value is None:
             stopped_early = True
             break
-        average = SMOOTHING_BETA * average + (1 - SMOOTHING_BETA) * value
-        # Dividing by 1 - beta^n removes the pull towards the initial 0 of the average.
-        current = average / (1 - SMOOTHING_BETA ** (step + 1))
+        average = beta * average + (1 - beta) * value
+        current = average / (1 - beta ** (step + 1))  # without the pull towards the first 0
         lrs.append(lr)
         losses.append(value)
-        smoothed.append(current)
         best = min(best, current)
         if step >= WARMUP_STEPS and current > diverge_factor * best:
             stopped_early = step < steps - 1
             break
-    return LrSweep(lrs, losses, smoothed, suggest_lr(lrs, smoothed), stopped_early)
+    return lrs, losses, stopped_early
 
 
 def _one_step(
@@ -135,25 +143,58 @@ def _one_step(
     return sum(values) / len(values)
 
 
-def suggest_lr(lrs: list[float], smoothed: list[float]) -> float:
-    """The lr where the smoothed loss falls fastest against log10(lr), looking only at the
-    points before the smoothed loss's minimum (past it the loss is rising or about to) and
-    after the first tenth of the sweep (where the average has seen too few losses to trust).
+def suggest_lr(
+    lrs: list[float], losses: list[float], band: tuple[float, float] | None = None
+) -> float:
+    """The lr to train at, read from the sweep's raw per-step losses.
 
-    The slope is numpy.gradient of the smoothed loss over log10(lr) (central differences).
-    With fewer than MIN_POINTS_FOR_SLOPE points to search, or no falling slope there, the
-    fallback is a tenth of the lr at the minimum (fastai's "lr_min"), kept within the sweep.
-    """
+    The losses are smoothed by a centred moving average (no lag, unlike the exponential
+    average fastai plots: with beta 0.98 its minimum trails the real one by tens of steps).
+    The first tenth of the sweep only gives the starting level (its median): a noise dip
+    there is never the answer. Then:
+      * the loss "climbs" at the first lr past the lowest point where the smoothed loss
+        exceeds CLIMB x the starting level (or the sweep's end);
+      * a curve whose lowest point is less than FLAT_DROP below the start learned nothing
+        in the sweep (sigmoid nets, deep nets without normalisation): suggest the climbing
+        lr / FLAT_DIVISOR, far enough below the blow-up to learn slowly and safely;
+      * otherwise the geometric mean of the lowest point's lr and the climbing lr /
+        VALLEY_DIVISOR: the minimum alone sits low for BatchNorm nets, the climb / 10 high
+        for nets without it; between them came within a factor 2 of the best grid lr on the
+        recipe benchmark's cases.
+    `band` clamps the answer (the recipe's trusted range for the optimizer family): a sweep
+    is a few dozen noisy steps, and outside it training was worse on every case measured.
+    The answer always lies within the swept lrs."""
     if not lrs:
         return math.nan
-    lowest = int(np.argmin(smoothed))
-    fallback = max(lrs[lowest] / 10, lrs[0])
-    first = max(MIN_POINTS_FOR_SLOPE, len(lrs) // 10)
-    if lowest - first < MIN_POINTS_FOR_SLOPE:
-        return fallback
-    slopes = np.gradient(np.asarray(smoothed), np.log10(np.asarray(lrs)))
-    steepest = first + int(np.argmin(slopes[first:lowest]))
-    return float(lrs[steepest]) if slopes[steepest] < 0 else fallback
+    count = len(lrs)
+    smoothed = centred_mean(losses, _half_window(count))
+    head = min(max(3, count // 10), count - 1)
+    start = float(np.median(losses[: head + 1]))
+    lowest = head + int(np.argmin(smoothed[head:]))
+    climbing = np.nonzero(smoothed[lowest:] > CLIMB * start)[0]
+    climb = float(lrs[lowest + int(climbing[0])] if len(climbing) else lrs[-1])
+    if start - float(smoothed[lowest]) < FLAT_DROP * abs(start):
+        suggested = climb / FLAT_DIVISOR
+    else:
+        suggested = math.sqrt(float(lrs[lowest]) * climb / VALLEY_DIVISOR)
+    if band is not None:
+        suggested = min(max(suggested, band[0]), band[1])
+    return float(min(max(suggested, lrs[0]), lrs[-1]))
+
+
+def centred_mean(values: list[float], half: int) -> np.ndarray:
+    """Each value averaged with up to `half` neighbours on either side (fewer at the ends)."""
+    array = np.asarray(values, dtype=float)
+    if array.size == 0:
+        return array
+    sums = np.concatenate([[0.0], np.cumsum(array)])
+    index = np.arange(array.size)
+    low, high = np.maximum(index - half, 0), np.minimum(index + half + 1, array.size)
+    return (sums[high] - sums[low]) / (high - low)
+
+
+def _half_window(count: int) -> int:
+    return max(2, count // 25)
 
 
 def write_lr_sweep(sweep: LrSweep, folder: Path) -> tuple[Path, Path]:

@@ -24,7 +24,7 @@ from taolu.engine.distributed import barrier, share_from_main
 from taolu.engine.loop import EpochResult, EpochStart
 from taolu.engine.lr_find import LrSweep, write_lr_sweep
 from taolu.engine.step import Stepper
-from taolu.layout import RunDir, new_run_dir
+from taolu.layout import LR_FIND_CSV, LR_FIND_PLOT, RunDir, new_run_dir
 from taolu.metric_names import (
     CLASS_SCALARS,
     TRAIN_ACC,
@@ -35,7 +35,9 @@ from taolu.metric_names import (
     VAL_MACRO_F1,
     column,
 )
+from taolu.run.lr_auto import LrChoice
 from taolu.run.setup import OptimParts, Resume, Run
+from taolu.run.verdict import MIN_VAL_PER_CLASS, judge_run, render
 from taolu.track.runlog import RunLog, SilentRunLog, write_json_atomic
 from taolu.train_state import TrainState, rng_state
 
@@ -68,6 +70,7 @@ class Progress:
     best_epoch: int = 0
     partial: EpochStart | None = None  # the rest of an epoch a stop interrupted
     stopped_early: bool = False
+    recoveries: list[dict[str, Any]] = field(default_factory=list)  # --on-nan recover's
     clock: float = field(default_factory=time.perf_counter)
 
     def elapsed(self) -> float:
@@ -91,6 +94,7 @@ def resume_progress(
         state.best_val_acc,
         state.best_epoch,
         partial,
+        recoveries=list(state.recoveries),
     )
 
 
@@ -98,8 +102,9 @@ class Records:
     """The run directory while the run trains: its RunLog (TensorBoard and the CSVs, rank 0
     only) and its checkpoints."""
 
-    def __init__(self, run: Run, root: Path, log: RunLog):
+    def __init__(self, run: Run, root: Path, log: RunLog, lr_choice: LrChoice | None = None):
         self.run, self.dir, self.log = run, RunDir(root), log
+        self.lr_choice = lr_choice
         bundle, parts = run.data.bundle, run.model
         # What every checkpoint of this run says about it, however far it got.
         self.about = dict(
@@ -125,6 +130,17 @@ class Records:
         )
         if resumed:
             run.say(f"taolu: resuming after epoch {progress.epoch} of {config.epochs}")
+        held_out, classes = len(bundle.val), len(bundle.classes)
+        if held_out < MIN_VAL_PER_CLASS * classes and run.compute.cluster.is_main:
+            logger.warning(
+                "the validation split holds %d images for %d classes (fewer than %d a class): "
+                "its accuracy moves in steps of %.1f%%; hold out more with --val-fraction, or "
+                "give a val/ folder",
+                held_out,
+                classes,
+                MIN_VAL_PER_CLASS,
+                100 / max(held_out, 1),
+            )
 
     def state(self, progress: Progress, epoch: int, elapsed: float, **moment: Any) -> TrainState:
         """The checkpoint of this moment: `epoch` epochs complete, `moment` the rest
@@ -146,6 +162,7 @@ class Records:
             # eval, predict and export use these averaged weights
             ema_model=ema.module.state_dict() if ema is not None else None,
             ema_updates=int(ema.n_averaged) if ema is not None else 0,
+            recoveries=list(progress.recoveries),
             **self.about,
             **moment,
         )
@@ -230,7 +247,19 @@ class Records:
             best = read_state(self.dir.best)
             model.load_state_dict(best.inference_weights)
             summary = self.summary(progress, best)
+            findings = judge_run(
+                history,
+                classes=len(run.data.bundle.classes),
+                val_support={name: row["support"] for name, row in summary["per_class"].items()},
+                best_val_acc=progress.best_val_acc,
+                lr=run.config.lr,
+                recoveries=progress.recoveries,
+                pretrained=bool(run.config.weights),
+            )
+            summary["verdict"] = [finding.to_dict() for finding in findings]
             self.log.write_summary(summary)
+            for line in render(findings):
+                logger.warning(line)
             best_row = history[progress.best_epoch - 1]
             self.log.log_hparams(
                 config_to_dict(run.config),
@@ -284,6 +313,8 @@ class Records:
             "cache": prepared.cache,
             "skipped_files": prepared.skips.as_list(),
             "skipped_batches": sum(row.get("skipped_batches", 0) for row in history),
+            "nan_recoveries": progress.recoveries,
+            "lr_auto": self._lr_auto(),
             "model": run.config.model,
             "data": bundle.description,
             "classes": list(bundle.classes),
@@ -297,9 +328,24 @@ class Records:
             "last_checkpoint": str(self.dir.last),
         }
 
+    def _lr_auto(self) -> dict[str, Any] | None:
+        """What --lr auto's range test chose, and where its curve is (None without one)."""
+        choice = self.lr_choice
+        if choice is None:
+            return None
+        return {
+            "lr": choice.lr,
+            "steps": len(choice.sweep.lrs) if choice.sweep is not None else None,
+            "seconds": round(choice.seconds, 3),
+            "csv": str(self.dir.root / LR_FIND_CSV),
+            "plot": str(self.dir.root / LR_FIND_PLOT),
+        }
+
 
 @contextlib.contextmanager
-def open_records(run: Run, resume: Resume | None, progress: Progress) -> Iterator[Records]:
+def open_records(
+    run: Run, resume: Resume | None, progress: Progress, lr_choice: LrChoice | None = None
+) -> Iterator[Records]:
     """The run directory (a new one, or the resumed run's), config.yaml and split.json, and
     the RunLog, closed however the run ends. Rank 0 alone creates and writes the directory;
     the other processes learn its name."""
@@ -313,11 +359,13 @@ def open_records(run: Run, resume: Resume | None, progress: Progress) -> Iterato
         write_config(config, layout.config)
         if listing is not None and resume is None:
             write_manifest(listing, layout.manifest, data_base_folder(config.data))
+        if lr_choice is not None and lr_choice.sweep is not None:
+            write_lr_sweep(lr_choice.sweep, layout.root)  # --lr auto's curve
     log_class = RunLog if cluster.is_main else SilentRunLog
     history = resume.state.history if resume is not None else []
     resume_step = progress.step if resume is not None else None
     with log_class(layout.root, history, resume_step=resume_step) as log:
-        records = Records(run, layout.root, log)
+        records = Records(run, layout.root, log, lr_choice)
         if resume is None and cluster.is_main:
             records.log_start()
         records.announce(resume is not None, progress)

@@ -9,6 +9,7 @@ checkpoints and the summary are run/records.py's; the process group, the stop re
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -18,11 +19,13 @@ import torch
 
 from taolu.config import TrainConfig
 from taolu.data.pipeline import refuse_too_many_bad_files
+from taolu.engine.batchnorm import recalibrate_batchnorm
 from taolu.engine.loop import EpochResult, NonFiniteLoss, evaluate, train_one_epoch
 from taolu.engine.lr_find import sweep_lr
 from taolu.errors import ConfigError, TrainingError, TrainingInterrupted
 from taolu.metric_names import column, improved
 from taolu.run.lifecycle import StopRequest, computing, deterministic_algorithms
+from taolu.run.lr_auto import LrChoice, choose_lr, range_and_band
 from taolu.run.records import (
     Progress,
     Records,
@@ -32,10 +35,12 @@ from taolu.run.records import (
     resume_progress,
     write_run_report,
 )
+from taolu.run.recovery import EpochStartState, recover
 from taolu.run.setup import (
     Resume,
     Run,
     UserParts,
+    build_network,
     make_data,
     make_model,
     make_optim,
@@ -74,27 +79,38 @@ def run_training(
         # One CPU generator drives shuffling and augmentation; its state is checkpointed.
         generator = torch.Generator().manual_seed(options.seed)
 
-        # 1. Prepare the data set; the recipe then settles the config every later phase reads.
+        # 1. Prepare the data set, and 2. build the network model; the recipe then settles,
+        # from both, the config every later phase reads.
+        users_model, resumed = parts.model is not None, resume is not None
         prepared = prepare_data(options, parts, resume)
-        config, notes = settle_recipe(options, chosen, prepared, resumed=resume is not None)
-        data = make_data(config, prepared, compute, users_model=parts.model is not None)
+        torch.manual_seed(options.seed)
+        network = build_network(options, parts.model, prepared)
+        recipe = settle_recipe(
+            options, chosen, prepared, network, users_model=users_model, resumed=resumed
+        )
+        config, notes = recipe.config, list(recipe.notes)
+        data = make_data(config, prepared, compute, users_model=users_model)
+        model = make_model(config, network, data, compute, users_model=users_model, resumed=resumed)
+        if model.recalibrate_batchnorm:
+            notes.append("BatchNorm statistics re-measured before each evaluation (slow momentum)")
 
-        # 2. Build the network model.
-        torch.manual_seed(config.seed)
-        model = make_model(config, parts.model, data, compute, resumed=resume is not None)
-
-        # 3. Make the loss function and the optimizer.
+        # 3. Make the loss function and the optimizer, at the lr a range test picks (--lr auto).
+        lr_choice = None
+        if recipe.sweep_lr and not config.lr_find:
+            lr_choice = choose_lr(config, model, data, compute)
+            config = dataclasses.replace(config, lr=lr_choice.lr)
+            notes.append(f"lr {lr_choice.lr:.3g} from a range test on your model and data")
         optim = make_optim(config, model, data, compute)
         run = Run(config, notes, compute, data, model, optim, generator, stop, wall_start)
         if config.lr_find:  # instead of training: the learning-rate range test
             return find_lr(run)
-        return train_and_test(run, resume)
+        return train_and_test(run, resume, lr_choice)
 
 
-def train_and_test(run: Run, resume: Resume | None) -> TrainResult:
+def train_and_test(run: Run, resume: Resume | None, lr_choice: LrChoice | None) -> TrainResult:
     """4. Train and 5. test, epoch by epoch; 6. save after each; 7. sum up."""
     config, progress = run.config, resume_progress(resume, run.optim, run.generator)
-    with open_records(run, resume, progress) as records:
+    with open_records(run, resume, progress, lr_choice) as records:
         progress.clock = time.perf_counter()
         for epoch in range(progress.epoch + 1, config.epochs + 1):
             trained = train_epoch(run, records, progress, epoch)
@@ -114,38 +130,28 @@ def train_and_test(run: Run, resume: Resume | None) -> TrainResult:
 
 def train_epoch(run: Run, records: Records, progress: Progress, epoch: int) -> EpochResult:
     """4. One epoch of training steps (the rest of a stopped one, on resume)."""
-    config, optim = run.config, run.optim
+    config = run.config
     if run.stop():
         raise interrupted(run, records, f"before epoch {epoch}")
     if config.fine_tune:
         # The first --fine-tune epochs train the head alone; then the backbone joins in.
         trainable = epoch > config.fine_tune
         train_backbone(run.model.model, run.model.fine_tune_head, trainable, config.freeze)
-    bar = EpochProgress(config.progress, len(run.data.train), f"epoch {epoch}")
-    histograms = bool(config.histograms) and epoch % config.histograms == 0
-    try:
-        trained = train_one_epoch(
-            optim.stepper,
-            run.data.train,
-            optim.schedule,
-            run.generator,
-            on_nan=config.on_nan,
-            start=progress.partial,
-            # Under torchrun the agent owns signals: a stop there is a restart from last.pt.
-            should_stop=None if run.compute.cluster.active else run.stop,
-            on_step=bar,
-            inspect_gradients=records.gradient_histograms(progress.step + optim.epoch_steps)
-            if histograms
-            else None,
-        )
-    except NonFiniteLoss as bad:
-        raise TrainingError(
-            f"epoch {epoch}, batch {bad.batch + 1}: the loss became {bad.loss}; training "
-            f"stopped before that batch changed any weight. {records.kept()} Try a lower "
-            f"--lr (it is {config.lr:g}), --clip-grad, or --on-nan skip."
-        ) from None
-    finally:
-        bar.close()
+    recovering = config.on_nan == "recover"
+    start = EpochStartState.take(run, progress) if recovering else None
+    while True:
+        try:
+            trained = train_steps(run, records, progress, epoch)
+            break
+        except NonFiniteLoss as bad:
+            if start is None:
+                raise TrainingError(
+                    f"epoch {epoch}, batch {bad.batch + 1}: the loss became {bad.loss}; "
+                    f"training stopped before that batch changed any weight. {records.kept()} "
+                    f"Try a lower --lr (it is {config.lr:g}), --clip-grad, or --on-nan recover "
+                    "(the default)."
+                ) from None
+            recover(run, records, progress, epoch, bad, start)
     if not math.isfinite(trained.loss):
         skipped = f" ({trained.skipped_batches} batches skipped)" if trained.skipped_batches else ""
         raise TrainingError(
@@ -168,13 +174,50 @@ def train_epoch(run: Run, records: Records, progress: Progress, epoch: int) -> E
         records.save(records.state(progress, epoch - 1, progress.elapsed(), partial_epoch=partial))
         where = f"in epoch {epoch} after {trained.stopped.first_batch} of {len(run.data.train)}"
         raise interrupted(run, records, where + " batches")
-    if histograms:
+    if histogram_epoch(config.histograms, epoch):
         records.log.log_histograms(run.model.model, progress.step, gradients=False)
     return trained
 
 
+def histogram_epoch(every: int, epoch: int) -> bool:
+    """Whether this epoch logs weight and gradient histograms (--histograms N)."""
+    return bool(every) and epoch % every == 0
+
+
+def train_steps(run: Run, records: Records, progress: Progress, epoch: int) -> EpochResult:
+    """The epoch's optimizer steps, with its progress bar."""
+    config, optim = run.config, run.optim
+    bar = EpochProgress(config.progress, len(run.data.train), f"epoch {epoch}")
+    histograms = histogram_epoch(config.histograms, epoch)
+    try:
+        return train_one_epoch(
+            optim.stepper,
+            run.data.train,
+            optim.schedule,
+            run.generator,
+            on_nan=config.on_nan,
+            start=progress.partial,
+            # Under torchrun the agent owns signals: a stop there is a restart from last.pt.
+            should_stop=None if run.compute.cluster.active else run.stop,
+            on_step=bar,
+            inspect_gradients=records.gradient_histograms(progress.step + optim.epoch_steps)
+            if histograms
+            else None,
+        )
+    finally:
+        bar.close()
+
+
 def test_epoch(run: Run) -> EpochResult:
     """5. Every validation sample once, through the EMA's weights when kept."""
+    if run.model.recalibrate_batchnorm:
+        recalibrate_batchnorm(
+            run.model.evaluated,
+            run.data.train,
+            run.data.eval_transform,
+            run.compute.precision,
+            run.compute.cluster,
+        )
     return evaluate(
         run.model.evaluated,
         run.data.val,
@@ -242,5 +285,6 @@ def find_lr(run: Run) -> TrainResult:
     """--lr-find: the learning-rate range test, on the very step training would take."""
     if run.compute.cluster.active:
         raise ConfigError("--lr-find runs in one process; start it without torchrun")
-    sweep = sweep_lr(run.optim.stepper, run.data.train, run.generator)
+    _, band = range_and_band(run.config.optimizer)
+    sweep = sweep_lr(run.optim.stepper, run.data.train, run.generator, band=band)
     return report_lr_sweep(run, sweep)

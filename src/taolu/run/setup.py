@@ -23,6 +23,8 @@ from taolu.data.loaders import (
 )
 from taolu.data.pipeline import TrainingData, batch_transforms, load_training_data
 from taolu.data.sources import DataBundle
+from taolu.engine.batchnorm import slow_batchnorm
+from taolu.engine.distributed import SINGLE_PROCESS
 from taolu.engine.loop import steps_per_epoch
 from taolu.engine.metrics import TOP5_MIN_CLASSES
 from taolu.engine.optim import LrSchedule, balanced_class_weights, build_loss, build_optimizer
@@ -30,9 +32,10 @@ from taolu.engine.step import Stepper, build_ema, build_mix
 from taolu.errors import ConfigError
 from taolu.layout import RunDir
 from taolu.metric_names import VAL_TOP5_ACC, lower_is_better
-from taolu.models import build_model
+from taolu.models import build_model, model_kind
+from taolu.models.anatomy import has_norm_layers, materialise_lazy_layers
 from taolu.run.lifecycle import Compute, StopRequest
-from taolu.run.recipe import choose_recipe, describe_recipe
+from taolu.run.recipe import TUNED_NETS, Recipe, Traits, choose_recipe, describe_recipe
 from taolu.run.transfer import prepare_transfer
 from taolu.train_state import TrainState
 
@@ -68,27 +71,64 @@ def prepare_data(options: TrainConfig, parts: UserParts, resume: Resume | None) 
     )
 
 
-def settle_recipe(
-    options: TrainConfig, chosen: Collection[str], prepared: TrainingData, resumed: bool
-) -> tuple[TrainConfig, list[str]]:
-    """The run's final config: the data's defaults for the options the user did not set, and
-    why (a resumed run keeps the recipe its config.yaml recorded). Nothing but the data was
-    made from `options` before."""
-    config, notes = options, []
-    if not resumed:
-        config, notes = choose_recipe(
-            options,
-            chosen,
-            train_images=len(prepared.bundle.train),
-            pretrained=bool(options.weights),
+def build_network(
+    options: TrainConfig, users_model: nn.Module | None, prepared: TrainingData
+) -> nn.Module:
+    """The user's module, or the net `options.model` names sized for the data; lazy layers
+    (nn.LazyLinear, ...) get their sizes from one dry batch here, before the recipe looks at
+    the net and before the optimizer, the weight average and the graph need its parameters."""
+    bundle = prepared.bundle
+    model = users_model
+    if model is None:
+        model = build_model(
+            options.model,
+            bundle.channels,
+            bundle.size,
+            len(bundle.classes),
+            weights=options.weights,
         )
+    materialise_lazy_layers(model, bundle.channels, bundle.size)
+    return model
+
+
+def settle_recipe(
+    options: TrainConfig,
+    chosen: Collection[str],
+    prepared: TrainingData,
+    network: nn.Module,
+    *,
+    users_model: bool,
+    resumed: bool,
+) -> Recipe:
+    """The run's final config: the recipe's choices for the options the user did not set, and
+    why (a resumed run keeps the recipe its config.yaml recorded). Nothing but the data and
+    the bare network was made from `options` before."""
+    recipe = Recipe(options, [], sweep_lr=False)
+    if not resumed:
+        traits = Traits(
+            train_images=len(prepared.bundle.train),
+            tuned=not users_model and options.model in TUNED_NETS,
+            normalised=has_norm_layers(network),
+            pretrained=bool(options.weights),
+            kind="your nn.Module" if users_model else _model_kind_words(options.model),
+        )
+        recipe = choose_recipe(options, chosen, traits)
     classes = len(prepared.bundle.classes)
-    if config.monitor == VAL_TOP5_ACC and classes < TOP5_MIN_CLASSES:
+    if recipe.config.monitor == VAL_TOP5_ACC and classes < TOP5_MIN_CLASSES:
         raise ConfigError(
             f"option 'monitor': {VAL_TOP5_ACC} needs at least {TOP5_MIN_CLASSES} classes; "
             f"this data has {classes}"
         )
-    return config, notes
+    return recipe
+
+
+def _model_kind_words(name: str) -> str:
+    kind = model_kind(name)
+    if kind == "spec":
+        return "a layer list"
+    if kind == "factory":
+        return f"your factory {name}"
+    return f"{name} from scratch" if kind == "torchvision" else name
 
 
 @dataclass
@@ -157,26 +197,25 @@ class ModelParts:
     name: str | None  # the name taolu built it from; None for the user's own module
     after_train_mode: Callable[[nn.Module], None] | None  # frozen BatchNorm back to eval
     fine_tune_head: str | None  # the head --fine-tune trains alone first
+    # BatchNorm whose running statistics lag (engine/batchnorm.py): measured afresh before
+    # each evaluation
+    recalibrate_batchnorm: bool = False
 
 
 def make_model(
     config: TrainConfig,
-    users_model: nn.Module | None,
+    network: nn.Module,
     data: RunData,
     compute: Compute,
     *,
+    users_model: bool,
     resumed: bool,
 ) -> ModelParts:
-    """The user's module or the one `config.model` names, with --weights/--freeze applied,
-    on the device; the EMA copy; the DDP and torch.compile wrappers, which only run it (so
-    state dicts never carry their prefixes)."""
+    """`network` (from build_network) with --weights/--freeze applied, on the device; the
+    EMA copy; the DDP and torch.compile wrappers, which only run it (so state dicts never
+    carry their prefixes)."""
     device, cluster = compute.device, compute.cluster
-    bundle = data.bundle
-    model = users_model
-    if model is None:
-        model = build_model(
-            config.model, bundle.channels, bundle.size, len(bundle.classes), weights=config.weights
-        )
+    model = network
     after_train_mode, fine_tune_head = prepare_transfer(
         model,
         weights=config.weights,
@@ -203,8 +242,17 @@ def make_model(
     # Validation runs the plain module under DDP: the wrapper would broadcast buffers on
     # every forward.
     evaluated = ema.module if ema is not None else (model if cluster.active else network)
-    name = config.model if users_model is None else None
-    return ModelParts(model, network, evaluated, ema, name, after_train_mode, fine_tune_head)
+    name = None if users_model else config.model
+    return ModelParts(
+        model,
+        network,
+        evaluated,
+        ema,
+        name,
+        after_train_mode,
+        fine_tune_head,
+        recalibrate_batchnorm=slow_batchnorm(model),
+    )
 
 
 @dataclass
@@ -223,22 +271,7 @@ def make_optim(
 ) -> OptimParts:
     """The loss (class-weighted with --class-weights auto), the optimizer, the lr schedule,
     and the Stepper that takes each training step with them."""
-    device, classes = compute.device, len(data.bundle.classes)
-    class_weights = None
-    if config.class_weights == "auto":
-        class_weights = balanced_class_weights(data.train_labels, classes).to(device)
-    loss_fn = build_loss(config.label_smoothing, class_weights).to(device)
-    eval_loss_fn = build_loss(config.label_smoothing).to(device)
-    optimizer = build_optimizer(
-        parts.model,
-        config.optimizer,
-        lr=config.lr,
-        momentum=config.momentum,
-        weight_decay=config.weight_decay,
-        nesterov=config.nesterov,
-        head=parts.fine_tune_head,
-        backbone_lr_scale=config.backbone_lr_scale,
-    )
+    optimizer = make_optimizer(config, parts.model, parts.fine_tune_head)
     epoch_steps = steps_per_epoch(len(data.train), config.accumulate)
     total_steps = config.epochs * epoch_steps
     schedule = LrSchedule(
@@ -252,9 +285,47 @@ def make_optim(
         plateau_patience=config.plateau_patience,
         plateau_mode="min" if lower_is_better(config.monitor) else "max",
     )
-    stepper = Stepper(
-        parts.network,
-        loss_fn,
+    stepper = make_stepper(config, parts, data, compute, optimizer)
+    eval_loss_fn = build_loss(config.label_smoothing).to(compute.device)
+    return OptimParts(stepper, schedule, eval_loss_fn, epoch_steps, total_steps)
+
+
+def make_optimizer(
+    config: TrainConfig, model: nn.Module, fine_tune_head: str | None
+) -> torch.optim.Optimizer:
+    """The optimizer over `model`'s trainable parameters, per the config."""
+    return build_optimizer(
+        model,
+        config.optimizer,
+        # --lr-find (and the range test of --lr auto) set every lr themselves.
+        lr=config.lr if not isinstance(config.lr, str) else 1.0,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        nesterov=config.nesterov,
+        head=fine_tune_head,
+        backbone_lr_scale=config.backbone_lr_scale,
+    )
+
+
+def make_stepper(
+    config: TrainConfig,
+    parts: ModelParts,
+    data: RunData,
+    compute: Compute,
+    optimizer: torch.optim.Optimizer,
+    *,
+    alone: bool = False,
+) -> Stepper:
+    """The training step with the run's loss (class-weighted with --class-weights auto),
+    mixing, accumulation, clipping and EMA. `alone`: a step on a copy of the plain module
+    in this process only, as the range test of --lr auto takes it (no DDP, no EMA)."""
+    device, classes = compute.device, len(data.bundle.classes)
+    class_weights = None
+    if config.class_weights == "auto":
+        class_weights = balanced_class_weights(data.train_labels, classes).to(device)
+    return Stepper(
+        parts.model if alone else parts.network,
+        build_loss(config.label_smoothing, class_weights).to(device),
         optimizer,
         compute.precision,
         data.train_transform,
@@ -263,11 +334,10 @@ def make_optim(
         accumulate=config.accumulate,
         clip_grad=config.clip_grad,
         mix=build_mix(config.mixup, config.cutmix, classes),
-        ema=parts.ema,
-        cluster=compute.cluster,
+        ema=None if alone else parts.ema,
+        cluster=SINGLE_PROCESS if alone else compute.cluster,
         after_train_mode=parts.after_train_mode,
     )
-    return OptimParts(stepper, schedule, eval_loss_fn, epoch_steps, total_steps)
 
 
 @dataclass

@@ -124,6 +124,11 @@ class RunLog:
             picture = confusion_picture(confusion_matrix, classes)
             self.writer.add_image("val/confusion_matrix", picture, step, dataformats="HWC")
 
+    def log_recovery(self, recoveries: int, lr: float, step: int) -> None:
+        """A NaN recovery at `step`: how many so far, and the peak lr the run now follows."""
+        self.writer.add_scalar("train/nan_recoveries", recoveries, step)
+        self.writer.add_scalar("train/recovered_lr", lr, step)
+
     def log_hparams(self, options: dict[str, Any], results: dict[str, float], step: int) -> None:
         """The run's options and final metrics for TensorBoard's HPARAMS tab, written into
         this run's own event file (SummaryWriter.add_hparams would start a separate run)."""
@@ -189,4 +194,4 @@ class SilentRunLog(RunLog):
         return None
 
     log_samples = log_steps = log_graph = log_histograms = _silent
-    log_evaluation = log_hparams = write_summary = close = _silent
+    log_evaluation = log_hparams = log_recovery = write_summary = close = _silent
