@@ -42,6 +42,7 @@ from taolu.data.sources import (
 from taolu.engine import checkpoint as ckpt
 from taolu.engine.distributed import (
     barrier,
+    buffers_from_main,
     device_for,
     join_cluster,
     leave_cluster,
@@ -613,9 +614,11 @@ def _run_training(
             raise TrainingInterrupted(stop.message(where, last_path, run_dir), stop.exit_code)
         if histogram_epoch:
             run_log.log_histograms(model, step, gradients=False)
+        scored = ema.module if ema is not None else (model if cluster.active else network)
+        buffers_from_main(cluster, scored)
         tested = evaluate(
             # the plain module: DDP's wrapper would broadcast buffers on every forward
-            ema.module if ema is not None else (model if cluster.active else network),
+            scored,
             val_batches,
             eval_transform,
             eval_loss_fn,
