@@ -20,6 +20,7 @@ import torch
 from taolu.config import TrainConfig
 from taolu.data.pipeline import refuse_too_many_bad_files
 from taolu.engine.batchnorm import recalibrate_batchnorm
+from taolu.engine.distributed import buffers_from_main
 from taolu.engine.loop import EpochResult, NonFiniteLoss, evaluate, train_one_epoch
 from taolu.engine.lr_find import sweep_lr
 from taolu.errors import ConfigError, TrainingError, TrainingInterrupted
@@ -218,6 +219,8 @@ def test_epoch(run: Run) -> EpochResult:
             run.compute.precision,
             run.compute.cluster,
         )
+    else:
+        buffers_from_main(run.compute.cluster, run.model.evaluated)
     return evaluate(
         run.model.evaluated,
         run.data.val,
