@@ -263,6 +263,7 @@ class Records:
                 lr=run.config.lr,
                 recoveries=progress.recoveries,
                 pretrained=bool(run.config.weights),
+                lr_from_range_test=self.lr_choice is not None,
             )
             summary["verdict"] = [finding.to_dict() for finding in findings]
             self.log.write_summary(summary)
