@@ -156,8 +156,7 @@ def suggest_lr(
         exceeds CLIMB x the starting level (or the sweep's end);
       * a curve whose lowest point is less than FLAT_DROP below the start learned nothing
         in the sweep (sigmoid nets, deep nets without normalisation): suggest the climbing
-        lr / FLAT_DIVISOR, far enough below the blow-up to learn slowly and safely, or the
-        band's lower end when it never climbed either;
+        lr / FLAT_DIVISOR, far enough below the blow-up to learn slowly and safely;
       * otherwise the geometric mean of the lowest point's lr and the climbing lr /
         VALLEY_DIVISOR: the minimum alone sits low for BatchNorm nets, the climb / 10 high
         for nets without it; between them came within a factor 2 of the best grid lr on the
@@ -175,11 +174,7 @@ def suggest_lr(
     climbing = np.nonzero(smoothed[lowest:] > CLIMB * start)[0]
     climb = float(lrs[lowest + int(climbing[0])] if len(climbing) else lrs[-1])
     if start - float(smoothed[lowest]) < FLAT_DROP * abs(start):
-        # A curve that neither fell nor blew up says nothing about the lr (a dropout-heavy
-        # net on a few hundred photos: its loss only wandered about ln(classes)): the band's
-        # cautious end. Measured on recipe_zoo's pil-sizes: 0.51 at 1e-3, 0.34 at 1e-2.
-        never_climbed = len(climbing) == 0
-        suggested = band[0] if never_climbed and band is not None else climb / FLAT_DIVISOR
+        suggested = climb / FLAT_DIVISOR
     else:
         suggested = math.sqrt(float(lrs[lowest]) * climb / VALLEY_DIVISOR)
     if band is not None:
