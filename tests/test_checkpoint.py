@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import taolu
-from taolu.engine.checkpoint import load_checkpoint, save_checkpoint
+from taolu.checkpoint import load_checkpoint, save_checkpoint
 
 
 class CreatesFileWhenUnpickled:

@@ -27,8 +27,8 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import taolu
-import taolu.engine.checkpoint as checkpoint
-from taolu.engine.checkpoint import copy_checkpoint, load_checkpoint, save_checkpoint
+import taolu.checkpoint as checkpoint
+from taolu.checkpoint import copy_checkpoint, load_checkpoint, save_checkpoint
 
 TESTS = Path(__file__).resolve().parent
 CLASSES = [str(d) for d in range(10)]
@@ -204,7 +204,7 @@ import io, json, os, signal, sys
 params = json.loads(sys.argv[1])
 import torch
 import taolu
-import taolu.engine.checkpoint as checkpoint
+import taolu.checkpoint as checkpoint
 
 real_save = checkpoint.torch.save
 saves = []

@@ -31,7 +31,7 @@ _LAZY = {
     "predict": "taolu.api",
     "export": "taolu.model_export",
     "serve": "taolu.serving",
-    "TrainResult": "taolu.engine.routine",
+    "TrainResult": "taolu.run.records",
 }
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from taolu import checkpoint as ckpt
 from taolu.data.decode import (
     EncodedImage,
     decode_file,
@@ -29,7 +30,6 @@ from taolu.data.loaders import BatchTransform, Preprocessing
 from taolu.data.pipeline import stored_eval_pipeline
 from taolu.data.sources import list_image_files
 from taolu.data.transforms import SamplePipeline
-from taolu.engine import checkpoint as ckpt
 from taolu.errors import CheckpointError, ConfigError, DataError
 from taolu.models import build_model, model_kind
 

@@ -17,7 +17,7 @@ import torchvision
 from torch import nn
 from torchvision.models import WeightsEnum
 
-from taolu.engine.checkpoint import FORMAT, inference_weights, load_checkpoint
+from taolu.checkpoint import FORMAT, inference_weights, load_checkpoint
 from taolu.errors import CheckpointError, ConfigError
 
 # Where each family keeps its classifier head, by model class. "[-1]" means the last layer of

@@ -32,14 +32,10 @@ from typing import Any
 import torch
 
 from taolu.errors import CheckpointError
+from taolu.layout import BEST_NAME, CHECKPOINT_DIR, LAST_NAME
+from taolu.train_state import REQUIRED_KEYS, VERSION, TrainState, inference_weights
 
 FORMAT = "taolu-checkpoint"
-VERSION = 1
-BEST_NAME = "best.pt"
-LAST_NAME = "last.pt"
-CHECKPOINT_DIR = "weights"
-# What eval, predict and resume read from every checkpoint.
-REQUIRED_KEYS = ("model", "config", "classes", "preprocessing", "epoch", "model_class")
 DIGEST_KEY = "digest"
 DIGEST_ALGORITHM = "sha256"
 
@@ -359,11 +355,6 @@ def _verify_digest(state: dict[str, Any], path: Path) -> None:
         )
 
 
-def inference_weights(state: dict[str, Any]) -> dict[str, Any]:
-    """The weights eval, predict and export use: the moving average when --ema kept one."""
-    return state.get("ema_model") or state["model"]
-
-
 def find_checkpoint(run_or_file: str | Path, which: str = BEST_NAME) -> Path:
     """A checkpoint file given directly, or `which` inside a run directory."""
     path = Path(run_or_file)
@@ -379,16 +370,26 @@ def find_checkpoint(run_or_file: str | Path, which: str = BEST_NAME) -> Path:
     return path
 
 
-def rng_state(generator: torch.Generator) -> dict[str, Any]:
-    """Every random stream a run draws from, as tensors."""
-    state = {"torch": torch.get_rng_state(), "data": generator.get_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+def read_state(path: str | Path) -> TrainState:
+    """The TrainState in a checkpoint file, read by `load_checkpoint` and checked field by field."""
+    return TrainState.from_dict(load_checkpoint(path), source=path)
 
 
-def restore_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
-    torch.set_rng_state(state["torch"])
-    generator.set_state(state["data"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def save_state(state: TrainState, path: Path) -> None:
+    """`save_checkpoint` of a TrainState."""
+    save_checkpoint(state.to_dict(), path)
+
+
+__all__ = [
+    "BEST_NAME",
+    "CHECKPOINT_DIR",
+    "FORMAT",
+    "LAST_NAME",
+    "copy_checkpoint",
+    "find_checkpoint",
+    "inference_weights",
+    "load_checkpoint",
+    "read_state",
+    "save_checkpoint",
+    "save_state",
+]
