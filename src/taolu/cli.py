@@ -632,12 +632,14 @@ class _CurrentStderr(logging.StreamHandler):
 def _show_warnings_plainly() -> None:
     """taolu's warnings (skipped files, ignored links) as 'taolu: warning: ...' on stderr."""
     logger = logging.getLogger("taolu")
-    if not logger.handlers:
+    # Whatever handlers an earlier caller in this process left (a notebook's, a test's), the
+    # command's warnings go to stderr, once.
+    if not any(isinstance(handler, _CurrentStderr) for handler in logger.handlers):
         handler = _CurrentStderr()
         handler.setFormatter(logging.Formatter("taolu: warning: %(message)s"))
         logger.addHandler(handler)
-        logger.setLevel(logging.WARNING)
-        logger.propagate = False
+    logger.setLevel(logging.WARNING)
+    logger.propagate = False
 
 
 def main(argv: list[str] | None = None) -> int:
