@@ -61,8 +61,7 @@ def judge_run(
                 "chance",
                 f"the best validation accuracy {best_val_acc:.3f} is at chance level "
                 f"({chance:.3f} for {classes} classes): the model learned nothing usable",
-                f"{lower_lr}; check the labels match the images (taolu data preview)"
-                f"{weights_hint}",
+                f"{lower_lr}; check the labels match the images (taolu data preview){weights_hint}",
             )
         )
     first_loss = float(history[0].get("train_loss", math.nan))
