@@ -56,7 +56,13 @@ def sample_state():
         "model_name": None,
         "flags": (True, False),
         "rng": {"torch": torch.get_rng_state()},
-        "config": {"data": "digits", "epochs": 3},
+        "config": {
+            "data": "digits",
+            "epochs": 3,
+            "val_fraction": 0.2,
+            "precision": "auto",
+            "label_smoothing": 0.1,
+        },
         "preprocessing": {
             "channels": 1,
             "size": [8, 8],

@@ -303,9 +303,21 @@ def small_state(epoch: int = 1) -> dict:
     generator = torch.Generator().manual_seed(0)
     return {
         "model": {"0.weight": torch.randn(16, 64, generator=generator), "0.bias": torch.zeros(16)},
-        "config": {"data": "digits", "epochs": 3},
+        "config": {
+            "data": "digits",
+            "epochs": 3,
+            "val_fraction": 0.2,
+            "precision": "auto",
+            "label_smoothing": 0.1,
+        },
         "classes": ["ant", "bee"],
-        "preprocessing": {"channels": 1, "size": [8, 8], "mean": [0.5], "std": [0.25]},
+        "preprocessing": {
+            "channels": 1,
+            "size": [8, 8],
+            "resize_mode": "squash",
+            "mean": [0.5],
+            "std": [0.25],
+        },
         "epoch": epoch,
         "model_class": "torch.nn.modules.container.Sequential",
         "history": [{"epoch": 1, "val_acc": 0.5, "flags": (True, None)}],
