@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from taolu.errors import ConfigError
+from taolu.errors import ConfigError, shown
 
 EMBEDDED_DATA = ("mnist5k", "digits")
 SCHEDULERS = ("onecycle", "cosine", "step", "plateau", "constant")
@@ -35,6 +35,9 @@ MONITORS = (
     "train/loss",
 )
 SWITCHES = ("auto", "on", "off")
+# The largest image side taolu resizes to, for --image-size, --transforms and the preprocessing
+# stored in checkpoints and exports: one 4096x4096 RGB image is 50 MB per decoding thread.
+MAX_IMAGE_SIDE = 4096
 
 
 def _option(default: Any, help: str, **rules: Any) -> Any:
@@ -59,7 +62,9 @@ class TrainConfig:
     val_fraction: float = _option(
         0.2, "share of a single-folder data set held out for validation", gt=0.0, lt=1.0
     )
-    image_size: int = _option(0, "side length images are resized to; 0 keeps the data's own", ge=0)
+    image_size: int = _option(
+        0, "side length images are resized to; 0 keeps the data's own", ge=0, le=MAX_IMAGE_SIDE
+    )
     resize_mode: str = _option("squash", "how images reach image_size", choices=RESIZE_MODES)
     channels: int = _option(0, "1 (gray) or 3 (RGB); 0 takes the data's own", choices=(0, 1, 3))
     augment: str = _option(
@@ -300,17 +305,19 @@ def coerce_option(name: str, value: Any) -> Any:
                 return str(value)
     except ValueError:
         pass
-    raise ConfigError(f"option '{name}': {value!r} is not a valid {kind}")
+    raise ConfigError(f"option '{name}': {shown(value)} is not a valid {kind}")
 
 
 def _check_rules(name: str, value: Any, validators: Mapping[str, Callable[[str], None]]) -> None:
     meta = FIELDS[name].metadata
-    shown = repr(value)
+    shown_value = shown(value)
     if "choices" in meta and value not in meta["choices"]:
         allowed = ", ".join(str(c) for c in meta["choices"])
-        raise ConfigError(f"option '{name}': {shown} is not allowed; choose one of: {allowed}")
+        raise ConfigError(
+            f"option '{name}': {shown_value} is not allowed; choose one of: {allowed}"
+        )
     if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"option '{name}': {shown} is not a finite number")
+        raise ConfigError(f"option '{name}': {shown_value} is not a finite number")
     bounds = (
         ("ge", lambda v, b: v >= b, ">="),
         ("gt", lambda v, b: v > b, ">"),
@@ -320,7 +327,7 @@ def _check_rules(name: str, value: Any, validators: Mapping[str, Callable[[str],
     for key, holds, sign in bounds:
         if key in meta and not holds(value, meta[key]):
             raise ConfigError(
-                f"option '{name}': {shown} is not allowed; it must be {sign} {meta[key]}"
+                f"option '{name}': {shown_value} is not allowed; it must be {sign} {meta[key]}"
             )
     if "kind" in meta and meta["kind"] in validators:
         validators[meta["kind"]](value)
@@ -331,15 +338,29 @@ def _check_name(value: str) -> None:
         raise ConfigError(f"option 'name': {value!r} must be a plain folder name, not a path")
 
 
+def read_yaml(path: Path, what: str) -> Any:
+    """The document in a YAML (or JSON) file, read with yaml.safe_load (tags such as
+    !!python/object are refused, never run). Every failure is a ConfigError naming `what`
+    and the file: unreadable, not UTF-8, not YAML, or nested too deeply to parse."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"{what} {path} is not UTF-8 text ({error.reason} at byte {error.start})"
+        ) from None
+    except (yaml.YAMLError, RecursionError) as error:
+        problem = error if isinstance(error, yaml.YAMLError) else "nested too deeply"
+        raise ConfigError(f"{what} {path} is not valid YAML or JSON: {problem}") from None
+    except OSError as error:
+        raise ConfigError(f"{what} {path}: cannot read ({error.strerror or error})") from None
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML (or JSON) config file into a flat dict of option -> value."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
+    loaded = read_yaml(path, "config file")
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
