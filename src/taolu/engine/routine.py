@@ -66,6 +66,7 @@ from taolu.engine.precision import pick_device, pick_precision
 from taolu.engine.recipe import choose_recipe, describe_recipe
 from taolu.errors import CheckpointError, ConfigError, TrainingError, TrainingInterrupted
 from taolu.models import build_model
+from taolu.models.spec import stored_layers
 from taolu.track.progress import EpochProgress
 from taolu.track.runlog import MISCLASSIFIED_SHOWN, RunLog, SilentRunLog, write_json_atomic
 
@@ -341,7 +342,13 @@ def _run_training(
     model = parts.model
     if model is None:
         model = build_model(
-            config.model, data.channels, data.size, len(data.classes), weights=config.weights
+            config.model,
+            data.channels,
+            data.size,
+            len(data.classes),
+            weights=config.weights,
+            # Resumed: the layer list the checkpoint holds, never the file its config names.
+            layers=resume_state.get("model_spec") if resume_state is not None else None,
         )
     frozen_norms = None
     if resume_state is None and (config.weights or config.freeze != "none"):
@@ -514,6 +521,7 @@ def _run_training(
             "classes": list(data.classes),
             "preprocessing": preprocessing.to_dict(),
             "model_name": config.model if built_in else None,
+            "model_spec": stored_layers(model),  # a layer list itself, not its file's path
             "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
             "confusion_matrix": [],
         }
