@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import ipaddress
 import logging
 import signal
 import socket
@@ -70,6 +71,18 @@ def _address(host: str, port: int) -> tuple[socket.AddressFamily, Any]:
             "use 127.0.0.1 (the default) or one of its interface addresses"
         ) from error
     return family, infos[0][4]
+
+
+def listens_everywhere(address: str) -> bool:
+    """Whether a bound address is the unspecified one (0.0.0.0, ::, or :: mapping 0.0.0.0),
+    which listens on every interface. Decided by the parsed address, not by how the user
+    spelt it: "0", "0.0.0.0" and "::0" all bind the same."""
+    try:
+        parsed = ipaddress.ip_address(address.split("%")[0])
+    except ValueError:
+        return False
+    mapped = getattr(parsed, "ipv4_mapped", None)
+    return parsed.is_unspecified or (mapped is not None and mapped.is_unspecified)
 
 
 def _bind_error(host: str, port: int, error: OSError) -> ConfigError:
@@ -215,7 +228,7 @@ def run_board(runs_dir: Path, *, host: str = "127.0.0.1", port: int = 6006) -> i
     try:
         url = board.launch()
         server = chosen[0]
-        if host in ("0.0.0.0", "::"):
+        if listens_everywhere(server.server_address[0]):
             print(
                 f"taolu: warning: --host {host} serves TensorBoard to every network this "
                 "machine is on",
