@@ -478,9 +478,10 @@ def _fresh_network(state: dict[str, Any], model: nn.Module | None) -> nn.Module:
     return copy.deepcopy(model).cpu() if model is not None else build_network(state)
 
 
-def _check_target(target: Path, source: Path) -> None:
-    """Refuse an `out` that would replace a run's checkpoint: the one exported, any taolu
-    checkpoint, or any file in a run's weights/ folder (resume and eval read those)."""
+def _check_target(target: Path, source: Path, format: str) -> None:
+    """Refuse an `out` that would replace a run's checkpoint (the one exported, any taolu
+    checkpoint, or any file in a run's weights/ folder: resume and eval read those), or that
+    lacks the format's suffix (predict tells the formats by it, TorchScript by it alone)."""
     if target.is_dir():
         raise ConfigError(f"option 'out': {target} is a folder; name the file to write")
     if target.exists() and target.resolve() == source.resolve():
@@ -495,6 +496,11 @@ def _check_target(target: Path, source: Path) -> None:
             f"{ckpt.CHECKPOINT_DIR}/ folder; an export never replaces a run's checkpoints "
             "(resume and eval need them): name a file elsewhere, or leave --out out to write "
             "into RUN/export/"
+        )
+    if not target.name.lower().endswith(FORMATS[format]):
+        raise ConfigError(
+            f"option 'out': name the {format} file *{FORMATS[format]} (predict recognises an "
+            f"export by its name); got {target.name}"
         )
 
 
@@ -523,7 +529,7 @@ def export(
     source = ckpt.find_checkpoint(run_or_checkpoint, f"{checkpoint}.pt")
     target = None if out is None else Path(out).expanduser()
     if target is not None:
-        _check_target(target, source)  # before the work: a refused target costs nothing
+        _check_target(target, source, format)  # before the work: a refusal costs nothing
     state = ckpt.load_checkpoint(source)
     preprocessing = Preprocessing.from_dict(state["preprocessing"])
     network = _restore_for_export(state, model)  # refuses a model it cannot rebuild

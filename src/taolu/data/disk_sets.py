@@ -376,6 +376,8 @@ def _read_stl10(folder: Path) -> Splits:
     except (OSError, UnicodeDecodeError) as error:
         raise DataError(f"{names_path}: cannot read ({error})") from None
     classes = [name for name in classes if name]
+    if not classes:
+        raise DataError(f"{names_path}: lists no class names (one a line)")
     train = _read_stl10_split(folder, "train", len(classes))
     test = _read_stl10_split(folder, "test", len(classes))
     return train, test, classes
