@@ -387,6 +387,9 @@ def test_transforms_option_has_the_same_bounds():
         taolu.train(data="digits", transforms=[{"name": "Resize", "args": {"size": 30000}}])
     with pytest.raises(ConfigError, match="image_size"):
         taolu.train(data="digits", image_size=30000)
+    for text in ("[unclosed", "[" * 5000):  # a YAML error, and nesting past Python's stack
+        with pytest.raises(ConfigError, match="option 'transforms'"):
+            taolu.train(data="digits", transforms=text)
 
 
 # --------------------------------------------------------------------------- 9. export --out

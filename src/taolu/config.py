@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from taolu.errors import ConfigError, shown
+from taolu.plain import read_yaml
 
 EMBEDDED_DATA = ("mnist5k", "digits")
 SCHEDULERS = ("onecycle", "cosine", "step", "plateau", "constant")
@@ -303,7 +304,7 @@ def coerce_option(name: str, value: Any) -> Any:
                 return value
             if isinstance(value, Path):
                 return str(value)
-    except ValueError:
+    except (ValueError, yaml.YAMLError, RecursionError):  # YAML text for transforms, too
         pass
     raise ConfigError(f"option '{name}': {shown(value)} is not a valid {kind}")
 
@@ -336,23 +337,6 @@ def _check_rules(name: str, value: Any, validators: Mapping[str, Callable[[str],
 def _check_name(value: str) -> None:
     if value and (Path(value).name != value or value in (".", "..")):
         raise ConfigError(f"option 'name': {value!r} must be a plain folder name, not a path")
-
-
-def read_yaml(path: Path, what: str) -> Any:
-    """The document in a YAML (or JSON) file, read with yaml.safe_load (tags such as
-    !!python/object are refused, never run). Every failure is a ConfigError naming `what`
-    and the file: unreadable, not UTF-8, not YAML, or nested too deeply to parse."""
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as error:
-        raise ConfigError(
-            f"{what} {path} is not UTF-8 text ({error.reason} at byte {error.start})"
-        ) from None
-    except (yaml.YAMLError, RecursionError) as error:
-        problem = error if isinstance(error, yaml.YAMLError) else "nested too deeply"
-        raise ConfigError(f"{what} {path} is not valid YAML or JSON: {problem}") from None
-    except OSError as error:
-        raise ConfigError(f"{what} {path}: cannot read ({error.strerror or error})") from None
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import gzip
 import importlib
+import io
 import math
 import pickle
+import pickletools
 import struct
 import zlib
 from collections.abc import Callable
@@ -119,10 +121,15 @@ class ArrayUnpickler(pickle.Unpickler):
 
 
 def load_array_pickle(path: Path) -> object:
-    """The object in a pickle file that may hold only plain data and numpy arrays."""
+    """The object in a pickle file that may hold only plain data and numpy arrays. The opcodes
+    are walked first (pickletools, reading from memory): a length a crafted pickle claims for a
+    string (2**40 bytes, say) is refused there, where the unpickler would allocate it up
+    front before finding the file shorter."""
     try:
-        with open(path, "rb") as file:
-            return ArrayUnpickler(file, path).load()
+        data = path.read_bytes()
+        for _ in pickletools.genops(io.BytesIO(data)):
+            pass
+        return ArrayUnpickler(io.BytesIO(data), path).load()
     except PICKLE_FAILURES as error:
         problem = f"{type(error).__name__}: {error}"
         raise DataError(f"{path}: not a readable pickle ({problem})") from None

@@ -42,9 +42,9 @@ CHECKPOINT_DIR = "weights"
 DIGEST_KEY = "digest"
 DIGEST_ALGORITHM = "sha256"
 # How deep loaded contents may nest (taolu's own checkpoints nest about 6 levels), and how many
-# values beyond one per byte of the file they may unfold into (see `check_structure`).
+# values beyond one per byte of the file's pickle they may unfold into (see `check_structure`).
 MAX_NESTING = 64
-STRUCTURE_ALLOWANCE = 1_000_000
+STRUCTURE_ALLOWANCE = 10_000
 MARKER_WINDOW = 4096  # bytes of a checkpoint's pickle searched for FORMAT
 SCRIPT_EXPANSION = 16  # how many times its size a TorchScript archive may expand (code: ~5)
 
@@ -361,8 +361,19 @@ def read_weights_only(path: Path, what: str) -> Any:
         raise CheckpointError(
             f"{path}: not a readable {what} (truncated or corrupt?): {first_line}"
         ) from None
-    check_structure(loaded, path, limit=path.stat().st_size + STRUCTURE_ALLOWANCE)
+    check_structure(loaded, path, limit=_pickle_size(path) + STRUCTURE_ALLOWANCE)
     return loaded
+
+
+def _pickle_size(path: Path) -> int:
+    """The bytes of the pickle in a file torch.save wrote: its data.pkl entry (the tensors'
+    bytes lie in entries of their own), or the whole file in torch's old format."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            sizes = [e.file_size for e in archive.infolist() if e.filename.endswith("data.pkl")]
+        if sizes:
+            return max(sizes)
+    return path.stat().st_size
 
 
 def check_archive(path: Path, what: str = "checkpoint") -> None:
@@ -413,7 +424,7 @@ def check_structure(value: Any, path: Path, *, limit: int) -> None:
     """Refuse loaded contents nested deeper than MAX_NESTING, or that unfold into more than
     `limit` values. A pickle can name one list many times over in a few bytes, so a small file
     could stand for billions of values (and hang whatever walks them, the digest included);
-    what torch.save writes holds about one value per byte of the file at most. The walk is
+    in what torch.save writes every value costs at least a byte of its pickle. The walk is
     iterative, so no depth raises a RecursionError here."""
     pending: list[tuple[Any, int]] = [(value, 0)]
     count = 0

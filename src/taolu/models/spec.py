@@ -21,9 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from taolu.config import read_yaml
 from taolu.errors import ConfigError, shown
-from taolu.plain import is_plain
+from taolu.plain import is_plain, read_yaml
 
 Shape = tuple[int, ...]
 # Bounds on a layer list, checked by a dry run on the meta device (no memory): a few bytes of
