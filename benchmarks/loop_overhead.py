@@ -5,7 +5,8 @@ Both loops get the same model (fastcnn, fresh with the same seed each repetition
 (128), in-memory data (the mnist5k training split as uint8 tensors), precision (what taolu
 picks: bf16 autocast on an AVX512-BF16 CPU, channels_last), loss, optimizer and one-cycle
 schedule, and the same thread count:
-  taolu:  taolu.engine.loop.train_one_epoch over data.loaders.Batches + BatchTransform
+  taolu:  taolu.engine.loop.train_one_epoch (engine.step.Stepper) over data.loaders.Batches +
+          BatchTransform
           (augmentation off: this compares loops, not augmentation)
   hand:   slice a permutation, normalise, forward, loss, backward, step, scheduler step
 The two alternate (A B, B A, ...) after a warm-up epoch of each; each epoch is timed from
@@ -31,6 +32,7 @@ from taolu.data.transforms import normalization_stats
 from taolu.engine.loop import train_one_epoch
 from taolu.engine.optim import LrSchedule, build_loss, build_optimizer
 from taolu.engine.precision import Precision, pick_precision
+from taolu.engine.step import Stepper
 from taolu.models import build_model
 
 BATCH_SIZE = 128
@@ -68,16 +70,8 @@ class Setup:
 def taolu_epoch(
     setup: Setup, batches: Batches, transform: BatchTransform, precision: Precision
 ) -> None:
-    train_one_epoch(
-        setup.model,
-        batches,
-        transform,
-        setup.loss_fn,
-        setup.optimizer,
-        setup.scheduler,
-        precision,
-        setup.generator,
-    )
+    stepper = Stepper(setup.model, setup.loss_fn, setup.optimizer, precision, transform)
+    train_one_epoch(stepper, batches, setup.scheduler, setup.generator)
 
 
 def hand_epoch(

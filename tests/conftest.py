@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny generated data, user-style Datasets, CLI runners and file snapshots.
+"""Shared fixtures: tiny generated data, user-style Datasets, CLI runners, file snapshots and a
+headless Chromium for the page tests.
 
 Everything is generated in tmp_path; nothing is downloaded. Training runs are kept tiny
 (digits, 1-4 epochs) so the whole suite runs in about a minute or two on a 2-core CPU.
@@ -26,6 +27,22 @@ from taolu.data.embedded import load_digits, load_mnist5k
 # report=False: drawing report/ takes about half a second per run, and most tests train
 # several runs; tests/test_report.py and test_tensorboard.py cover the report itself.
 QUIET = {"verbose": False, "progress": False, "report": False}
+# The fewest saved options and the preprocessing a hand-made checkpoint needs to load
+# (train_state.REQUIRED_OPTIONS; data.loaders.STORED_KEYS, for a 1-channel 8x8 net).
+MINIMAL_CONFIG = {
+    "data": "digits",
+    "epochs": 3,
+    "val_fraction": 0.2,
+    "precision": "auto",
+    "label_smoothing": 0.1,
+}
+MINIMAL_PREPROCESSING = {
+    "channels": 1,
+    "size": [8, 8],
+    "resize_mode": "squash",
+    "mean": [0.5],
+    "std": [0.25],
+}
 
 
 # --------------------------------------------------------------------------- embedded data
@@ -240,3 +257,37 @@ def cli_main(capsys):
     logger.handlers[:] = saved[0]
     logger.setLevel(saved[1])
     logger.propagate = saved[2]
+
+
+# --------------------------------------------------------------------------- a real browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+# Nothing of Chromium's own reaches out (updates, sync, first-run pages): the page tests
+# check that a page makes no request beyond the server it came from.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture
+def chromium():
+    """Debian's headless Chromium (`apt-get install chromium`), driven by playwright's sync
+    API (never `playwright install`); the test is skipped when either is missing."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"no Chromium at {CHROMIUM} (Debian's chromium package)")
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')"
+    )
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()

@@ -213,7 +213,7 @@ def torch_bytes(value: Any) -> bytes:
 def checkpoint_bytes(state: dict) -> bytes:
     """A checkpoint as taolu saves it, with a valid digest where one can be computed (a
     crafted file can always carry one), else as an older taolu saved it, without."""
-    from taolu.engine import checkpoint as ckpt
+    from taolu import checkpoint as ckpt
 
     state = {key: value for key, value in state.items() if key != ckpt.DIGEST_KEY}
     if not too_big(state):
@@ -223,7 +223,7 @@ def checkpoint_bytes(state: dict) -> bytes:
 
 def too_big(tree: Any) -> bool:
     """Whether `tree` nests too deep or unfolds too far to walk (or write as JSON) here."""
-    from taolu.engine.checkpoint import check_structure
+    from taolu.torch_files import check_structure
 
     try:
         check_structure(tree, Path("case"), limit=1_000_000)
@@ -237,16 +237,16 @@ def make_readers(folder: Path, best: Path) -> dict[str, Reader]:
     from safetensors.torch import save as save_safetensors
     from scipy.io import savemat
 
+    from taolu import checkpoint as ckpt
     from taolu.api import build_train_config
     from taolu.data.csv_list import list_csv
     from taolu.data.decode import decode_file
     from taolu.data.disk_sets import load_disk_dataset
     from taolu.data.sources import read_manifest
-    from taolu.engine import checkpoint as ckpt
-    from taolu.engine.routine import head_name
     from taolu.models.nets import build_fastcnn
     from taolu.models.spec import build_from_spec, load_layer_spec
     from taolu.models.zoo import load_weights
+    from taolu.run.transfer import head_name
 
     sys.path.insert(0, str(Path(__file__).parent))
     from test_disk_sets import (
@@ -261,7 +261,7 @@ def make_readers(folder: Path, best: Path) -> dict[str, Reader]:
     readers["checkpoint"] = Reader(
         files={"best.pt": best.read_bytes()},
         read=lambda root: (
-            ckpt.load_checkpoint(root / "best.pt", resuming=True),
+            ckpt.read_state(root / "best.pt", resuming=True),
             classify_one(root / "best.pt"),
         ),
         tree=lambda: copy.deepcopy(state),

@@ -1,8 +1,8 @@
 """`taolu board`: TensorBoard on a runs folder, on 127.0.0.1 only, the next free port when the
 one asked for is busy, a clean stop on Ctrl-C or SIGTERM, and refusals of folders without runs.
 
-The page test drives Debian's /usr/bin/chromium through playwright (never `playwright
-install`); it is skipped when either is missing.
+The page test drives Debian's /usr/bin/chromium through playwright (conftest's `chromium`);
+it is skipped when either is missing.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import pytest
 
 import taolu
 
-CHROMIUM = Path("/usr/bin/chromium")
 URL_LINE = re.compile(r"taolu: TensorBoard at (http://(\S+):(\d+)/) \(Ctrl-C stops it\)")
 
 
@@ -201,7 +200,7 @@ def test_every_interface_is_warned_about_however_it_is_spelt(runs, tmp_path):
         _, _, err = stop(process, signal.SIGTERM)
     finally:
         kill(process)
-    assert "--host 0 serves TensorBoard to every network this machine is on" in err
+    assert "--host 0.0.0.0 serves TensorBoard to every network this machine is on" in err
 
 
 @pytest.mark.parametrize(
@@ -218,42 +217,30 @@ def test_every_interface_is_warned_about_however_it_is_spelt(runs, tmp_path):
     ],
 )
 def test_listening_everywhere_is_decided_by_the_parsed_address(address, everywhere):
-    from taolu.track.board import listens_everywhere
+    from taolu.ports import listens_everywhere
 
     assert listens_everywhere(address) is everywhere
 
 
-def test_page_shows_the_run_and_its_scalars_in_chromium(runs, tmp_path):
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is missing (Debian's chromium package)")
-    sync_api = pytest.importorskip(
-        "playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')"
-    )
+def test_page_shows_the_run_and_its_scalars_in_chromium(runs, tmp_path, chromium):
     process = start_board(runs, free_port(), tmp_path)
     try:
         url, _, _ = read_url(process)
-        with sync_api.sync_playwright() as p:
-            browser = p.chromium.launch(
-                executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"]
-            )
-            try:
-                page = browser.new_page()
-                page.goto(url, wait_until="domcontentloaded", timeout=60_000)
-                # TensorBoard's Time Series dashboard: the run in the run list ...
-                run_name = page.get_by_text("digits-run", exact=True).filter(visible=True)
-                run_name.first.wait_for(timeout=60_000)
-                # ... and, once the tags are filtered (cards below the fold are not drawn),
-                # the val/acc card with a row for the run in its data table.
-                page.locator('input[placeholder^="Filter tags"]').fill("val/acc")
-                page.keyboard.press("Escape")  # close the tag-name suggestions
-                card_title = page.get_by_text("val/acc", exact=True).filter(visible=True)
-                card_title.first.wait_for(timeout=60_000)
-                deadline = time.monotonic() + 60
-                while run_name.count() < 2 and time.monotonic() < deadline:
-                    time.sleep(0.2)
-                assert run_name.count() >= 2, "the val/acc card shows no row for digits-run"
-            finally:
-                browser.close()
+        page = chromium.new_page()
+        page.goto(url, wait_until="domcontentloaded", timeout=60_000)
+        # TensorBoard's Time Series dashboard: the run in the run list ...
+        run_name = page.get_by_text("digits-run", exact=True).filter(visible=True)
+        run_name.first.wait_for(timeout=60_000)
+        # ... and, once the tags are filtered (cards below the fold are not drawn),
+        # the val/acc card with a row for the run in its data table.
+        page.locator('input[placeholder^="Filter tags"]').fill("val/acc")
+        page.keyboard.press("Escape")  # close the tag-name suggestions
+        card_title = page.get_by_text("val/acc", exact=True).filter(visible=True)
+        card_title.first.wait_for(timeout=60_000)
+        deadline = time.monotonic() + 60
+        while run_name.count() < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert run_name.count() >= 2, "the val/acc card shows no row for digits-run"
     finally:
         kill(process)
 
@@ -292,7 +279,7 @@ def test_a_port_taken_between_the_check_and_the_bind_is_skipped(monkeypatch, cap
     sys.exit(1) on that OSError, so the next port must be taken instead."""
     from taolu.track import board
 
-    monkeypatch.setattr(board, "_port_is_free", lambda host, port: True)
+    monkeypatch.setattr(board, "port_is_free", lambda host, port: True)
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))  # bound, not listening: TensorBoard's connect check passes
         taken = busy.getsockname()[1]
@@ -315,7 +302,7 @@ def test_no_free_port_in_range_is_refused(monkeypatch):
     from taolu.errors import ConfigError
     from taolu.track import board
 
-    monkeypatch.setattr(board, "_port_is_free", lambda host, port: False)
+    monkeypatch.setattr(board, "port_is_free", lambda host, port: False)
     make = board._server_factory("127.0.0.1", 7000, [])
     with pytest.raises(ConfigError, match="no free port from 7000 to 7099"):
         make(None, argparse.Namespace())
@@ -351,11 +338,11 @@ def test_bad_port_is_refused(runs, cli_main):
 
 
 def test_busy_listener_is_seen_by_the_probe():
-    from taolu.track.board import _port_is_free
+    from taolu.ports import port_is_free
 
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        assert not _port_is_free("127.0.0.1", port)
-        assert not _port_is_free("localhost", port)
+        assert not port_is_free("127.0.0.1", port)
+        assert not port_is_free("localhost", port)

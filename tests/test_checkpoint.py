@@ -8,9 +8,10 @@ import pathlib
 
 import pytest
 import torch
+from conftest import MINIMAL_CONFIG, MINIMAL_PREPROCESSING
 
 import taolu
-from taolu.engine.checkpoint import load_checkpoint, save_checkpoint
+from taolu.checkpoint import load_checkpoint, save_checkpoint
 
 
 class CreatesFileWhenUnpickled:
@@ -56,20 +57,8 @@ def sample_state():
         "model_name": None,
         "flags": (True, False),
         "rng": {"torch": torch.get_rng_state()},
-        "config": {
-            "data": "digits",
-            "epochs": 3,
-            "val_fraction": 0.2,
-            "precision": "auto",
-            "label_smoothing": 0.1,
-        },
-        "preprocessing": {
-            "channels": 1,
-            "size": [8, 8],
-            "resize_mode": "squash",
-            "mean": [0.5],
-            "std": [0.25],
-        },
+        "config": dict(MINIMAL_CONFIG),
+        "preprocessing": dict(MINIMAL_PREPROCESSING),
         "model_class": "torch.nn.modules.container.Sequential",
     }
 

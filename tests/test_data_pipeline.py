@@ -30,10 +30,10 @@ from test_data_check import (
 from test_disk_sets import CIFAR10_NAMES, write_cifar10_root
 
 import taolu
+from taolu.checkpoint import load_checkpoint
 from taolu.data.decode import decode_file
 from taolu.data.loaders import Batches, BatchTransform, Preprocessing
 from taolu.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from taolu.engine.checkpoint import load_checkpoint
 from taolu.inference import restore_model
 
 CLASSES = ("ant", "bee")

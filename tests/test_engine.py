@@ -15,14 +15,13 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 
 import taolu
+from taolu.checkpoint import load_checkpoint
 from taolu.data.loaders import Batches, BatchTransform, Preprocessing, balanced_sample_weights
 from taolu.data.sources import ImageTensors
-from taolu.engine.checkpoint import load_checkpoint
-from taolu.engine.loop import StepRules, train_one_epoch
+from taolu.engine.loop import train_one_epoch
 from taolu.engine.optim import LrSchedule, balanced_class_weights, build_optimizer
 from taolu.engine.precision import Precision
-from taolu.engine.recipe import choose_recipe
-from taolu.engine.routine import build_mix
+from taolu.engine.step import Stepper, build_mix
 
 CLASSES = [str(d) for d in range(10)]
 
@@ -149,20 +148,13 @@ def tiny_batches(count=64, batch_size=64, seed=0):
     return batches, BatchTransform(preprocessing, torch.device("cpu"))
 
 
-def one_epoch(model, batches, transform, rules, lr=1.0):
+def one_epoch(model, batches, transform, lr=1.0, **step_options):
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     schedule = LrSchedule(optimizer, "constant", total_steps=len(batches), steps_per_epoch=1)
-    return train_one_epoch(
-        model,
-        batches,
-        transform,
-        nn.CrossEntropyLoss(),
-        optimizer,
-        schedule,
-        Precision("fp32", "cpu"),
-        torch.Generator().manual_seed(0),
-        rules=rules,
+    stepper = Stepper(
+        model, nn.CrossEntropyLoss(), optimizer, Precision("fp32", "cpu"), transform, **step_options
     )
+    return train_one_epoch(stepper, batches, schedule, torch.Generator().manual_seed(0))
 
 
 def test_gradient_clipping_bounds_the_step_and_the_norm_is_reported():
@@ -170,7 +162,7 @@ def test_gradient_clipping_bounds_the_step_and_the_norm_is_reported():
     torch.manual_seed(0)
     model = LinearNet()
     before = [parameter.detach().clone() for parameter in model.parameters()]
-    result = one_epoch(model, batches, transform, StepRules(clip_grad=1e-3))
+    result = one_epoch(model, batches, transform, clip_grad=1e-3)
     change = torch.cat([(p - b).flatten() for p, b in zip(model.parameters(), before, strict=True)])
     assert change.norm() <= 1e-3 * 1.0001  # lr 1, no momentum: the step is the gradient
     assert result.grad_norm > 1e-3  # reported before clipping
@@ -452,18 +444,6 @@ def test_the_recipe_is_printed_and_small_data_gets_a_smaller_batch(
     )
     assert "batch 4," in out
     assert yaml.safe_load((tmp_path / "train2" / "config.yaml").read_text())["batch_size"] == 4
-
-
-def test_recipe_rules():
-    config = taolu.config.TrainConfig()
-    same, reasons = choose_recipe(config, set(), train_images=4000, pretrained=False)
-    assert same == config and reasons == []
-    small, _ = choose_recipe(config, set(), train_images=300, pretrained=False)
-    assert small.batch_size == 32  # >= 8 steps an epoch
-    tuned, reasons = choose_recipe(config, set(), train_images=4000, pretrained=True)
-    assert tuned.lr == 0.01 and "pretrained" in reasons[0]
-    kept, _ = choose_recipe(config, {"lr", "batch_size"}, train_images=300, pretrained=True)
-    assert kept == config
 
 
 # --------------------------------------------------------------------------- speed knobs

@@ -24,11 +24,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import MINIMAL_CONFIG, MINIMAL_PREPROCESSING
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import taolu
-import taolu.engine.checkpoint as checkpoint
-from taolu.engine.checkpoint import copy_checkpoint, load_checkpoint, save_checkpoint
+import taolu.checkpoint as checkpoint
+from taolu.checkpoint import copy_checkpoint, load_checkpoint, save_checkpoint
 
 TESTS = Path(__file__).resolve().parent
 CLASSES = [str(d) for d in range(10)]
@@ -204,7 +205,7 @@ import io, json, os, signal, sys
 params = json.loads(sys.argv[1])
 import torch
 import taolu
-import taolu.engine.checkpoint as checkpoint
+import taolu.checkpoint as checkpoint
 
 real_save = checkpoint.torch.save
 saves = []
@@ -303,21 +304,9 @@ def small_state(epoch: int = 1) -> dict:
     generator = torch.Generator().manual_seed(0)
     return {
         "model": {"0.weight": torch.randn(16, 64, generator=generator), "0.bias": torch.zeros(16)},
-        "config": {
-            "data": "digits",
-            "epochs": 3,
-            "val_fraction": 0.2,
-            "precision": "auto",
-            "label_smoothing": 0.1,
-        },
+        "config": dict(MINIMAL_CONFIG),
         "classes": ["ant", "bee"],
-        "preprocessing": {
-            "channels": 1,
-            "size": [8, 8],
-            "resize_mode": "squash",
-            "mean": [0.5],
-            "std": [0.25],
-        },
+        "preprocessing": dict(MINIMAL_PREPROCESSING),
         "epoch": epoch,
         "model_class": "torch.nn.modules.container.Sequential",
         "history": [{"epoch": 1, "val_acc": 0.5, "flags": (True, None)}],

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 import taolu
+from taolu.checkpoint import load_checkpoint
 from taolu.data.loaders import BatchTransform, Preprocessing
-from taolu.engine.checkpoint import load_checkpoint
 
 pytestmark = [
     pytest.mark.cuda,

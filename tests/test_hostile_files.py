@@ -23,8 +23,8 @@ import yaml
 from PIL import Image
 
 import taolu
+from taolu import checkpoint as ckpt
 from taolu.data.disk_sets import read_idx
-from taolu.engine import checkpoint as ckpt
 from taolu.errors import CheckpointError, ConfigError, DataError
 from taolu.model_export import EXPORT_FORMAT
 
@@ -450,12 +450,14 @@ def test_a_checkpoint_that_unfolds_into_billions_is_refused(digits_run, tmp_path
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"model_name": ["fastcnn"]}, "'model_name' is a list, not a str or None"),
+        ({"model_name": ["fastcnn"]}, "field 'model_name' is not str | None (it is a list"),
         ({"config": {}}, "saved config lacks data, val_fraction"),
-        ({"classes": "ab"}, "'classes' is a str"),
-        ({"epoch": "1"}, "'epoch' is a str, not a int"),
-        ({"model": {"w": [1, 2]}}, "'model' is not name -> tensor"),
-        ({"model_spec": "net.yaml"}, "'model_spec' is a str"),
+        ({"classes": "ab"}, "field 'classes' is not list[str] (it is a str"),
+        ({"classes": ["a", 2]}, "field 'classes' is not list[str]"),
+        ({"classes": []}, "it names no classes"),
+        ({"epoch": "1"}, "field 'epoch' is not int (it is a str: '1')"),
+        ({"model": {"w": [1, 2]}}, "field 'model' is not dict[str, torch.Tensor]"),
+        ({"model_spec": "net.yaml"}, "field 'model_spec' is not list[Any] | None"),
         ({"classes": DROP}, "missing classes"),
     ],
 )
@@ -465,10 +467,22 @@ def test_checkpoint_fields_are_type_checked(digits_run, tmp_path, cli_main, fiel
     refused(code, err, message)
 
 
+def test_a_saved_option_of_the_wrong_type_is_refused(digits_run, tmp_path, cli_main):
+    best = digits_run.run_dir / "weights" / "best.pt"
+    config = ckpt.load_checkpoint(best)["config"]
+    crafted = rewrite(best, tmp_path / "best.pt", config={**config, "label_smoothing": "0.1"})
+    code, _, err = cli_main("eval", crafted)
+    refused(code, err, "saved option 'label_smoothing' is not float (it is a str: '0.1')")
+
+
 def test_a_resumed_checkpoint_needs_its_training_state(shared_run):
     last = shared_run / "weights" / "last.pt"
+    kept = ckpt.load_checkpoint(last)["optimizer"]
     rewrite(last, last, optimizer=DROP)
     with pytest.raises(CheckpointError, match="missing optimizer"):
+        taolu.train(resume=shared_run, epochs=3, verbose=False, progress=False)
+    rewrite(last, last, optimizer=kept, rng={})  # the right type, but nothing in it
+    with pytest.raises(CheckpointError, match="cannot be resumed: its training state is damaged"):
         taolu.train(resume=shared_run, epochs=3, verbose=False, progress=False)
 
 

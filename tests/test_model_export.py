@@ -24,8 +24,8 @@ from PIL import Image
 from torch import nn
 
 import taolu
+from taolu import checkpoint as ckpt
 from taolu.data.embedded import load_digits
-from taolu.engine import checkpoint as ckpt
 from taolu.inference import restore_model
 from taolu.model_export import EXPORT_FORMAT, FORMATS, METADATA_FILE, ExportResult, Normalized
 from taolu.models.nets import build_fastcnn

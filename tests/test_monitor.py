@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 import taolu
-from taolu.engine.checkpoint import load_checkpoint
+from taolu.checkpoint import load_checkpoint
 
 QUIET = dict(verbose=False, progress=False, data="digits")
 

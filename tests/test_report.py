@@ -55,7 +55,6 @@ ALLOWED_TAGS = {
     "code",
 }
 HOSTILE = "<script>alert(1)</script>"
-CHROMIUM = Path("/usr/bin/chromium")
 METRIC_COLUMNS = (
     "epoch,elapsed_seconds,train_loss,train_acc,val_loss,val_acc,val_top5_acc,val_macro_f1,"
     "val_balanced_acc,lr,grad_norm,skipped_batches,train_images_per_second"
@@ -357,35 +356,23 @@ def test_report_in_place_of_a_folder_is_refused(tmp_path):
 # --------------------------------------------------------------------------- a real browser
 
 
-def test_report_renders_in_chromium(trained, tmp_path):
+def test_report_renders_in_chromium(trained, tmp_path, chromium):
     """report.html and a hostile run's page in headless Chromium: every image decodes, no
     request leaves the page, and no script runs."""
-    if not CHROMIUM.exists():
-        pytest.skip(f"no Chromium at {CHROMIUM} (Debian's chromium package)")
-    sync_api = pytest.importorskip(
-        "playwright.sync_api", reason="playwright is not installed (pip install playwright)"
-    )
     hostile = write_fake_run(tmp_path / "hostile", [HOSTILE, "b"], config={"data": HOSTILE})
     pages = [trained / "report" / "report.html", write_report(hostile)]
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"]
+    page = chromium.new_page()
+    requests, dialogs = [], []
+    page.on("request", lambda request: requests.append(request.url))
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    for path in pages:
+        page.goto(path.as_uri(), wait_until="load")
+        images = page.evaluate(
+            "() => Array.from(document.images, i => [i.complete, i.naturalWidth])"
         )
-        try:
-            page = browser.new_page()
-            requests, dialogs = [], []
-            page.on("request", lambda request: requests.append(request.url))
-            page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
-            for path in pages:
-                page.goto(path.as_uri(), wait_until="load")
-                images = page.evaluate(
-                    "() => Array.from(document.images, i => [i.complete, i.naturalWidth])"
-                )
-                assert images and all(done and width > 0 for done, width in images), images
-                assert page.evaluate("() => document.scripts.length") == 0
-            assert page.title().startswith("taolu report: ")
-        finally:
-            browser.close()
+        assert images and all(done and width > 0 for done, width in images), images
+        assert page.evaluate("() => document.scripts.length") == 0
+    assert page.title().startswith("taolu report: ")
     assert not dialogs
     # Only the two pages themselves were loaded (data: URIs are not requests to anywhere).
     assert all(url.startswith(("file://", "data:")) for url in requests), requests

@@ -17,7 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 
 import taolu
-import taolu.engine.routine as routine
+import taolu.run.routine as routine
 
 EPOCHS = 4
 CLASSES = [str(d) for d in range(10)]

@@ -11,8 +11,8 @@ import yaml
 from PIL import Image
 
 import taolu
+from taolu.checkpoint import load_checkpoint
 from taolu.cli import main
-from taolu.engine.checkpoint import load_checkpoint
 
 QUIET = dict(verbose=False, progress=False, batch_size=8, image_size=32, epochs=2)
 

@@ -15,7 +15,7 @@ import torchvision
 from safetensors.torch import save_file
 from torch import nn
 
-from taolu.engine.checkpoint import save_checkpoint
+from taolu.checkpoint import save_checkpoint
 from taolu.errors import CheckpointError, ConfigError
 from taolu.models import zoo
 

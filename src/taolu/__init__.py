@@ -5,6 +5,7 @@ result = taolu.train(epochs=5)
 taolu.evaluate(result.run_dir)
 taolu.predict(result.run_dir, ["digit.png"], topk=3)
 taolu.export(result.run_dir, format="onnx")
+taolu.serve(result.run_dir, port=8000)
 """
 
 import importlib
@@ -29,13 +30,20 @@ _LAZY = {
     "evaluate": "taolu.api",
     "predict": "taolu.api",
     "export": "taolu.model_export",
-    "TrainResult": "taolu.engine.routine",
+    "serve": "taolu.serving",
+    "TrainResult": "taolu.run.records",
 }
+
+
+# Subpackages reachable as taolu.NAME without importing them first.
+_LAZY_MODULES = ("serving",)
 
 
 def __getattr__(name: str) -> object:
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in _LAZY_MODULES:
+        return importlib.import_module(f"taolu.{name}")
     raise AttributeError(f"module 'taolu' has no attribute {name!r}")
 
 
@@ -52,5 +60,6 @@ __all__ = [
     "evaluate",
     "export",
     "predict",
+    "serve",
     "train",
 ]

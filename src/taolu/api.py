@@ -10,6 +10,7 @@ from typing import Any
 from torch import nn
 from torch.utils.data import Dataset
 
+from taolu.checkpoint import find_checkpoint, read_state
 from taolu.config import (
     FIELDS,
     RESUMABLE_OPTIONS,
@@ -20,23 +21,21 @@ from taolu.config import (
 )
 from taolu.data.loaders import Batches, BatchTransform, Preprocessing
 from taolu.data.pipeline import TransformedSplit, check_transforms_option, stored_eval_pipeline
-from taolu.data.sources import (
-    MANIFEST_NAME,
-    check_data_spec,
-    is_named_set,
-    load_data,
-)
+from taolu.data.sources import check_data_spec, is_named_set, load_data
 from taolu.data.user_data import NamedSamples
-from taolu.engine import checkpoint as ckpt
 from taolu.engine.loop import evaluate as evaluate_batches
 from taolu.engine.optim import build_loss, check_optimizer_name
 from taolu.engine.precision import check_device_name, pick_device, pick_precision
-from taolu.engine.routine import TrainResult, UserParts, run_training
 from taolu.errors import ConfigError, DataError
 from taolu.inference import classify_with, expand_inputs, load_classifier, restore_model
+from taolu.layout import LAST_NAME, RunDir
 from taolu.models import check_model_name
 from taolu.models.factory import FACTORY_PATTERN
 from taolu.models.spec import is_spec_path
+from taolu.run.records import TrainResult
+from taolu.run.routine import run_training
+from taolu.run.setup import Resume, UserParts
+from taolu.train_state import TrainState
 
 USER_PREFIX = "user:"
 
@@ -110,7 +109,7 @@ def build_train_config(
     set_options: Mapping[str, Any] | None = None,
     *,
     parts: UserParts | None = None,
-    resume_state: dict[str, Any] | None = None,
+    resume_state: TrainState | None = None,
 ) -> TrainConfig:
     """Resolve the config in taolu's one order: defaults < config file < options < --set.
 
@@ -120,7 +119,7 @@ def build_train_config(
     file_layer = read_config_file(config_file) if config_file else {}
     layers = [file_layer, dict(options), dict(set_options or {})]
     if resume_state is not None:
-        saved = resume_state["config"]
+        saved = resume_state.config
         for layer in layers:
             for key, value in layer.items():
                 if key in FIELDS and key not in RESUMABLE_OPTIONS and key in saved:
@@ -132,7 +131,7 @@ def build_train_config(
                         )
         layers.insert(0, {k: v for k, v in saved.items() if k in FIELDS})
     validators = _validators(parts)
-    if resume_state is not None and resume_state.get("model_spec") is not None:
+    if resume_state is not None and resume_state.model_spec is not None:
         validators.pop("model", None)  # rebuilt from the stored list; its file is never read
     config = resolve_config(*layers, validators=validators)
     if resume_state is None and parts.model is None:
@@ -205,26 +204,26 @@ def _elastic_resume_dir(
             "restarted by torchrun, but without --name the run cannot be found; starting afresh"
         )
         return None
-    if (run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST_NAME).is_file():
+    if RunDir(run_dir).last.is_file():
         print(f"taolu: restarted by torchrun: resuming {run_dir}", flush=True)
         return run_dir
     return None
 
 
 def refuse_model_named_by_checkpoint(
-    state: dict[str, Any], named: Any, parts: UserParts | None
+    state: TrainState, named: Any, parts: UserParts | None
 ) -> None:
     """Resuming must not import code, or read a file, because a checkpoint names it: a run
     trained with `package.module:factory` (importing runs the module's code, and a module
     placed in the run directory may be importable) or with a layer list the checkpoint does
     not hold (older taolu stored only the file's path) continues only when the user names
     the same model again (--model, or model= from Python)."""
-    saved = state["config"].get("model", "")
+    saved = state.config.get("model", "")
     if (parts is not None and parts.model is not None) or str(named or "") == saved:
         return
     if FACTORY_PATTERN.fullmatch(saved):
         what = f"the factory {saved}, which resuming would import and call"
-    elif is_spec_path(saved) and state.get("model_spec") is None:
+    elif is_spec_path(saved) and state.model_spec is None:
         what = f"the layer list {saved}, which this checkpoint names but does not hold"
     else:
         return
@@ -245,25 +244,23 @@ def train_from_options(
 ) -> TrainResult:
     """The one way into training for the CLI and `train`: resolve the layers (on top of the
     run's saved config when resuming), then run the routine."""
-    resume_state = resume_dir = None
     if resume is None:
         resume = _elastic_resume_dir(config_file, options, set_options, parts)
+    named = {**(read_config_file(config_file) if config_file else {}), **options}
+    named.update(set_options or {})
+    continued = None
     if resume is not None:
-        resume_dir = Path(resume)
-        resume_state = ckpt.load_checkpoint(
-            ckpt.find_checkpoint(resume_dir, ckpt.LAST_NAME), resuming=True
-        )
-        named = read_config_file(config_file) if config_file else {}
-        named = {**named, **options, **(set_options or {})}
-        refuse_model_named_by_checkpoint(resume_state, named.get("model"), parts)
+        state = read_state(find_checkpoint(resume, LAST_NAME), resuming=True)
+        refuse_model_named_by_checkpoint(state, named.get("model"), parts)
+        continued = Resume(Path(resume), state)
     resolved = build_train_config(
-        config_file, options, set_options, parts=parts, resume_state=resume_state
+        config_file,
+        options,
+        set_options,
+        parts=parts,
+        resume_state=continued.state if continued else None,
     )
-    file_layer = read_config_file(config_file) if config_file else {}
-    chosen = {*file_layer, *options, *(set_options or {})}
-    return run_training(
-        resolved, parts, resume_dir=resume_dir, resume_state=resume_state, chosen=chosen
-    )
+    return run_training(resolved, parts, resume=continued, chosen=set(named))
 
 
 def evaluate(
@@ -277,10 +274,10 @@ def evaluate(
 ) -> dict[str, Any]:
     """Loss and accuracy of a run's checkpoint (`best` or `last`) on the run's validation
     split, or on `data`. Writes nothing."""
-    path = ckpt.find_checkpoint(run_or_checkpoint, f"{checkpoint}.pt")
-    state = ckpt.load_checkpoint(path)
-    preprocessing = Preprocessing.from_dict(state["preprocessing"])
-    saved = state["config"]
+    path = find_checkpoint(run_or_checkpoint, f"{checkpoint}.pt")
+    state = read_state(path)
+    preprocessing = Preprocessing.from_dict(state.preprocessing)
+    saved = state.config
     torch_device = pick_device(device)
     if isinstance(data, Dataset):
         split = NamedSamples(
@@ -291,7 +288,7 @@ def evaluate(
         spec = str(data) if data is not None else saved["data"]
         _check_data(spec)
         # The run's own split, as recorded when it was trained: files added since stay out.
-        manifest = path.parent.parent / MANIFEST_NAME if data is None else None
+        manifest = RunDir(path.parent.parent).manifest if data is None else None
         bundle = load_data(
             spec,
             manifest=manifest,
@@ -307,17 +304,18 @@ def evaluate(
             raise DataError(
                 f"{spec}: images come out {bundle.size}, the model needs {preprocessing.size}"
             )
-        if list(bundle.classes) != list(state["classes"]):
+        if list(bundle.classes) != list(state.classes):
             raise DataError(
                 f"{spec}: its classes {bundle.classes} are not the ones the model was trained "
-                f"on {state['classes']}"
+                f"on {state.classes}"
             )
         split = bundle.val
         described = f"{bundle.description}, validation split"
     pipeline = stored_eval_pipeline(preprocessing)
     if pipeline is not None and pipeline.has_steps:
         split = TransformedSplit(split, pipeline)
-    restored = restore_model(state, model).to(torch_device)
+    # inference.restore_model still reads the checkpoint as a dict
+    restored = restore_model(state.to_dict(), model).to(torch_device)
     precision = pick_precision(saved["precision"], torch_device)
     batches = Batches(split, batch_size, torch_device, shuffle=False)
     result = evaluate_batches(
@@ -326,7 +324,7 @@ def evaluate(
         BatchTransform(preprocessing, torch_device),
         build_loss(saved["label_smoothing"]).to(torch_device),
         precision,
-        classes=list(state["classes"]),
+        classes=list(state.classes),
     )
     report = result.report
     return {
@@ -336,7 +334,7 @@ def evaluate(
         "loss": result.loss,
         "acc": result.acc,
         **(report.scalars if report is not None else {}),
-        "epoch": state["epoch"],
+        "epoch": state.epoch,
         "per_class": report.per_class if report is not None else {},
         "confusion_matrix": report.confusion_matrix if report is not None else [],
     }

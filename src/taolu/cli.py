@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -176,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_data_commands(commands)
     _add_outcome_commands(commands)
+    _add_serve_command(commands)
     models = commands.add_parser(
         "models",
         help="list trainable models, or show one layer by layer",
@@ -222,6 +224,40 @@ def _add_outcome_commands(commands: argparse._SubParsersAction) -> None:
         "against the PyTorch model at batch 1 and 8.",
     )
     _add_export_arguments(export)
+
+
+def _add_serve_command(commands: argparse._SubParsersAction) -> None:
+    """taolu serve RUN_CKPT_OR_EXPORT [--host H] [--port P] [limits]."""
+    from taolu.serving.options import DEFAULT_PORT, ServeOptions
+
+    serve = commands.add_parser(
+        "serve",
+        help="serve a trained model: a web page and an HTTP API (127.0.0.1 only)",
+        description="Serve the model of RUN_CKPT_OR_EXPORT (a run, a checkpoint, or a file "
+        "`taolu export` wrote) on 127.0.0.1 (other interfaces only with --host), on --port or "
+        "the next free port after it: the page at /, POST /predict (multipart, images in "
+        "fields named files; the JSON of `taolu predict --json`), GET /info, GET /health. "
+        "Ctrl-C stops it.",
+    )
+    serve.add_argument("run", metavar="RUN_CKPT_OR_EXPORT")
+    serve.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    serve.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    serve.add_argument("--host", default="127.0.0.1", help="interface (default: 127.0.0.1)")
+    serve.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"first port tried (default: {DEFAULT_PORT})"
+    )
+    for spec in dataclasses.fields(ServeOptions):
+        serve.add_argument(
+            _flag(spec.name),
+            type=type(spec.default),
+            default=argparse.SUPPRESS,  # not given: ServeOptions' default
+            help=f"{spec.metadata['help']} (default: {spec.default:g})",
+        )
+    serve.add_argument(
+        "--trust-code",
+        action="store_true",
+        help="allow a .torchscript.pt file: it holds code that runs when it is loaded",
+    )
 
 
 def _add_export_arguments(export: argparse.ArgumentParser) -> None:
@@ -507,6 +543,21 @@ def _run_board(args: argparse.Namespace) -> int:
     return run_board(Path(args.runs_dir), host=args.host, port=args.port)
 
 
+def _run_serve(args: argparse.Namespace) -> int:
+    from taolu.serving import ServeOptions, serve
+
+    fields = dataclasses.fields(ServeOptions)
+    return serve(
+        args.run,
+        host=args.host,
+        port=args.port,
+        checkpoint=args.checkpoint,
+        device=args.device,
+        trust_code=args.trust_code,
+        **{spec.name: getattr(args, spec.name) for spec in fields if hasattr(args, spec.name)},
+    )
+
+
 def _run_report(args: argparse.Namespace) -> int:
     from taolu.track.report import write_report
 
@@ -607,6 +658,7 @@ def main(argv: list[str] | None = None) -> int:
         "data": _run_data,
         "models": _run_models,
         "board": _run_board,
+        "serve": _run_serve,
         "report": _run_report,
         "export": _run_export,
     }

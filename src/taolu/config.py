@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from taolu.errors import ConfigError, shown
+from taolu.metric_names import MONITORS, VAL_ACC
 from taolu.plain import read_yaml
 
 EMBEDDED_DATA = ("mnist5k", "digits")
@@ -26,15 +27,6 @@ AUGMENTS = ("auto", "none", "shift", "shift-flip")
 RESIZE_MODES = ("squash", "crop", "pad")
 CACHE_MODES = ("auto", "ram", "disk", "off")
 NORMALIZE_MODES = ("auto", "imagenet", "none")
-MONITORS = (
-    "val/acc",
-    "val/loss",
-    "val/top5_acc",
-    "val/macro_f1",
-    "val/balanced_acc",
-    "train/acc",
-    "train/loss",
-)
 SWITCHES = ("auto", "on", "off")
 # The largest image side taolu resizes to, for --image-size, --transforms and the preprocessing
 # stored in checkpoints and exports: one 4096x4096 RGB image is 50 MB per decoding thread.
@@ -70,7 +62,9 @@ class TrainConfig:
     channels: int = _option(0, "1 (gray) or 3 (RGB); 0 takes the data's own", choices=(0, 1, 3))
     augment: str = _option(
         "auto",
-        "random batch augmentation; auto = shift for digits, shift-flip otherwise",
+        "random batch augmentation; auto = shift-flip for photo folders, CSV lists and "
+        "torchvision's photo sets, shift for digits and your own Datasets (a flip may change "
+        "their class)",
         choices=AUGMENTS,
     )
     cache: str = _option(
@@ -146,13 +140,23 @@ class TrainConfig:
         False, "torch.compile the model (measured slower for small nets on CPU; try it on GPU)"
     )
     # --- loss and optimizer ---
+    # auto: the recipe picks (run/recipe.py): SGD for taolu's tuned nets on enough data and
+    # for pretrained weights, AdamW for everything else (benchmarks/recipe_zoo.py).
     optimizer: str = _option(
-        "sgd",
-        "sgd, adam, adamw, rmsprop, or any other torch.optim optimizer by name (nadam, radam, "
-        "adagrad, ...)",
+        "auto",
+        "auto (SGD for taolu's tuned nets and pretrained weights, else AdamW), sgd, adam, "
+        "adamw, rmsprop, or any other torch.optim optimizer by name (nadam, radam, ...)",
         kind="optimizer",
     )
-    lr: float = _option(0.05, "peak learning rate", gt=0.0)
+    # auto: taolu's tuned value where it has one, else a short lr range test on the real
+    # model and data; config.yaml records the number used.
+    lr: float | str = _option(
+        "auto",
+        "peak learning rate, or auto: the tuned value for taolu's own nets, else a short "
+        "range test on your model and data before training",
+        gt=0.0,
+        words=("auto",),
+    )
     momentum: float = _option(0.9, "SGD/RMSprop momentum", ge=0.0, lt=1.0)
     nesterov: bool = _option(True, "Nesterov momentum for SGD")
     weight_decay: float = _option(
@@ -209,7 +213,7 @@ class TrainConfig:
     # --- run ---
     epochs: int = _option(15, "passes over the training split", ge=1)
     monitor: str = _option(
-        "val/acc",
+        VAL_ACC,
         "the metric that picks the best checkpoint (and early stopping)",
         choices=MONITORS,
     )
@@ -217,9 +221,10 @@ class TrainConfig:
         0, "stop after this many epochs without a better monitored value; 0 = never", ge=0
     )
     on_nan: str = _option(
-        "stop",
-        "when a step's loss is NaN or infinite: stop (best checkpoint kept) or skip the batch",
-        choices=("stop", "skip"),
+        "recover",
+        "when a step's loss is NaN or infinite: recover (back to the weights at the epoch's "
+        "start, lr / 4, up to 3 times), stop (best checkpoint kept) or skip the batch",
+        choices=("recover", "stop", "skip"),
     )
     deterministic: bool = _option(
         False, "deterministic algorithms only: the same seed gives bitwise identical runs on CPU"
@@ -288,7 +293,10 @@ def coerce_option(name: str, value: Any) -> Any:
                 return value
             if isinstance(value, str):
                 return int(value.strip())
-        elif kind == "float":
+        elif kind in ("float", "float | str"):  # "float | str": a number or a word (lr: auto)
+            words = FIELDS[name].metadata.get("words", ())
+            if isinstance(value, str) and value.strip().lower() in words:
+                return value.strip().lower()
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 return float(value)
             if isinstance(value, str):
@@ -306,7 +314,9 @@ def coerce_option(name: str, value: Any) -> Any:
                 return str(value)
     except (ValueError, yaml.YAMLError, RecursionError):  # YAML text for transforms, too
         pass
-    raise ConfigError(f"option '{name}': {shown(value)} is not a valid {kind}")
+    words = FIELDS[name].metadata.get("words", ())
+    expected = f"number or {' or '.join(words)}" if words else kind
+    raise ConfigError(f"option '{name}': {shown(value)} is not a valid {expected}")
 
 
 def _check_rules(name: str, value: Any, validators: Mapping[str, Callable[[str], None]]) -> None:
@@ -326,7 +336,7 @@ def _check_rules(name: str, value: Any, validators: Mapping[str, Callable[[str],
         ("lt", lambda v, b: v < b, "<"),
     )
     for key, holds, sign in bounds:
-        if key in meta and not holds(value, meta[key]):
+        if key in meta and not isinstance(value, str) and not holds(value, meta[key]):
             raise ConfigError(
                 f"option '{name}': {shown_value} is not allowed; it must be {sign} {meta[key]}"
             )

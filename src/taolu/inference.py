@@ -9,25 +9,33 @@ import os
 import struct
 import sys
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from taolu.data.decode import decode_file, fit_to_size, match_channels, to_uint8_chw
+from taolu import checkpoint as ckpt
+from taolu.data.decode import (
+    EncodedImage,
+    decode_file,
+    fit_to_size,
+    match_channels,
+    to_uint8_chw,
+)
 from taolu.data.loaders import BatchTransform, Preprocessing
 from taolu.data.pipeline import stored_eval_pipeline
 from taolu.data.sources import list_image_files
 from taolu.data.transforms import SamplePipeline
-from taolu.engine import checkpoint as ckpt
 from taolu.errors import CheckpointError, ConfigError, DataError
 from taolu.models import build_model
 from taolu.models.factory import FACTORY_PATTERN
 from taolu.models.spec import is_spec_path
+from taolu.torch_files import TORCHSCRIPT as TORCHSCRIPT_ARCHIVE
+from taolu.torch_files import check_archive
 
 # What `artifact_kind` can answer.
 CHECKPOINT, ONNX, TORCHSCRIPT, SAFETENSORS = "checkpoint", "onnx", "torchscript", "safetensors"
@@ -112,6 +120,9 @@ class Classifier:
     forward: Callable[[torch.Tensor], torch.Tensor]
     device: torch.device
     source: str  # checkpoint, onnx, torchscript or safetensors
+    # What is known of the run the model came from: "model", "epoch" and, from a
+    # checkpoint, that epoch's validation "metrics" (val_acc, val_loss, ...).
+    about: dict[str, Any] = field(default_factory=dict)
 
 
 def normalizing_forward(
@@ -128,13 +139,34 @@ def checkpoint_classifier(
 ) -> Classifier:
     """A restored checkpoint model (see `restore_model`) as a Classifier."""
     preprocessing = Preprocessing.from_dict(state["preprocessing"])
+    rows = [row for row in state.get("history", []) if row.get("epoch") == state.get("epoch")]
+    metrics = {
+        key: value
+        for key, value in (rows[-1] if rows else {}).items()
+        if key.startswith("val_") and isinstance(value, float)
+    }
     return Classifier(
         classes=list(state["classes"]),
         preprocessing=preprocessing,
         forward=normalizing_forward(model, preprocessing, device),
         device=device,
         source=CHECKPOINT,
+        about={
+            "model": state.get("model_name") or state.get("model_class", ""),
+            "epoch": state.get("epoch"),
+            "metrics": metrics,
+        },
     )
+
+
+def _exported_about(metadata: dict[str, Any]) -> dict[str, Any]:
+    """Classifier.about for an exported file: its metadata records no metrics."""
+    epoch = str(metadata.get("epoch", ""))
+    return {
+        "model": metadata.get("model_name") or metadata.get("model_class", ""),
+        "epoch": int(epoch) if epoch.isdigit() else None,
+        "metrics": {},
+    }
 
 
 def _looks_like_safetensors(path: Path) -> bool:
@@ -189,7 +221,12 @@ def _onnx_classifier(path: Path, device: torch.device) -> Classifier:
         return torch.from_numpy(session.run(None, {name: images.cpu().numpy()})[0])
 
     return Classifier(
-        metadata["classes"], metadata["preprocessing"], forward, torch.device("cpu"), ONNX
+        metadata["classes"],
+        metadata["preprocessing"],
+        forward,
+        torch.device("cpu"),
+        ONNX,
+        _exported_about(metadata),
     )
 
 
@@ -201,14 +238,8 @@ def _torchscript_classifier(path: Path, device: torch.device, trust_code: bool) 
 
     from taolu.model_export import METADATA_FILE, read_metadata
 
-    if not trust_code:
-        raise CheckpointError(
-            f"{path}: refused: a TorchScript file holds code, which runs when it is loaded and "
-            "can do anything a program can (read or change your files). Load it only if you "
-            "trust whoever made it: taolu predict --trust-code (Python: trust_code=True). A "
-            ".onnx or .safetensors export holds no code"
-        )
-    ckpt.check_archive(path, "TorchScript")
+    refuse_code_unless_trusted(path, trust_code)
+    check_archive(path, TORCHSCRIPT_ARCHIVE)
     metadata = None
     try:
         with zipfile.ZipFile(path) as archive:
@@ -227,7 +258,14 @@ def _torchscript_classifier(path: Path, device: torch.device, trust_code: bool) 
         except Exception as error:
             raise CheckpointError(f"{path}: not a loadable TorchScript file: {error}") from None
     module.eval()
-    return Classifier(decoded["classes"], decoded["preprocessing"], module, device, TORCHSCRIPT)
+    return Classifier(
+        decoded["classes"],
+        decoded["preprocessing"],
+        module,
+        device,
+        TORCHSCRIPT,
+        _exported_about(decoded),
+    )
 
 
 def _safetensors_classifier(
@@ -264,7 +302,22 @@ def _safetensors_classifier(
         normalizing_forward(network, preprocessing, device),
         device,
         SAFETENSORS,
+        _exported_about(metadata),
     )
+
+
+def refuse_code_unless_trusted(path: str | Path, trust_code: bool) -> None:
+    """A TorchScript file (known by its name, *.torchscript.pt, never by what it holds) holds
+    code that runs when it is loaded: load one only when the user says they trust it."""
+    from taolu.model_export import FORMATS
+
+    if str(path).lower().endswith(FORMATS["torchscript"]) and not trust_code:
+        raise CheckpointError(
+            f"{path}: refused: a TorchScript file holds code that would run when it is loaded, "
+            "and could do anything a program can (read or change your files). Load it only if "
+            "you trust whoever made it: --trust-code (Python: trust_code=True); a .onnx or "
+            ".safetensors export, or the run's checkpoint, holds no code"
+        )
 
 
 def load_classifier(
@@ -279,6 +332,7 @@ def load_classifier(
     wrote (.onnx, .torchscript.pt, .safetensors), ready to classify. A TorchScript file holds
     code and is refused unless `trust_code` is True."""
     path = Path(run_or_file).expanduser()
+    refuse_code_unless_trusted(path, trust_code)
     kind = artifact_kind(path) if path.exists() else CHECKPOINT
     if kind == CHECKPOINT:
         state = ckpt.load_checkpoint(ckpt.find_checkpoint(path, f"{checkpoint}.pt"))
@@ -303,7 +357,7 @@ def _load_input(
 ) -> torch.Tensor:
     """One input by the checkpoint's preprocessing: the decoding policy, the fit to size, and
     the eval pipeline derived from the run's --transforms, if it had any."""
-    if isinstance(item, (str, Path)):
+    if isinstance(item, (str, Path, EncodedImage)):
         image = decode_file(
             item, preprocessing.channels, preprocessing.size, preprocessing.resize_mode
         )
@@ -311,6 +365,80 @@ def _load_input(
         image = match_channels(to_uint8_chw(item), preprocessing.channels)
         image = fit_to_size(image, preprocessing.size, preprocessing.resize_mode)
     return pipeline(image) if pipeline is not None else image
+
+
+def input_name(item: Any, index: int) -> str:
+    """What a result calls its input: a file's path, an upload's name, else <image INDEX>."""
+    if isinstance(item, EncodedImage):
+        return item.name
+    return str(item) if isinstance(item, (str, Path)) else f"<image {index}>"
+
+
+def input_reader(
+    classifier: Classifier,
+) -> Callable[[Any], tuple[torch.Tensor | None, str | None]]:
+    """A function reading one input (file, upload or in-memory image) the way `classifier`
+    needs it: (image, None), or (None, the message) when it cannot be read. Thread-safe."""
+    preprocessing = classifier.preprocessing
+    pipeline = stored_eval_pipeline(preprocessing)
+
+    def read(item: Any) -> tuple[torch.Tensor | None, str | None]:
+        try:
+            return _load_input(item, preprocessing, pipeline), None
+        except DataError as error:
+            return None, str(error)
+
+    return read
+
+
+@torch.no_grad()
+def probabilities_of(classifier: Classifier, images: list[torch.Tensor]) -> torch.Tensor:
+    """Class probabilities (N, classes) on the CPU for images as `input_reader` gives them,
+    in one forward pass."""
+    batch = torch.stack(
+        [image.float() / 255 if image.dtype == torch.uint8 else image for image in images]
+    ).to(classifier.device)
+    return classifier.forward(batch).float().softmax(dim=1).cpu()
+
+
+def top_classes(
+    probabilities: torch.Tensor, classes: list[str], topk: int
+) -> list[list[dict[str, Any]]]:
+    """The `topk` most probable classes of each row: [{"class", "probability"}], the
+    probability rounded to 6 decimals (what predict prints)."""
+    values, indices = probabilities.topk(min(topk, len(classes)), dim=1)
+    return [
+        [
+            {"class": classes[i], "probability": round(float(p), 6)}
+            for p, i in zip(row_values, row_indices, strict=True)
+        ]
+        for row_values, row_indices in zip(values.tolist(), indices.tolist(), strict=True)
+    ]
+
+
+def sort_read_inputs(
+    items: list[Any], outcomes: Iterable[tuple[torch.Tensor | None, str | None]], first: int = 0
+) -> tuple[list[dict[str, Any]], list[torch.Tensor], list[int]]:
+    """Items with what `input_reader` made of them -> (one result per item, {"path"} plus
+    "error" where it could not be read; the images that could be; the index of each one's
+    result, for its "predictions"). `first` numbers in-memory images."""
+    results: list[dict[str, Any]] = []
+    images: list[torch.Tensor] = []
+    slots: list[int] = []
+    for offset, (item, (image, error)) in enumerate(zip(items, outcomes, strict=True)):
+        results.append({"path": input_name(item, first + offset)})
+        if image is None:
+            results[-1]["error"] = error
+        else:
+            images.append(image)
+            slots.append(offset)
+    return results, images, slots
+
+
+def check_topk(topk: int) -> None:
+    """Refuse a top-k below 1, naming the option."""
+    if topk < 1:
+        raise ConfigError(f"option 'topk': must be at least 1, got {topk}")
 
 
 def _progress_bar(enabled: bool, total: int, batch_size: int):
@@ -322,7 +450,6 @@ def _progress_bar(enabled: bool, total: int, batch_size: int):
     return tqdm(total=total, desc="predict", unit="img", leave=False, dynamic_ncols=True)
 
 
-@torch.no_grad()
 def classify_with(
     classifier: Classifier,
     items: list[Any],
@@ -337,19 +464,8 @@ def classify_with(
     Files are decoded on `threads` threads (Pillow releases the GIL), a batch at a time."""
     if batch_size < 1:
         raise ConfigError(f"option 'batch_size': must be at least 1, got {batch_size}")
-    if topk < 1:
-        raise ConfigError(f"option 'topk': must be at least 1, got {topk}")
-    preprocessing = classifier.preprocessing
-    classes = classifier.classes
-    pipeline = stored_eval_pipeline(preprocessing)
-    k = min(topk, len(classes))
-
-    def load(item: Any) -> tuple[torch.Tensor | None, str | None]:
-        try:
-            return _load_input(item, preprocessing, pipeline), None
-        except DataError as error:
-            return None, str(error)
-
+    check_topk(topk)
+    read = input_reader(classifier)
     results: list[dict[str, Any]] = []
     bar = _progress_bar(progress, len(items), batch_size)
     workers = threads if threads is not None else min(4, os.cpu_count() or 1)
@@ -357,29 +473,14 @@ def classify_with(
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             for start in range(0, len(items), batch_size):
                 chunk = items[start : start + batch_size]
-                images, slots = [], []
-                for offset, (item, (image, error)) in enumerate(
-                    zip(chunk, pool.map(load, chunk), strict=True)
-                ):
-                    is_file = isinstance(item, (str, Path))
-                    results.append({"path": str(item) if is_file else f"<image {start + offset}>"})
-                    if image is None:
-                        results[-1]["error"] = error
-                    else:
-                        images.append(image)
-                        slots.append(len(results) - 1)
+                chunk_results, images, slots = sort_read_inputs(chunk, pool.map(read, chunk), start)
                 if images:
-                    batch = torch.stack(
-                        [img.float() / 255 if img.dtype == torch.uint8 else img for img in images]
-                    ).to(classifier.device)
-                    probabilities = classifier.forward(batch).float().softmax(dim=1)
-                    values, indices = probabilities.topk(k, dim=1)
-                    rows = zip(slots, values.cpu().tolist(), indices.cpu().tolist(), strict=True)
-                    for slot, row_values, row_indices in rows:
-                        results[slot]["predictions"] = [
-                            {"class": classes[i], "probability": round(float(p), 6)}
-                            for p, i in zip(row_values, row_indices, strict=True)
-                        ]
+                    ranked = top_classes(
+                        probabilities_of(classifier, images), classifier.classes, topk
+                    )
+                    for slot, predictions in zip(slots, ranked, strict=True):
+                        chunk_results[slot]["predictions"] = predictions
+                results += chunk_results
                 if bar is not None:
                     bar.update(len(chunk))
     finally:

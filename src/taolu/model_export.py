@@ -46,8 +46,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from taolu import checkpoint as ckpt
 from taolu.data.loaders import Preprocessing
-from taolu.engine import checkpoint as ckpt
 from taolu.errors import CheckpointError, ConfigError, ExportError, TaoluError
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "safetensors": ".safetensors"}

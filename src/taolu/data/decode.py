@@ -6,8 +6,10 @@ Training, eval, predict and export all go through `decode_file` / `to_uint8_chw`
 
 from __future__ import annotations
 
+import io
 import os
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,15 @@ from taolu.errors import DataError
 
 # Pillow's own limit (about 89 megapixels); beyond it decoding could exhaust memory.
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS
+
+
+@dataclass(frozen=True)
+class EncodedImage:
+    """An image file's bytes held in memory (an upload to `taolu serve`), with the name that
+    results and messages use in place of a path."""
+
+    name: str
+    data: bytes
 
 
 def _flatten_to_rgb_or_gray(image: Image.Image) -> Image.Image:
@@ -41,20 +52,24 @@ def _flatten_to_rgb_or_gray(image: Image.Image) -> Image.Image:
     return image.convert("RGB")  # CMYK, YCbCr, LAB, HSV
 
 
-def open_image(path: str | Path, draft_size: tuple[int, int] | None = None) -> Image.Image:
-    """Open an image file as an 'L' or 'RGB' Pillow image, upright, first frame only.
+def open_image(
+    source: str | Path | EncodedImage, draft_size: tuple[int, int] | None = None
+) -> Image.Image:
+    """Open an image file (or an image file's bytes) as an 'L' or 'RGB' Pillow image, upright,
+    first frame only.
 
     `draft_size` lets the JPEG decoder scale down by 1/2, 1/4 or 1/8 while decoding, as long
     as both sides stay at least that large: several times faster for photos bound for a
     small training size. Raises DataError naming the file for anything unreadable,
     including images whose header claims more pixels than Pillow's decompression-bomb limit.
     """
-    path = Path(path)
+    in_memory = isinstance(source, EncodedImage)
+    path = source.name if in_memory else Path(source)
     try:
         # A FIFO or device would block or stream forever on open(); only read regular files.
-        if not stat.S_ISREG(os.stat(path).st_mode):
+        if not in_memory and not stat.S_ISREG(os.stat(path).st_mode):
             raise DataError(f"{path}: not a regular file")
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(source.data) if in_memory else path) as image:
             # Pillow raises above twice its limit and only warns below; refuse both, from the
             # header, before any pixel is allocated. (No warnings filter: the cache decodes on
             # threads, and changing filters is not thread-safe.)
@@ -144,8 +159,8 @@ def fit_to_size(image: torch.Tensor, size: tuple[int, int], mode: str) -> torch.
 
 
 def decode_file(
-    path: str | Path, channels: int, size: tuple[int, int], resize_mode: str
+    path: str | Path | EncodedImage, channels: int, size: tuple[int, int], resize_mode: str
 ) -> torch.Tensor:
-    """An image file as uint8 (channels, H, W) at `size`, by the one policy."""
+    """An image file (or its bytes) as uint8 (channels, H, W) at `size`, by the one policy."""
     image = to_uint8_chw(open_image(path, draft_size=(size[1], size[0])))
     return fit_to_size(match_channels(image, channels), size, resize_mode)

@@ -199,14 +199,15 @@ def measure_preprocessing(
 def batch_transforms(
     augment: str, prepared: TrainingData, device: torch.device, channels_last: bool
 ) -> tuple[BatchTransform, BatchTransform, str]:
-    """(train transform, eval transform, augmentation used). `auto` shifts digits and also
-    flips everything else; the shift is about 1/14 of the image side (2 px at 28 px). With a
-    per-sample pipeline the batches are only normalised: the pipeline already augmented."""
+    """(train transform, eval transform, augmentation used). `auto` shifts every image and
+    also flips those a flip keeps in their class (DataBundle.flips_keep_classes); the shift is
+    about 1/14 of the image side (2 px at 28 px). With a per-sample pipeline the batches are
+    only normalised: the pipeline already augmented."""
     bundle, preprocessing = prepared.bundle, prepared.preprocessing
     if prepared.per_sample:
         augment = "none"
     elif augment == "auto":
-        augment = "shift" if bundle.digits else "shift-flip"
+        augment = "shift-flip" if bundle.flips_keep_classes else "shift"
     shift = 0 if augment == "none" else max(1, round(min(bundle.size) / 14))
     train = BatchTransform(
         preprocessing,

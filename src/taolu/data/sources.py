@@ -83,6 +83,17 @@ class DataBundle:
     digits: bool  # digit images must not be flipped
     description: str
     listing: FileListing | None = None  # for file-based data: what each split was made of
+    # The caller's own Datasets: what the images show is unknown, so a flip may change the
+    # class (a mirrored digit, letter or sign).
+    user_data: bool = False
+
+    @property
+    def flips_keep_classes(self) -> bool:
+        """Whether a horizontal flip keeps every image's class: known for taolu's sources
+        (photo folders, CSV lists, torchvision's photo sets), never assumed for digits or for
+        a user's Dataset (measured: flipping the seed's RGB digit arrays cost 4.6 points,
+        benchmarks/recipe_zoo.py case tudui-rgb)."""
+        return not self.digits and not self.user_data
 
 
 def is_embedded(spec: str) -> bool:

@@ -117,4 +117,5 @@ def bundle_datasets(
         size=size,
         digits=False,
         description=f"{type(first.dataset).__name__} (your Dataset)",
+        user_data=True,
     )

@@ -1,2 +1,2 @@
-"""The training routine and its parts: device and precision, loss and optimizer, the loops,
-checkpoints."""
+"""The training engine, with explicit arguments only: the training step, the epoch loops, the
+lr finder, loss/optimizer/schedule factories, metrics, device and precision, processes."""

@@ -131,6 +131,17 @@ def share_from_main(cluster: Cluster, item: Any) -> Any:
     return holder[0]
 
 
+def buffers_from_main(cluster: Cluster, module: torch.nn.Module) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) into every process's `module`.
+    DDP broadcasts them at the start of each training forward, so after the last step each
+    process holds statistics updated by its own last batch; evaluating with those would score
+    weights that differ from the checkpoint rank 0 saves."""
+    if not cluster.active:
+        return
+    for buffer in module.buffers():
+        dist.broadcast(buffer.data, src=0)
+
+
 def barrier(cluster: Cluster) -> None:
     if cluster.active:
         dist.barrier()

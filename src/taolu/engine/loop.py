@@ -10,16 +10,11 @@ import torch
 from torch import nn
 
 from taolu.data.loaders import Batches, BatchTransform
-from taolu.engine.distributed import (
-    SINGLE_PROCESS,
-    Cluster,
-    all_agree,
-    gather_to_main,
-    sum_across,
-)
+from taolu.engine.distributed import SINGLE_PROCESS, Cluster, gather_to_main, sum_across
 from taolu.engine.metrics import ClassMetrics, ClassReport
 from taolu.engine.optim import LrSchedule
 from taolu.engine.precision import Precision
+from taolu.engine.step import Stepper
 
 
 @dataclass
@@ -71,36 +66,11 @@ class EpochStart:
 
 
 class NonFiniteLoss(Exception):
-    """A training step's loss was NaN or infinite and --on-nan is stop."""
+    """A training step's loss was NaN or infinite and --on-nan is stop or recover."""
 
     def __init__(self, batch: int, loss: float):
         super().__init__(f"batch {batch}: loss {loss}")
         self.batch, self.loss = batch, loss
-
-
-@dataclass(frozen=True)
-class StepRules:
-    """How each batch becomes an optimizer step, beyond forward-backward-step.
-
-    accumulate: batches whose gradients add up before one optimizer step.
-    clip_grad: clip the global gradient norm to this (0 = off).
-    on_nan: "stop" raises NonFiniteLoss before the bad batch touches the weights; "skip"
-        leaves the batch out.
-    mix: mixup/cutmix, (inputs, labels) -> (mixed inputs, soft targets (B, classes)).
-    ema: the averaged model, updated after every optimizer step.
-    """
-
-    accumulate: int = 1
-    clip_grad: float = 0.0
-    on_nan: str = "stop"
-    mix: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
-    ema: torch.optim.swa_utils.AveragedModel | None = None
-    # Called with the model at the epoch's last optimizer step, gradients still in place
-    # (gradient histograms).
-    inspect_gradients: Callable[[nn.Module], None] | None = None
-    cluster: Cluster = SINGLE_PROCESS  # under DDP: the NaN verdict and the epoch's sums are shared
-    # Asked after every optimizer step; True ends the epoch there (a stop was requested).
-    should_stop: Callable[[], bool] | None = None
 
 
 def steps_per_epoch(batches: int, accumulate: int) -> int:
@@ -108,153 +78,146 @@ def steps_per_epoch(batches: int, accumulate: int) -> int:
 
 
 def train_one_epoch(
-    model: nn.Module,
+    stepper: Stepper,
     batches: Batches,
-    transform: BatchTransform,
-    loss_fn: nn.Module,
-    optimizer: torch.optim.Optimizer,
     schedule: LrSchedule,
-    precision: Precision,
     generator: torch.Generator,
-    scaler: torch.amp.GradScaler | None = None,
-    rules: StepRules = StepRules(),
-    on_step: Callable[[int, torch.Tensor, torch.Tensor, int], None] | None = None,
-    after_train_mode: Callable[[nn.Module], None] | None = None,
+    *,
+    on_nan: str = "stop",
     start: EpochStart | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    on_step: Callable[[int, torch.Tensor, torch.Tensor, int], None] | None = None,
+    inspect_gradients: Callable[[nn.Module], None] | None = None,
 ) -> EpochResult:
-    """Forward, loss, backward for every batch; an optimizer step every `rules.accumulate`.
+    """Every batch through `stepper`; an optimizer step (and a schedule step) every
+    `stepper.accumulate` batches.
 
-    `start` continues an epoch stopped part way; when `rules.should_stop()` answers True after
-    an optimizer step, the epoch ends there and `stopped` says how to continue it.
-
-    `on_step(i, loss, correct, images_seen)` gets device tensors, so a GPU is only synchronised
-    when the caller reads them. Loss and accuracy are summed on the device.
+    on_nan: "stop" and "recover" raise NonFiniteLoss before the bad batch touches the
+        weights (the caller recovers); "skip" leaves the batch out.
+    start: continues an epoch stopped part way. When `should_stop()` answers True after an
+        optimizer step, the epoch ends there and `stopped` says how to continue it.
+    on_step(i, loss, correct, images_seen) gets device tensors, so a GPU is only synchronised
+        when the caller reads them. Loss and accuracy are summed on the device.
+    inspect_gradients: called with the network at the epoch's last optimizer step, gradients
+        still in place (gradient histograms).
     """
-    model.train()
-    if after_train_mode is not None:  # e.g. frozen BatchNorm layers back to eval mode
-        after_train_mode(model)
-    device = transform.mean.device
+    stepper.train_mode()
     start = start or EpochStart()
-    loss_sum = torch.tensor(start.loss_sum, device=device)
-    correct = torch.tensor(start.correct, device=device, dtype=torch.long)
-    step_losses, grad_norms, seen, skipped = [], [], start.seen, start.skipped
-    planned = len(batches)
-    window_losses = []  # losses of the batches whose gradients wait for the next step
-    step_lrs: list[float] = []
-    optimizer.zero_grad(set_to_none=True)
-    steps = start.steps
+    tally = EpochTally(start, stepper.transform.mean.device)
+    window = StepWindow(stepper, schedule)
+    planned, accumulate = len(batches), stepper.accumulate
+    stepper.optimizer.zero_grad(set_to_none=True)
     stopped = None
     order = start.order if start.order is not None else batches.order(generator)
     started = time.perf_counter() - start.seconds
     batch_list = batches.iterate(generator, order=order)
     for index, (images, labels) in enumerate(batch_list, start=start.first_batch):
-        inputs = transform(images, generator)  # (B, C, H, W), augmented and normalised
-        targets = labels
-        if rules.mix is not None:
-            inputs, targets = rules.mix(inputs, labels)  # targets (B, classes), soft
-        with precision.autocast():
-            logits = model(inputs)  # (B, classes)
-            loss = loss_fn(logits, targets)
-        # One host sync per step: the price of acting before a bad batch touches the weights.
-        # Under DDP every process must take the same decision, or the others would wait.
-        if not all_agree(rules.cluster, bool(torch.isfinite(loss.detach()))):
-            if rules.on_nan == "stop":
+        loss, logits = stepper.forward(images, labels, generator)
+        if not stepper.finite(loss):
+            if on_nan != "skip":
                 raise NonFiniteLoss(index, float(loss.detach()))
-            skipped += 1
-            loss = None
-        window_start = index - index % rules.accumulate
-        window = min(rules.accumulate, planned - window_start)
-        if loss is not None:
-            scaled = loss / window if window > 1 else loss
-            (scaler.scale(scaled) if scaler is not None else scaled).backward()
-            window_losses.append(loss.detach())
-            batch = labels.shape[0]
-            seen += batch
-            loss_sum += loss.detach() * batch
-            correct += (logits.detach().argmax(1) == labels).sum()
-            if on_step is not None:
-                on_step(index, loss.detach(), correct, seen)
-        if (index + 1) % rules.accumulate == 0 or index + 1 == planned:
-            step_lrs.append(optimizer.param_groups[0]["lr"])
-            if index + 1 == planned and rules.inspect_gradients is not None and window_losses:
-                rules.inspect_gradients(model)
-            _finish_step(
-                model, optimizer, scaler, rules, schedule, window_losses, step_losses, grad_norms
-            )
-            steps += 1
-            if rules.should_stop is not None and index + 1 < planned and rules.should_stop():
-                done = index + 1 - start.first_batch  # batches taken from `order` here
-                stopped = EpochStart(
-                    order=order[done * batches.batch_size :].cpu(),
-                    first_batch=index + 1,
-                    loss_sum=float(loss_sum),
-                    correct=int(correct),
-                    seen=seen,
-                    skipped=skipped,
-                    steps=steps,
-                    seconds=time.perf_counter() - started,
-                )
-                break
-    if window_losses:  # undecodable files left the last window short
-        step_lrs.append(optimizer.param_groups[0]["lr"])
-        _finish_step(
-            model, optimizer, scaler, rules, schedule, window_losses, step_losses, grad_norms
-        )
-        steps += 1
-    seconds = time.perf_counter() - started
-    loss_sum, correct, seen_count = sum_across(
-        rules.cluster, loss_sum, correct, torch.tensor(seen, device=device)
-    )
-    seen = int(seen_count)
-    return EpochResult(
-        loss=float(loss_sum) / max(seen, 1) if seen else float("nan"),
-        acc=float(correct) / max(seen, 1),
-        images=seen,
-        seconds=seconds,
-        step_losses=[float(value) for value in torch.stack(step_losses).float().cpu()]
-        if step_losses
-        else [],
-        steps=steps,
-        skipped_batches=skipped,
-        grad_norm=float(torch.stack(grad_norms).mean()) if grad_norms else None,
-        step_lrs=step_lrs,
-        step_grad_norms=[float(v) for v in torch.stack(grad_norms).cpu()] if grad_norms else [],
-        stopped=stopped,
-    )
-
-
-def _finish_step(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler | None,
-    rules: StepRules,
-    schedule: LrSchedule,
-    window_losses: list[torch.Tensor],
-    step_losses: list[torch.Tensor],
-    grad_norms: list[torch.Tensor],
-) -> None:
-    """End one optimizer step: measure (and clip) the gradient norm, step, update the EMA,
-    clear the gradients, advance the schedule. A window whose every batch was skipped
-    applies nothing, but the schedule still advances: it follows the run's position."""
-    if window_losses:
-        if scaler is not None:
-            scaler.unscale_(optimizer)  # measure and clip the true gradients, not scaled ones
-        gradients = [p.grad for p in model.parameters() if p.grad is not None]
-        norm = torch.nn.utils.get_total_norm(gradients)
-        if rules.clip_grad > 0:
-            torch.nn.utils.clip_grads_with_norm_(model.parameters(), rules.clip_grad, norm)
-        grad_norms.append(norm.detach())
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
+            tally.skipped += 1
         else:
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if rules.ema is not None:
-            rules.ema.update_parameters(model)
-        step_losses.append(torch.stack(window_losses).mean())
-        window_losses.clear()
-    schedule.step()
+            window_start = index - index % accumulate
+            stepper.backward(loss, min(accumulate, planned - window_start))
+            window.losses.append(loss.detach())
+            tally.add(loss.detach(), logits.detach(), labels)
+            if on_step is not None:
+                on_step(index, loss.detach(), tally.correct, tally.seen)
+        if (index + 1) % accumulate == 0 or index + 1 == planned:
+            if index + 1 == planned and inspect_gradients is not None and window.losses:
+                inspect_gradients(stepper.network)
+            window.finish()
+            tally.steps += 1
+            if should_stop is not None and index + 1 < planned and should_stop():
+                done = index + 1 - start.first_batch  # batches taken from `order` here
+                rest = order[done * batches.batch_size :].cpu()
+                stopped = tally.paused(rest, index + 1, time.perf_counter() - started)
+                break
+    if window.losses:  # undecodable files left the last window short
+        window.finish()
+        tally.steps += 1
+    seconds = time.perf_counter() - started
+    return tally.result(window, stepper.cluster, seconds, stopped)
+
+
+class EpochTally:
+    """A training epoch's sums so far, kept on the device (read once, at the end)."""
+
+    def __init__(self, start: EpochStart, device: torch.device):
+        self.loss_sum = torch.tensor(start.loss_sum, device=device)
+        self.correct = torch.tensor(start.correct, device=device, dtype=torch.long)
+        self.seen, self.skipped, self.steps = start.seen, start.skipped, start.steps
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        batch = labels.shape[0]
+        self.seen += batch
+        self.loss_sum += loss * batch
+        self.correct += (logits.argmax(1) == labels).sum()
+
+    def paused(self, order: torch.Tensor, next_batch: int, seconds: float) -> EpochStart:
+        """How to continue the epoch from `next_batch`, `order` holding the samples to come."""
+        return EpochStart(
+            order=order,
+            first_batch=next_batch,
+            loss_sum=float(self.loss_sum),
+            correct=int(self.correct),
+            seen=self.seen,
+            skipped=self.skipped,
+            steps=self.steps,
+            seconds=seconds,
+        )
+
+    def result(
+        self, window: StepWindow, cluster: Cluster, seconds: float, stopped: EpochStart | None
+    ) -> EpochResult:
+        """The epoch's figures, summed over every process."""
+        device = self.loss_sum.device
+        loss_sum, correct, seen_count = sum_across(
+            cluster, self.loss_sum, self.correct, torch.tensor(self.seen, device=device)
+        )
+        seen = int(seen_count)
+        norms = window.grad_norms
+        return EpochResult(
+            loss=float(loss_sum) / max(seen, 1) if seen else float("nan"),
+            acc=float(correct) / max(seen, 1),
+            images=seen,
+            seconds=seconds,
+            step_losses=_floats(window.step_losses),
+            steps=self.steps,
+            skipped_batches=self.skipped,
+            grad_norm=float(torch.stack(norms).mean()) if norms else None,
+            step_lrs=window.lrs,
+            step_grad_norms=_floats(norms),
+            stopped=stopped,
+        )
+
+
+class StepWindow:
+    """The batches of the optimizer step under way, and what each finished step recorded."""
+
+    def __init__(self, stepper: Stepper, schedule: LrSchedule):
+        self.stepper, self.schedule = stepper, schedule
+        self.losses: list[torch.Tensor] = []  # of the batches whose gradients wait
+        self.step_losses: list[torch.Tensor] = []
+        self.grad_norms: list[torch.Tensor] = []
+        self.lrs: list[float] = []
+
+    def finish(self) -> None:
+        """One optimizer step from the window's gradients. A window whose every batch was
+        skipped applies nothing, but the schedule still advances: it follows the run's
+        position."""
+        self.lrs.append(self.stepper.lr)
+        if self.losses:
+            self.grad_norms.append(self.stepper.apply())
+            self.step_losses.append(torch.stack(self.losses).mean())
+            self.losses.clear()
+        self.schedule.step()
+
+
+def _floats(values: list[torch.Tensor]) -> list[float]:
+    """Device scalars as floats, read in one transfer."""
+    return [float(value) for value in torch.stack(values).float().cpu()] if values else []
 
 
 @torch.no_grad()

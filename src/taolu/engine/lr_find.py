@@ -3,182 +3,198 @@ lr grows exponentially, record the loss, suggest an lr, then put the model and o
 
 from __future__ import annotations
 
-import copy
 import csv
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
-from taolu.data.loaders import Batches, BatchTransform
-from taolu.engine.precision import Precision
+from taolu.data.loaders import Batches
+from taolu.engine.step import Stepper, set_lr
+from taolu.layout import LR_FIND_CSV, LR_FIND_PLOT
 
-SMOOTHING_BETA = 0.98
-# Divergence is not judged during the first steps: the smoothed loss there averages only a few
-# noisy batches, and one unlucky batch could otherwise end the sweep before it starts.
+# Divergence is not judged during the first steps: the average there has seen only a few noisy
+# batches, and one unlucky batch could otherwise end the sweep before it starts.
 WARMUP_STEPS = 5
-# Fewer points than this before the minimum give no trustworthy slope.
-MIN_POINTS_FOR_SLOPE = 5
+# The suggestion's rules, each checked against training at a grid of lrs on the 13 cases of
+# benchmarks/recipe_zoo.py (see suggest_lr):
+FLAT_DROP = 0.05  # a smoothed loss that never falls this share below its start learned nothing
+FLAT_DIVISOR = 50  # a flat curve's suggestion: this far below where the loss starts to climb
+CLIMB = 1.2  # the loss "climbs" where it passes this multiple of where it started
+VALLEY_DIVISOR = 10  # the climbing point's lr is ~10x too high to train at
 
 
 @dataclass
 class LrSweep:
     lrs: list[float]  # lr used at each step (of the first param group)
     losses: list[float]  # raw per-step training loss
-    smoothed: list[float]  # exponentially smoothed, bias-corrected loss
+    smoothed: list[float]  # centred moving average of the losses (see suggest_lr)
     suggested_lr: float  # see suggest_lr
     stopped_early: bool  # True when the loss diverged before the last step
 
 
 def sweep_lr(
-    model: nn.Module,
+    stepper: Stepper,
     batches: Batches,
-    transform: BatchTransform,
-    loss_fn: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    precision: Precision,
     generator: torch.Generator,
     *,
     start_lr: float = 1e-6,
     end_lr: float = 10.0,
     steps: int = 100,
     diverge_factor: float = 4.0,
-    after_train_mode: Callable[[nn.Module], None] | None = None,
+    band: tuple[float, float] | None = None,
 ) -> LrSweep:
-    """Train for up to `steps` batches with the lr rising exponentially from `start_lr` to
-    `end_lr`, recording each step's loss; return the curve and a suggested lr.
+    """Take up to `steps` optimizer steps, exactly as training takes them (`stepper`: mixing,
+    accumulation, clipping, the EMA), with the lr rising exponentially from `start_lr` to
+    `end_lr`; record each step's loss; return the curve and a suggested lr.
 
     The lr is set on the first param group; every other group keeps its ratio to the first
     (a backbone at 0.1x the head stays at 0.1x). `batches` is iterated for as many epochs as
-    needed. The sweep stops when the smoothed loss exceeds `diverge_factor` times the best
-    smoothed loss so far (judged only after the first few steps) or at once when the loss is
-    not finite; a non-finite loss is not recorded.
+    needed. The sweep stops when an exponential average of the loss exceeds `diverge_factor`
+    times its best (judged only after the first few steps) or at once when a loss is not
+    finite; a non-finite loss is not recorded. `band` bounds the suggestion (see suggest_lr).
 
-    Afterwards the model's weights and buffers, the optimizer's state and hyperparameters, each
-    group's lr and each module's train/eval mode are what they were before, also when the sweep
-    raises. Gradients are left as None. torch's global RNG (CPU and the device's, which dropout
-    uses) is restored too. `generator` IS consumed (batch order, shifts, flips): pass a separate
-    generator, or save and restore its state, if the training that follows must draw the same
-    batches as a run without the sweep.
+    Afterwards everything the step changes (`Stepper.snapshot`: weights and buffers, the
+    optimizer's state and each group's lr, the EMA, the grad scaler) and each module's
+    train/eval mode are what they were before, also when the sweep raises. Gradients are left
+    as None. torch's global RNG (CPU and the device's, which dropout uses) is restored too.
+    `generator` IS consumed (batch order, shifts, flips): pass a separate generator, or save
+    and restore its state, if the training that follows must draw the same batches as a run
+    without the sweep.
     """
     if steps < 2:
         raise ValueError(f"steps must be at least 2, got {steps}")
     if not 0 < start_lr < end_lr:
         raise ValueError(f"need 0 < start_lr < end_lr, got {start_lr} and {end_lr}")
-    saved_model = copy.deepcopy(model.state_dict())
-    saved_optimizer = copy.deepcopy(optimizer.state_dict())
-    # Tensor lrs are cloned: the sweep fills them in place.
-    saved_lrs = [_copy_lr(group["lr"]) for group in optimizer.param_groups]
-    saved_modes = {module: module.training for module in model.modules()}
-    first = float(saved_lrs[0])
+    saved = stepper.snapshot()
+    saved_modes = {module: module.training for module in stepper.network.modules()}
+    first = float(saved.lrs[0])
     # A first group with lr 0 gives no ratio to keep; every group then follows the sweep.
-    ratios = [float(lr) / first if first > 0 else 1.0 for lr in saved_lrs]
+    ratios = [float(lr) / first if first > 0 else 1.0 for lr in saved.lrs]
     try:
         with _fork_global_rng(batches.device):
-            return _sweep(
-                model,
-                _endless(batches, generator),
-                transform,
-                loss_fn,
-                optimizer,
-                precision,
-                generator,
-                ratios,
-                start_lr,
-                end_lr,
-                steps,
-                diverge_factor,
-                after_train_mode,
+            stream = _endless(batches, generator)
+            lrs, losses, stopped_early = _sweep(
+                stepper, stream, generator, ratios, start_lr, end_lr, steps, diverge_factor
+            )
+            smoothed = centred_mean(losses, _half_window(len(losses)))
+            return LrSweep(
+                lrs, losses, list(smoothed), suggest_lr(lrs, losses, band), stopped_early
             )
     finally:
-        model.load_state_dict(saved_model)
-        optimizer.load_state_dict(saved_optimizer)
-        for group, lr in zip(optimizer.param_groups, saved_lrs, strict=True):
-            _set_lr(group, lr)
-        optimizer.zero_grad(set_to_none=True)
+        stepper.restore(saved)
         for module, training in saved_modes.items():
             module.training = training
 
 
 def _sweep(
-    model: nn.Module,
+    stepper: Stepper,
     stream: Iterator[tuple[torch.Tensor, torch.Tensor]],
-    transform: BatchTransform,
-    loss_fn: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    precision: Precision,
     generator: torch.Generator,
     ratios: list[float],
     start_lr: float,
     end_lr: float,
     steps: int,
     diverge_factor: float,
-    after_train_mode: Callable[[nn.Module], None] | None,
-) -> LrSweep:
-    model.train()
-    if after_train_mode is not None:  # e.g. frozen BatchNorm layers back to eval mode
-        after_train_mode(model)
-    # A fresh scaler: the run's own scaler keeps its scale, and this one's growth does not leak.
-    scaler = precision.grad_scaler()
-    lrs, losses, smoothed = [], [], []
+) -> tuple[list[float], list[float], bool]:
+    stepper.train_mode()
+    stepper.optimizer.zero_grad(set_to_none=True)
+    lrs, losses = [], []
+    # The stop rule's average forgets at a pace fitted to the sweep's length (0.98 at 100).
+    beta = 1 - 2 / max(steps, 4)
     average, best, stopped_early = 0.0, math.inf, False
     for step in range(steps):
         lr = start_lr * (end_lr / start_lr) ** (step / (steps - 1))
-        for group, ratio in zip(optimizer.param_groups, ratios, strict=True):
-            _set_lr(group, lr * ratio)
-        images, labels = next(stream)
-        inputs = transform(images, generator)  # (B, C, H, W), augmented and normalised
-        with precision.autocast():
-            logits = model(inputs)  # (B, classes)
-            loss = loss_fn(logits, labels)
-        value = float(loss.detach().float())  # read every step: the stop rule needs it
-        if not math.isfinite(value):
+        for group, ratio in zip(stepper.optimizer.param_groups, ratios, strict=True):
+            set_lr(group, lr * ratio)
+        value = _one_step(stepper, stream, generator)
+        if value is None:
             stopped_early = True
             break
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
-        average = SMOOTHING_BETA * average + (1 - SMOOTHING_BETA) * value
-        # Dividing by 1 - beta^n removes the pull towards the initial 0 of the average.
-        current = average / (1 - SMOOTHING_BETA ** (step + 1))
+        average = beta * average + (1 - beta) * value
+        current = average / (1 - beta ** (step + 1))  # without the pull towards the first 0
         lrs.append(lr)
         losses.append(value)
-        smoothed.append(current)
         best = min(best, current)
         if step >= WARMUP_STEPS and current > diverge_factor * best:
             stopped_early = step < steps - 1
             break
-    return LrSweep(lrs, losses, smoothed, suggest_lr(lrs, smoothed), stopped_early)
+    return lrs, losses, stopped_early
 
 
-def suggest_lr(lrs: list[float], smoothed: list[float]) -> float:
-    """The lr where the smoothed loss falls fastest against log10(lr), looking only at the
-    points before the smoothed loss's minimum (past it the loss is rising or about to) and
-    after the first tenth of the sweep (where the average has seen too few losses to trust).
+def _one_step(
+    stepper: Stepper, stream: Iterator[tuple[torch.Tensor, torch.Tensor]], generator
+) -> float | None:
+    """One optimizer step over `stepper.accumulate` batches: their mean loss, or None (and
+    no step) as soon as a loss is not finite."""
+    values = []
+    for _ in range(stepper.accumulate):
+        images, labels = next(stream)
+        loss, _ = stepper.forward(images, labels, generator)
+        value = float(loss.detach().float())  # read every batch: the stop rule needs it
+        if not math.isfinite(value):
+            return None
+        stepper.backward(loss, stepper.accumulate)
+        values.append(value)
+    stepper.apply()
+    return sum(values) / len(values)
 
-    The slope is numpy.gradient of the smoothed loss over log10(lr) (central differences).
-    With fewer than MIN_POINTS_FOR_SLOPE points to search, or no falling slope there, the
-    fallback is a tenth of the lr at the minimum (fastai's "lr_min"), kept within the sweep.
-    """
+
+def suggest_lr(
+    lrs: list[float], losses: list[float], band: tuple[float, float] | None = None
+) -> float:
+    """The lr to train at, read from the sweep's raw per-step losses.
+
+    The losses are smoothed by a centred moving average (no lag, unlike the exponential
+    average fastai plots: with beta 0.98 its minimum trails the real one by tens of steps).
+    The first tenth of the sweep only gives the starting level (its median): a noise dip
+    there is never the answer. Then:
+      * the loss "climbs" at the first lr past the lowest point where the smoothed loss
+        exceeds CLIMB x the starting level (or the sweep's end);
+      * a curve whose lowest point is less than FLAT_DROP below the start learned nothing
+        in the sweep (sigmoid nets, deep nets without normalisation): suggest the climbing
+        lr / FLAT_DIVISOR, far enough below the blow-up to learn slowly and safely;
+      * otherwise the geometric mean of the lowest point's lr and the climbing lr /
+        VALLEY_DIVISOR: the minimum alone sits low for BatchNorm nets, the climb / 10 high
+        for nets without it; between them came within a factor 2 of the best grid lr on the
+        recipe benchmark's cases.
+    `band` clamps the answer (the recipe's trusted range for the optimizer family): a sweep
+    is a few dozen noisy steps, and outside it training was worse on every case measured.
+    The answer always lies within the swept lrs."""
     if not lrs:
         return math.nan
-    lowest = int(np.argmin(smoothed))
-    fallback = max(lrs[lowest] / 10, lrs[0])
-    first = max(MIN_POINTS_FOR_SLOPE, len(lrs) // 10)
-    if lowest - first < MIN_POINTS_FOR_SLOPE:
-        return fallback
-    slopes = np.gradient(np.asarray(smoothed), np.log10(np.asarray(lrs)))
-    steepest = first + int(np.argmin(slopes[first:lowest]))
-    return float(lrs[steepest]) if slopes[steepest] < 0 else fallback
+    count = len(lrs)
+    smoothed = centred_mean(losses, _half_window(count))
+    head = min(max(3, count // 10), count - 1)
+    start = float(np.median(losses[: head + 1]))
+    lowest = head + int(np.argmin(smoothed[head:]))
+    climbing = np.nonzero(smoothed[lowest:] > CLIMB * start)[0]
+    climb = float(lrs[lowest + int(climbing[0])] if len(climbing) else lrs[-1])
+    if start - float(smoothed[lowest]) < FLAT_DROP * abs(start):
+        suggested = climb / FLAT_DIVISOR
+    else:
+        suggested = math.sqrt(float(lrs[lowest]) * climb / VALLEY_DIVISOR)
+    if band is not None:
+        suggested = min(max(suggested, band[0]), band[1])
+    return float(min(max(suggested, lrs[0]), lrs[-1]))
+
+
+def centred_mean(values: list[float], half: int) -> np.ndarray:
+    """Each value averaged with up to `half` neighbours on either side (fewer at the ends)."""
+    array = np.asarray(values, dtype=float)
+    if array.size == 0:
+        return array
+    sums = np.concatenate([[0.0], np.cumsum(array)])
+    index = np.arange(array.size)
+    low, high = np.maximum(index - half, 0), np.minimum(index + half + 1, array.size)
+    return (sums[high] - sums[low]) / (high - low)
+
+
+def _half_window(count: int) -> int:
+    return max(2, count // 25)
 
 
 def write_lr_sweep(sweep: LrSweep, folder: Path) -> tuple[Path, Path]:
@@ -186,7 +202,7 @@ def write_lr_sweep(sweep: LrSweep, folder: Path) -> tuple[Path, Path]:
     `folder`; return (csv path, png path)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    csv_path, png_path = folder / "lr_find.csv", folder / "lr_find.png"
+    csv_path, png_path = folder / LR_FIND_CSV, folder / LR_FIND_PLOT
     with csv_path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["step", "lr", "loss", "smoothed_loss"])
@@ -233,19 +249,6 @@ def _plot(sweep: LrSweep, path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, format="png")
     figure.clear()  # drop the artists now rather than when the figure is collected
-
-
-def _set_lr(group: dict, lr: float | torch.Tensor) -> None:
-    # A tensor lr (fused/capturable optimizers) must be filled in place: replacing it would
-    # break the optimizer's use of that tensor.
-    if isinstance(group["lr"], torch.Tensor):
-        group["lr"].fill_(lr)
-    else:
-        group["lr"] = lr
-
-
-def _copy_lr(lr: float | torch.Tensor) -> float | torch.Tensor:
-    return lr.detach().clone() if isinstance(lr, torch.Tensor) else lr
 
 
 def _endless(

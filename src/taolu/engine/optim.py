@@ -45,10 +45,10 @@ def optimizer_classes() -> dict[str, type[torch.optim.Optimizer]]:
 
 def check_optimizer_name(name: str) -> None:
     known = optimizer_classes()
-    if name.lower() not in known:
+    if name.lower() not in known and name != "auto":
         raise ConfigError(
-            f"option 'optimizer': {name!r} is not a torch.optim optimizer; choose one of: "
-            + ", ".join(sorted(known))
+            f"option 'optimizer': {name!r} is not a torch.optim optimizer; choose auto or one "
+            "of: " + ", ".join(sorted(known))
         )
 
 
@@ -115,6 +115,9 @@ class LrSchedule:
         plateau_mode: str = "max",
     ):
         self.name = name
+        self.optimizer = optimizer
+        # Every lr this schedule sets is multiplied by this (NaN recoveries lower it).
+        self.lr_scale = 1.0
         self.plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
         self.warmup_steps = 0
         if name == "onecycle" and total_steps >= 2:
@@ -163,18 +166,52 @@ class LrSchedule:
         if self.plateau is not None and self.per_step.last_epoch >= self.warmup_steps:
             self.plateau.step(monitored)
 
+    def scale(self, factor: float) -> None:
+        """Multiply the current lr and every lr the schedule sets from now on by `factor`
+        (what a NaN recovery does). The scale is kept in the state dict, so a resumed run
+        continues at it."""
+        self.lr_scale *= factor
+        for group in self.optimizer.param_groups:
+            # OneCycleLR computes each step's lr from these; LambdaLR from base_lrs below.
+            for key in ("initial_lr", "max_lr", "min_lr"):
+                if key in group:
+                    group[key] *= factor
+            if isinstance(group["lr"], torch.Tensor):
+                group["lr"].mul_(factor)
+            else:
+                group["lr"] *= factor
+        self._scale_bases(factor)
+
+    def _scale_bases(self, factor: float) -> None:
+        self.per_step.base_lrs = [lr * factor for lr in self.per_step.base_lrs]
+        if self.plateau is not None:
+            self.plateau.min_lrs = [lr * factor for lr in self.plateau.min_lrs]
+
     def state_dict(self) -> dict[str, Any]:
-        state = {"per_step": self.per_step.state_dict()}
+        state = {"per_step": self.per_step.state_dict(), "lr_scale": self.lr_scale}
         if self.plateau is not None:
             state["plateau"] = self.plateau.state_dict()
         return state
 
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Back to `state` (from state_dict) of this same schedule, lr scale included."""
+        self.per_step.load_state_dict(state["per_step"])
+        if self.plateau is not None:
+            self.plateau.load_state_dict(state["plateau"])
+        self.lr_scale = state.get("lr_scale", 1.0)
+
     def resume(self, state: dict[str, Any], steps_taken: int, same_length: bool) -> None:
-        """Continue a saved schedule. When the run's length changed (a larger --epochs), the
-        per-step schedule is rebuilt for the new length and replayed to `steps_taken`."""
+        """Continue a saved schedule (call after loading the optimizer's state). When the
+        run's length changed (a larger --epochs), the per-step schedule is rebuilt for the new
+        length and replayed to `steps_taken`, at the saved lr scale."""
         if same_length:
-            self.per_step.load_state_dict(state["per_step"])
+            self.per_step.load_state_dict(state["per_step"])  # its base lrs, already scaled
+            self.lr_scale = state.get("lr_scale", 1.0)
         else:
+            # The optimizer's groups (loaded before this) carry the scaled lrs; the rebuilt
+            # schedule's own base lrs take the scale here.
+            self.lr_scale = state.get("lr_scale", 1.0)
+            self._scale_bases(self.lr_scale)
             with warnings.catch_warnings():
                 # Stepping a schedule without optimizer steps is deliberate here.
                 warnings.simplefilter("ignore", UserWarning)

@@ -16,13 +16,9 @@ import torchvision
 from torch import nn
 from torchvision.models import WeightsEnum
 
-from taolu.engine.checkpoint import (
-    FORMAT,
-    inference_weights,
-    load_checkpoint,
-    read_weights_only,
-)
+from taolu.checkpoint import FORMAT, inference_weights, load_checkpoint
 from taolu.errors import CheckpointError, ConfigError
+from taolu.torch_files import read_weights_only
 
 # Where each family keeps its classifier head, by model class. "[-1]" means the last layer of
 # a Sequential, whose index differs within a family (mobilenet_v2: 1, mobilenet_v3: 3).

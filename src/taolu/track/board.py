@@ -13,20 +13,23 @@ from __future__ import annotations
 
 import argparse
 import errno
-import ipaddress
 import logging
 import signal
-import socket
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from taolu.errors import ConfigError
+from taolu.ports import (
+    PORT_ATTEMPTS,
+    bind_error,
+    check_host_and_port,
+    no_free_port,
+    port_is_free,
+    warn_unless_loopback,
+)
 
-# How many ports are tried, from the one asked for upwards.
-PORT_ATTEMPTS = 100
 # How often TensorBoard looks for new event files (seconds): a run still training shows up
 # within this long.
 RELOAD_INTERVAL = 5
@@ -59,61 +62,6 @@ def _check_runs_dir(runs_dir: Path) -> None:
         )
 
 
-def _address(host: str, port: int) -> tuple[socket.AddressFamily, Any]:
-    """The family and socket address werkzeug will bind for (host, port): IPv6 when the host
-    has a colon, IPv4 otherwise (so "localhost" means 127.0.0.1, never also ::1)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    try:
-        infos = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    except socket.gaierror as error:
-        raise ConfigError(
-            f"--host {host!r} is not an address of this machine ({error}); "
-            "use 127.0.0.1 (the default) or one of its interface addresses"
-        ) from error
-    return family, infos[0][4]
-
-
-def listens_everywhere(address: str) -> bool:
-    """Whether a bound address is the unspecified one (0.0.0.0, ::, or :: mapping 0.0.0.0),
-    which listens on every interface. Decided by the parsed address, not by how the user
-    spelt it: "0", "0.0.0.0" and "::0" all bind the same."""
-    try:
-        parsed = ipaddress.ip_address(address.split("%")[0])
-    except ValueError:
-        return False
-    mapped = getattr(parsed, "ipv4_mapped", None)
-    return parsed.is_unspecified or (mapped is not None and mapped.is_unspecified)
-
-
-def _bind_error(host: str, port: int, error: OSError) -> ConfigError:
-    if error.errno == errno.EACCES:
-        return ConfigError(
-            f"port {port} needs administrator rights; use --port 1024 or above "
-            "(the default is 6006)"
-        )
-    if error.errno == errno.EADDRNOTAVAIL:
-        return ConfigError(
-            f"--host {host!r} is not an address of this machine; use 127.0.0.1 "
-            "(the default) or one of its interface addresses"
-        )
-    return ConfigError(f"cannot serve on {host} port {port}: {error.strerror or error}")
-
-
-def _port_is_free(host: str, port: int) -> bool:
-    """Whether (host, port) can be bound now: binds a socket the way the server will
-    (SO_REUSEADDR, as werkzeug sets it) and closes it at once."""
-    family, address = _address(host, port)
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(address)
-        except OSError as error:
-            if error.errno == errno.EADDRINUSE:
-                return False
-            raise _bind_error(host, port, error) from error
-    return True
-
-
 def _server_factory(host: str, first_port: int, chosen: list) -> Any:
     """A `server_class` for `program.TensorBoard`: tries first_port, first_port + 1, ...;
     each port is checked with a throw-away socket, and a bind that still fails because
@@ -128,7 +76,7 @@ def _server_factory(host: str, first_port: int, chosen: list) -> Any:
             except OSError as error:
                 if error.errno == errno.EADDRINUSE:
                     raise _PortTaken from error
-                raise _bind_error(host, self.server_address[1], error) from error
+                raise bind_error(host, self.server_address[1], error) from error
 
         def server_activate(self) -> None:
             try:
@@ -136,13 +84,13 @@ def _server_factory(host: str, first_port: int, chosen: list) -> Any:
             except OSError as error:
                 if error.errno == errno.EADDRINUSE:
                     raise _PortTaken from error
-                raise _bind_error(host, self.server_address[1], error) from error
+                raise bind_error(host, self.server_address[1], error) from error
 
     last_port = min(first_port + PORT_ATTEMPTS - 1, 65535)
 
     def make(wsgi_app: Any, flags: argparse.Namespace) -> Any:
         for port in range(first_port, last_port + 1):
-            if not _port_is_free(host, port):
+            if not port_is_free(host, port):
                 continue
             port_flags = argparse.Namespace(**vars(flags))
             port_flags.port = port
@@ -154,10 +102,7 @@ def _server_factory(host: str, first_port: int, chosen: list) -> Any:
                 continue
             chosen.append(server)
             return server
-        raise ConfigError(
-            f"no free port from {first_port} to {last_port} on {host}; "
-            "stop what uses them or pass another --port"
-        )
+        raise no_free_port(host, first_port)
 
     return make
 
@@ -178,13 +123,7 @@ def run_board(runs_dir: Path, *, host: str = "127.0.0.1", port: int = 6006) -> i
     """
     runs_dir = Path(runs_dir)
     _check_runs_dir(runs_dir)
-    host = host.strip()
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not host:
-        raise ConfigError("--host is empty; use 127.0.0.1 (the default)")
-    if not 1 <= port <= 65535:
-        raise ConfigError(f"--port {port} is out of range; use 1024 to 65535 (default 6006)")
+    host = check_host_and_port(host, port, default_port=6006)
 
     _quiet_tensorboard_logging()
     from tensorboard import program
@@ -228,12 +167,7 @@ def run_board(runs_dir: Path, *, host: str = "127.0.0.1", port: int = 6006) -> i
     try:
         url = board.launch()
         server = chosen[0]
-        if listens_everywhere(server.server_address[0]):
-            print(
-                f"taolu: warning: --host {host} serves TensorBoard to every network this "
-                "machine is on",
-                file=sys.stderr,
-            )
+        warn_unless_loopback(server.socket, "TensorBoard")
         print(f"taolu: TensorBoard at {url} (Ctrl-C stops it)", flush=True)
         while not stop_requested:
             time.sleep(STOP_POLL_SECONDS)

@@ -9,42 +9,21 @@ import json
 import logging
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
+from taolu.layout import METRICS_NAME, PER_CLASS_NAME, SUMMARY_NAME
+from taolu.metric_names import EPOCH_SCALARS, METRIC_COLUMNS, column
 from taolu.track.atomic_file import write_atomic
 from taolu.track.pictures import RED, captioned_grid, confusion_picture
 
 logger = logging.getLogger("taolu")
 
-METRIC_COLUMNS = (
-    "epoch",
-    "elapsed_seconds",
-    "train_loss",
-    "train_acc",
-    "val_loss",
-    "val_acc",
-    "val_top5_acc",  # empty with fewer than 5 classes
-    "val_macro_f1",
-    "val_balanced_acc",
-    "lr",
-    "grad_norm",
-    "skipped_batches",
-    "train_images_per_second",
-)
 PER_CLASS_COLUMNS = ("epoch", "class", "precision", "recall", "f1", "support")
-# Each epoch's scalar -> its TensorBoard tag (split/metric).
-EPOCH_TAGS = {
-    "train_acc": "train/acc",
-    "val_loss": "val/loss",
-    "val_acc": "val/acc",
-    "val_top5_acc": "val/top5_acc",
-    "val_macro_f1": "val/macro_f1",
-    "val_balanced_acc": "val/balanced_acc",
-    "train_images_per_second": "train/images_per_second",
-}
+# Each epoch's scalar: its history key (metrics.csv column) -> its TensorBoard tag.
+EPOCH_TAGS = {column(name): name for name in EPOCH_SCALARS}
 MISCLASSIFIED_SHOWN = 24  # misclassified validation images drawn each epoch
 
 
@@ -64,7 +43,8 @@ def _write_csv_atomic(path: Path, columns: tuple[str, ...], rows: list[dict[str,
 
 class RunLog:
     """Writes one run's metrics. On resume, `history` (from the checkpoint) is the truth:
-    metrics.csv is rewritten from it and TensorBoard drops events past `resume_step`."""
+    metrics.csv is rewritten from it and TensorBoard drops events past `resume_step`.
+    Used as a context manager, it closes its TensorBoard writer however the block ends."""
 
     def __init__(self, run_dir: Path, history: list[dict[str, float]], resume_step: int | None):
         self.run_dir = run_dir
@@ -144,6 +124,11 @@ class RunLog:
             picture = confusion_picture(confusion_matrix, classes)
             self.writer.add_image("val/confusion_matrix", picture, step, dataformats="HWC")
 
+    def log_recovery(self, recoveries: int, lr: float, step: int) -> None:
+        """A NaN recovery at `step`: how many so far, and the peak lr the run now follows."""
+        self.writer.add_scalar("train/nan_recoveries", recoveries, step)
+        self.writer.add_scalar("train/recovered_lr", lr, step)
+
     def log_hparams(self, options: dict[str, Any], results: dict[str, float], step: int) -> None:
         """The run's options and final metrics for TensorBoard's HPARAMS tab, written into
         this run's own event file (SummaryWriter.add_hparams would start a separate run)."""
@@ -174,19 +159,25 @@ class RunLog:
 
     def _write_csv(self) -> None:
         metric_rows = [{key: row.get(key) for key in METRIC_COLUMNS} for row in self.history]
-        _write_csv_atomic(self.run_dir / "metrics.csv", METRIC_COLUMNS, metric_rows)
+        _write_csv_atomic(self.run_dir / METRICS_NAME, METRIC_COLUMNS, metric_rows)
         class_rows = [
             {"epoch": row["epoch"], "class": name, **scores}
             for row in self.history
             for name, scores in row.get("per_class", {}).items()
         ]
-        _write_csv_atomic(self.run_dir / "per_class.csv", PER_CLASS_COLUMNS, class_rows)
+        _write_csv_atomic(self.run_dir / PER_CLASS_NAME, PER_CLASS_COLUMNS, class_rows)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        write_json_atomic(summary, self.run_dir / "summary.json")
+        write_json_atomic(summary, self.run_dir / SUMMARY_NAME)
 
     def close(self) -> None:
         self.writer.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exception: object) -> None:
+        self.close()
 
 
 class SilentRunLog(RunLog):
@@ -203,4 +194,4 @@ class SilentRunLog(RunLog):
         return None
 
     log_samples = log_steps = log_graph = log_histograms = _silent
-    log_evaluation = log_hparams = write_summary = close = _silent
+    log_evaluation = log_hparams = log_recovery = write_summary = close = _silent

@@ -22,7 +22,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import pickle
 import re
 import shutil
 import zipfile
@@ -33,20 +32,14 @@ from typing import Any
 import torch
 
 from taolu.errors import CheckpointError
+from taolu.layout import BEST_NAME, CHECKPOINT_DIR, LAST_NAME
+from taolu.torch_files import read_weights_only
+from taolu.train_state import VERSION, TrainState, check_fields, inference_weights
 
 FORMAT = "taolu-checkpoint"
-VERSION = 1
-BEST_NAME = "best.pt"
-LAST_NAME = "last.pt"
-CHECKPOINT_DIR = "weights"
 DIGEST_KEY = "digest"
 DIGEST_ALGORITHM = "sha256"
-# How deep loaded contents may nest (taolu's own checkpoints nest about 6 levels), and how many
-# values beyond one per byte of the file's pickle they may unfold into (see `check_structure`).
-MAX_NESTING = 64
-STRUCTURE_ALLOWANCE = 10_000
 MARKER_WINDOW = 4096  # bytes of a checkpoint's pickle searched for FORMAT
-SCRIPT_EXPANSION = 16  # how many times its size a TorchScript archive may expand (code: ~5)
 
 # What a failed write tells the user: the errno's plain words, and what to do about it.
 _WRITE_ERRORS = {
@@ -308,10 +301,10 @@ def load_checkpoint(path: str | Path, *, resuming: bool = False) -> dict[str, An
 
     weights_only=True is passed explicitly, which torch honours even when
     TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is set: no object in the file is ever constructed.
-    Before torch reads it, the archive is inspected (see `check_archive`); after, its shape is
-    bounded (`check_structure`), the digest is checked before anything else in the file is
-    looked at, and then every field's type (`check_fields`; with `resuming`, also the fields
-    only a resumed run reads).
+    Before torch reads it, the archive is inspected, and what it holds is bounded after
+    (`torch_files.read_weights_only`); the digest is checked before anything else in the file
+    is looked at, then the version and every field's type (`train_state.check_fields`; with
+    `resuming`, also the fields only a resumed run reads).
     """
     path = Path(path)
     if not path.is_file():
@@ -329,223 +322,8 @@ def load_checkpoint(path: str | Path, *, resuming: bool = False) -> dict[str, An
         _verify_digest(state, path)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a taolu checkpoint (no '{FORMAT}' marker)")
-    version = state.get("version")
-    if not isinstance(version, int) or isinstance(version, bool) or version > VERSION:
-        raise CheckpointError(
-            f"{path}: written by a newer taolu (format {version!r:.40}); upgrade taolu"
-        )
     check_fields(state, path, resuming=resuming)
     return state
-
-
-def read_weights_only(path: Path, what: str) -> Any:
-    """What torch.save wrote to `path`, read by torch's weights-only unpickler once the archive
-    passed `check_archive`, and bounded by `check_structure`. `what` names the file in
-    messages ("checkpoint", "weights file")."""
-    check_archive(path, what)
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        first_line = (str(error).strip().splitlines() or [""])[0]
-        raise CheckpointError(
-            f"{path}: refused: it holds pickled objects other than tensors and plain values "
-            f"(loading them could run code). Nothing in it was executed. ({first_line})"
-        ) from None
-    except RecursionError:
-        raise CheckpointError(
-            f"{path}: refused: its contents are nested too deeply to read; no {what} taolu "
-            "writes looks like this"
-        ) from None
-    except Exception as error:  # torch raises many kinds for torn or foreign files
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise CheckpointError(
-            f"{path}: not a readable {what} (truncated or corrupt?): {first_line}"
-        ) from None
-    check_structure(loaded, path, limit=_pickle_size(path) + STRUCTURE_ALLOWANCE)
-    return loaded
-
-
-def _pickle_size(path: Path) -> int:
-    """The bytes of the pickle in a file torch.save wrote: its data.pkl entry (the tensors'
-    bytes lie in entries of their own), or the whole file in torch's old format."""
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
-            sizes = [e.file_size for e in archive.infolist() if e.filename.endswith("data.pkl")]
-        if sizes:
-            return max(sizes)
-    return path.stat().st_size
-
-
-def check_archive(path: Path, what: str = "checkpoint") -> None:
-    """Refuse a zip archive that would grow in memory beyond the file: torch.save stores every
-    entry uncompressed, so a compressed entry, or entries whose sizes add up to more than the
-    file holds (entries sharing their bytes), mark a file made to expand when read (a zip
-    bomb). Nothing is decompressed to find out; a file that is not a zip archive (torch's old
-    format, which has no compression) passes. When `what` is not "TorchScript", an archive
-    holding TorchScript (code) is refused too: it is never a checkpoint or weights file. A
-    TorchScript archive (whose code torch deflates) may expand SCRIPT_EXPANSION-fold."""
-    if not zipfile.is_zipfile(path):
-        return
-    try:
-        with zipfile.ZipFile(path) as archive:
-            entries = archive.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as error:
-        raise CheckpointError(f"{path}: a damaged zip archive: {error}") from None
-    scripted = any(entry.filename.endswith("/constants.pkl") for entry in entries)
-    if scripted and what != "TorchScript":
-        raise CheckpointError(
-            f"{path}: refused: this is a TorchScript archive, which holds code, not a {what}. "
-            "taolu loads TorchScript only as an exported model named *.torchscript.pt, with "
-            "taolu predict --trust-code"
-        )
-    compressed = [entry.filename for entry in entries if entry.compress_type != zipfile.ZIP_STORED]
-    size, expanded = path.stat().st_size, sum(entry.file_size for entry in entries)
-    if what == "TorchScript":  # torch.jit.save deflates the code: bound the growth instead
-        if expanded > SCRIPT_EXPANSION * size + (1 << 20):
-            raise CheckpointError(
-                f"{path}: refused: its entries expand to {expanded:,} bytes from a file of "
-                f"{size:,} (a zip bomb). Nothing in it was loaded"
-            )
-        return
-    if compressed:
-        raise CheckpointError(
-            f"{path}: refused: its entry {compressed[0]!r:.120} is compressed, but torch.save "
-            "stores every entry as it is; a compressed entry can expand to many times the "
-            "file's size in memory (a zip bomb). Nothing in it was loaded"
-        )
-    if expanded > size:
-        raise CheckpointError(
-            f"{path}: refused: its entries add up to {expanded:,} bytes, more than the file's "
-            f"own {size:,}, so they share bytes (a zip bomb). Nothing in it was loaded"
-        )
-
-
-def check_structure(value: Any, path: Path, *, limit: int) -> None:
-    """Refuse loaded contents nested deeper than MAX_NESTING, or that unfold into more than
-    `limit` values. A pickle can name one list many times over in a few bytes, so a small file
-    could stand for billions of values (and hang whatever walks them, the digest included);
-    in what torch.save writes every value costs at least a byte of its pickle. The walk is
-    iterative, so no depth raises a RecursionError here."""
-    pending: list[tuple[Any, int]] = [(value, 0)]
-    count = 0
-    while pending:
-        item, depth = pending.pop()
-        count += 1
-        if count > limit:
-            raise CheckpointError(
-                f"{path}: refused: its contents unfold into more than {limit:,} values (one "
-                "part named many times over); no file taolu writes looks like this"
-            )
-        if isinstance(item, Mapping):
-            children = [*item.keys(), *item.values()]
-        elif isinstance(item, (list, tuple, set, frozenset)):
-            children = list(item)
-        else:
-            continue
-        if children and depth >= MAX_NESTING:
-            raise CheckpointError(
-                f"{path}: refused: its contents are nested more than {MAX_NESTING} levels "
-                "deep; no file taolu writes looks like this"
-            )
-        pending.extend((child, depth + 1) for child in children)
-
-
-# Each top-level field a checkpoint may hold: the types its value may have, and whether every
-# checkpoint must hold it. RESUME_FIELDS are further required to resume a run.
-FIELD_TYPES: dict[str, tuple[tuple[type, ...], bool]] = {
-    "model": ((Mapping,), True),
-    "config": ((Mapping,), True),
-    "classes": ((list, tuple), True),
-    "preprocessing": ((Mapping,), True),
-    "epoch": ((int,), True),
-    "model_class": ((str,), True),
-    "model_name": ((str, type(None)), False),
-    "model_spec": ((list, type(None)), False),
-    "ema_model": ((Mapping, type(None)), False),
-    "ema_updates": ((int,), False),
-    "optimizer": ((Mapping,), False),
-    "scheduler": ((Mapping,), False),
-    "grad_scaler": ((Mapping,), False),
-    "total_steps": ((int,), False),
-    "step": ((int,), False),
-    "elapsed_seconds": ((int, float), False),
-    "history": ((list, tuple), False),
-    "best_val_acc": ((int, float), False),
-    "best_epoch": ((int,), False),
-    "rng": ((Mapping,), False),
-    "partial_epoch": ((Mapping, type(None)), False),
-    "confusion_matrix": ((list, tuple), False),
-}
-RESUME_FIELDS = (
-    "optimizer",
-    "scheduler",
-    "total_steps",
-    "step",
-    "elapsed_seconds",
-    "history",
-    "best_val_acc",
-    "best_epoch",
-    "rng",
-)
-# The saved options that eval, predict and export read, and their types; the first four must
-# be there (resume checks the whole saved config against TrainConfig's rules).
-CONFIG_TYPES: dict[str, tuple[type, ...]] = {
-    "data": (str,),
-    "val_fraction": (int, float),
-    "precision": (str,),
-    "label_smoothing": (int, float),
-    "model": (str,),
-    "weights": (str, type(None)),
-    "data_root": (str,),
-}
-REQUIRED_CONFIG = ("data", "val_fraction", "precision", "label_smoothing")
-
-
-def check_fields(state: Mapping[str, Any], path: Path | str, *, resuming: bool = False) -> None:
-    """Refuse a checkpoint whose fields are missing or of the wrong type (FIELD_TYPES,
-    CONFIG_TYPES), whose weights are not name -> tensor, whose classes are not names, or whose
-    stored preprocessing is out of bounds; with `resuming`, also one that lacks RESUME_FIELDS.
-    Every reader can then use the fields without meeting a TypeError or KeyError."""
-    from taolu.data.loaders import Preprocessing  # imported late: it pulls in the data sources
-
-    def shown(types: tuple[type, ...]) -> str:
-        return " or ".join("None" if kind is type(None) else kind.__name__ for kind in types)
-
-    required = [key for key, (_, needed) in FIELD_TYPES.items() if needed]
-    missing = [key for key in (*required, *(RESUME_FIELDS if resuming else ())) if key not in state]
-    if missing:
-        raise CheckpointError(f"{path}: incomplete taolu checkpoint, missing {', '.join(missing)}")
-    for key, (types, _) in FIELD_TYPES.items():
-        value = state.get(key)
-        if key in state and (not isinstance(value, types) or isinstance(value, bool)):
-            raise CheckpointError(
-                f"{path}: damaged checkpoint: {key!r} is a {type(value).__name__}, "
-                f"not a {shown(types)}"
-            )
-    for key in ("model", "ema_model"):
-        weights = state.get(key) or {}
-        if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items()):
-            raise CheckpointError(f"{path}: damaged checkpoint: {key!r} is not name -> tensor")
-    classes = state["classes"]
-    if not classes or not all(isinstance(name, str) for name in classes):
-        raise CheckpointError(f"{path}: damaged checkpoint: 'classes' must be a list of names")
-    config = state["config"]
-    missing = [key for key in REQUIRED_CONFIG if key not in config]
-    if missing:
-        raise CheckpointError(
-            f"{path}: damaged checkpoint: its saved config lacks {', '.join(missing)}"
-        )
-    for key, types in CONFIG_TYPES.items():
-        value = config.get(key)
-        if key in config and (not isinstance(value, types) or isinstance(value, bool)):
-            raise CheckpointError(
-                f"{path}: damaged checkpoint: its saved option {key!r} is a "
-                f"{type(value).__name__}, not a {shown(types)}"
-            )
-    try:
-        Preprocessing.from_dict(state["preprocessing"])
-    except CheckpointError as error:
-        raise CheckpointError(f"{path}: {error}") from None
 
 
 def is_checkpoint_file(path: Path) -> bool:
@@ -581,11 +359,6 @@ def _verify_digest(state: dict[str, Any], path: Path) -> None:
         )
 
 
-def inference_weights(state: dict[str, Any]) -> dict[str, Any]:
-    """The weights eval, predict and export use: the moving average when --ema kept one."""
-    return state.get("ema_model") or state["model"]
-
-
 def find_checkpoint(run_or_file: str | Path, which: str = BEST_NAME) -> Path:
     """A checkpoint file given directly, or `which` inside a run directory."""
     path = Path(run_or_file)
@@ -601,16 +374,29 @@ def find_checkpoint(run_or_file: str | Path, which: str = BEST_NAME) -> Path:
     return path
 
 
-def rng_state(generator: torch.Generator) -> dict[str, Any]:
-    """Every random stream a run draws from, as tensors."""
-    state = {"torch": torch.get_rng_state(), "data": generator.get_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+def read_state(path: str | Path, *, resuming: bool = False) -> TrainState:
+    """The TrainState in a checkpoint file, read by `load_checkpoint` and checked field by field
+    (with `resuming`, also for what only a resumed run reads)."""
+    return TrainState.from_dict(
+        load_checkpoint(path, resuming=resuming), source=path, resuming=resuming
+    )
 
 
-def restore_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
-    torch.set_rng_state(state["torch"])
-    generator.set_state(state["data"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def save_state(state: TrainState, path: Path) -> None:
+    """`save_checkpoint` of a TrainState."""
+    save_checkpoint(state.to_dict(), path)
+
+
+__all__ = [
+    "BEST_NAME",
+    "CHECKPOINT_DIR",
+    "FORMAT",
+    "LAST_NAME",
+    "copy_checkpoint",
+    "find_checkpoint",
+    "inference_weights",
+    "load_checkpoint",
+    "read_state",
+    "save_checkpoint",
+    "save_state",
+]
