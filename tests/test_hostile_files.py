@@ -500,3 +500,57 @@ def test_factory_failures_are_config_errors(cli_main, tmp_path, model, message):
         "train", "--data", "digits", "--epochs", "1", "--out", tmp_path, "--set", f"model={model}"
     )
     refused(code, err, message)
+
+
+class Untouched(torch.utils.data.Dataset):
+    """A Dataset that fails the test if taolu reads a single sample from it."""
+
+    def __len__(self) -> int:
+        return 40
+
+    def __getitem__(self, index: int):
+        raise AssertionError("the data was read before the run directory was checked")
+
+
+def train_into(out: Path, name: str = "") -> None:
+    taolu.train(data=Untouched(), classes=["a", "b"], out=str(out), name=name, epochs=1)
+
+
+def test_an_out_or_name_that_cannot_be_a_new_run_is_refused_before_the_data_is_read(
+    tmp_path, digits_run
+):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    with pytest.raises(ConfigError, match="option 'out'.*cannot hold runs"):
+        train_into(a_file)
+    with pytest.raises(ConfigError, match="its folder .*notes.txt is a file"):
+        train_into(a_file / "runs")
+    with pytest.raises(ConfigError, match="notes.txt is a file, not a new folder"):
+        train_into(tmp_path, "notes.txt")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="already exists and is not a taolu run .it is empty"):
+        train_into(tmp_path, "empty")
+    with pytest.raises(ConfigError, match="already holds a run.*--resume"):
+        train_into(digits_run.run_dir.parent, digits_run.run_dir.name)
+    assert a_file.read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "notes.txt"]
+    assert not any((tmp_path / "empty").iterdir())
+
+
+def test_runs_started_together_never_share_a_directory(tmp_path):
+    """Each run directory is made by one mkdir that fails if it exists: 16 runs choosing a
+    name at the same moment get 16 folders, and a second run of the same --name is refused."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from taolu.layout import new_run_dir
+
+    (tmp_path / "train2").mkdir()  # left empty by someone: skipped, never reused
+    with ThreadPoolExecutor(8) as pool:
+        made = list(pool.map(lambda _: new_run_dir(str(tmp_path), ""), range(16)))
+    assert len(set(made)) == 16 and tmp_path / "train2" not in made
+    assert all(path.is_dir() and not any(path.iterdir()) for path in made)
+    with ThreadPoolExecutor(2) as pool:
+        tries = [pool.submit(new_run_dir, str(tmp_path), "same") for _ in range(2)]
+    outcomes = [future.exception() for future in tries]
+    assert sum(error is None for error in outcomes) == 1
+    assert any(isinstance(error, ConfigError) for error in outcomes)

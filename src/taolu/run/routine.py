@@ -24,6 +24,7 @@ from taolu.engine.distributed import buffers_from_main
 from taolu.engine.loop import EpochResult, NonFiniteLoss, evaluate, train_one_epoch
 from taolu.engine.lr_find import sweep_lr
 from taolu.errors import ConfigError, TrainingError, TrainingInterrupted
+from taolu.layout import check_run_place
 from taolu.metric_names import column, improved
 from taolu.run.lifecycle import StopRequest, computing, deterministic_algorithms
 from taolu.run.lr_auto import LrChoice, choose_lr, range_and_band
@@ -83,6 +84,8 @@ def run_training(
         # 1. Prepare the data set, and 2. build the network model; the recipe then settles,
         # from both, the config every later phase reads.
         users_model, resumed = parts.model is not None, resume is not None
+        if not resumed and compute.cluster.is_main:  # refused now, not after the data loaded
+            check_run_place(options.out, options.name)
         prepared = prepare_data(options, parts, resume)
         torch.manual_seed(options.seed)
         network = build_network(options, parts.model, prepared, resume)
