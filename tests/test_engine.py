@@ -306,10 +306,10 @@ def nan_run(tmp_path, quiet, bad, **options):
 def test_nan_stops_within_one_step_and_keeps_the_best_checkpoint(tmp_path, quiet):
     # 1438 training digits at batch 128: 12 batches an epoch; the bad one is in epoch 3.
     with pytest.raises(taolu.TrainingError, match=r"epoch 3, batch 3: the loss became nan") as e:
-        nan_run(tmp_path, quiet, bad=27, name="stop")
+        nan_run(tmp_path, quiet, bad=27, name="stop", on_nan="stop")
     run_dir = tmp_path / "stop"
     assert str(run_dir / "weights" / "best.pt") in str(e.value)
-    assert "--on-nan skip" in str(e.value)
+    assert "--on-nan recover" in str(e.value)
     last = load_checkpoint(run_dir / "weights" / "last.pt")
     best = load_checkpoint(run_dir / "weights" / "best.pt")
     assert last["epoch"] == 2 and best["epoch"] <= 2
@@ -435,8 +435,9 @@ def test_the_recipe_is_printed_and_small_data_gets_a_smaller_batch(
 ):
     code, out, _ = cli_main("train", "--data", image_folder, "--epochs", "1", "--out", tmp_path)
     assert code == 0
-    assert "taolu: recipe: fastcnn, sgd lr 0.05" in out
-    assert "batch 16" in out and "steps an epoch" in out
+    # 16 images: too few for the tuned SGD, so AdamW at a range-tested lr
+    assert "taolu: recipe: fastcnn, adamw lr" in out and "from a range test" in out
+    assert "batch 16: 16 images give 1 step an epoch" in out
     config = yaml.safe_load((tmp_path / "train" / "config.yaml").read_text())
     assert config["batch_size"] == 16
     code, out, _ = cli_main(

@@ -52,7 +52,7 @@ def test_small_data_shrinks_the_batch_and_scales_a_tuned_lr_with_it():
     recipe = choose_recipe(TrainConfig(), set(), traits(train_images=300))
     assert recipe.config.batch_size == 32  # the largest power of two with >= 8 steps
     assert recipe.config.optimizer == "adamw" and recipe.sweep_lr  # few images: AdamW
-    assert any("300 images give 9 steps an epoch" in note for note in recipe.notes)
+    assert any("300 images give 10 steps an epoch" in note for note in recipe.notes)
     # The user keeps SGD: its tuned lr follows the batch down (0.05 x 32/64).
     sgd = choose_recipe(TrainConfig(optimizer="sgd"), {"optimizer"}, traits(train_images=300))
     assert sgd.config.lr == pytest.approx(0.025) and not sgd.sweep_lr

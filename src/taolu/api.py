@@ -28,7 +28,7 @@ from taolu.engine.optim import build_loss, check_optimizer_name
 from taolu.engine.precision import check_device_name, pick_device, pick_precision
 from taolu.errors import ConfigError, DataError
 from taolu.inference import classify_with, expand_inputs, load_classifier, restore_model
-from taolu.layout import LAST_NAME, RunDir
+from taolu.layout import LAST_NAME, RunDir, check_run_place
 from taolu.models import check_model_name
 from taolu.models.factory import FACTORY_PATTERN
 from taolu.models.spec import is_spec_path
@@ -260,6 +260,10 @@ def train_from_options(
         parts=parts,
         resume_state=continued.state if continued else None,
     )
+    if continued is None:
+        # Refused now, not once the data has loaded. Under torchrun every process checks before
+        # rank 0 makes the folder, which it does only after all have joined the process group.
+        check_run_place(resolved.out, resolved.name)
     return run_training(resolved, parts, resume=continued, chosen=set(named))
 
 

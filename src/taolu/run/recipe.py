@@ -57,8 +57,11 @@ def choose_recipe(config: TrainConfig, chosen: Collection[str], traits: Traits) 
         batch = _small_data_batch(config.batch_size, traits.train_images)
         if batch < config.batch_size:
             changes["batch_size"] = batch
-            steps = traits.train_images // batch
-            notes.append(f"batch {batch}: {traits.train_images} images give {steps} steps an epoch")
+            steps = _steps_per_epoch(traits.train_images, batch)
+            plural = "s" if steps != 1 else ""
+            notes.append(
+                f"batch {batch}: {traits.train_images} images give {steps} step{plural} an epoch"
+            )
     shrunk = batch / config.batch_size if "batch_size" not in chosen else 1.0
     optimizer = config.optimizer
     if optimizer == "auto":
@@ -76,12 +79,16 @@ def choose_recipe(config: TrainConfig, chosen: Collection[str], traits: Traits) 
             if shrunk < 1:
                 notes.append(f"lr {tuned_lr:g} x {batch}/{config.batch_size} for the batch")
     if "epochs" not in chosen:
-        per_epoch = max(traits.train_images // batch, 1)
+        per_epoch = _steps_per_epoch(traits.train_images, batch)
         if per_epoch * config.epochs < MIN_TOTAL_STEPS:
             epochs = min(math.ceil(MIN_TOTAL_STEPS / per_epoch), MAX_AUTO_EPOCHS)
             changes["epochs"] = epochs
             notes.append(f"{epochs} epochs: few images, so >= {per_epoch * epochs} steps in all")
     return Recipe(dataclasses.replace(config, **changes), notes, sweep)
+
+
+def _steps_per_epoch(images: int, batch: int) -> int:
+    return max(-(-images // batch), 1)  # the last, partial batch is a step too
 
 
 def _small_data_batch(default: int, images: int) -> int:

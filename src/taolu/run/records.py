@@ -22,8 +22,9 @@ from taolu.data.preview import augmented_samples, grid_tensor
 from taolu.data.sources import data_base_folder, write_manifest
 from taolu.engine.distributed import barrier, share_from_main
 from taolu.engine.loop import EpochResult, EpochStart
-from taolu.engine.lr_find import LrSweep, write_lr_sweep
+from taolu.engine.lr_find import write_lr_sweep
 from taolu.engine.step import Stepper
+from taolu.errors import TrainingInterrupted
 from taolu.layout import LR_FIND_CSV, LR_FIND_PLOT, RunDir, new_run_dir
 from taolu.metric_names import (
     CLASS_SCALARS,
@@ -39,7 +40,7 @@ from taolu.models.spec import stored_layers
 from taolu.run.lr_auto import LrChoice
 from taolu.run.setup import OptimParts, Resume, Run
 from taolu.run.verdict import MIN_VAL_PER_CLASS, judge_run, render
-from taolu.track.runlog import RunLog, SilentRunLog, write_json_atomic
+from taolu.track.runlog import RunLog, SilentRunLog
 from taolu.train_state import TrainState, rng_state
 
 logger = logging.getLogger("taolu")
@@ -178,6 +179,13 @@ class Records:
                 copy_checkpoint(self.dir.last, self.dir.best)
         barrier(self.run.compute.cluster)
 
+    def interrupted(self, where: str) -> TrainingInterrupted:
+        """The stop a signal asked for, saying where the run stopped and how to resume it."""
+        stop = self.run.stop
+        return TrainingInterrupted(
+            stop.message(where, self.dir.last, self.dir.root), stop.exit_code
+        )
+
     def kept(self) -> str:
         """Which checkpoints a run that stops now leaves."""
         if not self.dir.best.is_file():
@@ -257,6 +265,7 @@ class Records:
                 lr=run.config.lr,
                 recoveries=progress.recoveries,
                 pretrained=bool(run.config.weights),
+                lr_from_range_test=self.lr_choice is not None,
             )
             summary["verdict"] = [finding.to_dict() for finding in findings]
             self.log.write_summary(summary)
@@ -372,74 +381,3 @@ def open_records(
             records.log_start()
         records.announce(resume is not None, progress)
         yield records
-
-
-@torch.no_grad()
-def write_run_report(run: Run, run_dir: Path, count: int = 32) -> None:
-    """report/: the best model's predictions on the first validation images (kept for
-    `taolu report` to redraw), then the plots and report.html. A report that cannot be drawn
-    is warned about; the run's results stand."""
-    folder = RunDir(run_dir).report
-    try:
-        from safetensors.torch import save_file
-
-        from taolu.track.pictures import to_uint8
-        from taolu.track.report import SAMPLES_FILE, write_report
-
-        images, labels = next(iter(run.data.val.iterate()))
-        images, labels = images[:count], labels[:count]
-        with run.compute.precision.autocast():
-            probabilities = run.model.model(run.data.eval_transform(images)).float().softmax(1)
-        confidence, predicted = probabilities.max(1)
-        folder.mkdir(exist_ok=True)
-        samples = {
-            "images": to_uint8(images).contiguous().cpu(),
-            "labels": labels.cpu(),
-            "predicted": predicted.cpu(),
-            "confidence": confidence.cpu(),
-        }
-        save_file(samples, str(folder / SAMPLES_FILE))
-        write_report(run_dir)
-    except Exception as error:  # plotting must never cost the user a finished run
-        logger.warning("could not write the report in %s: %s", folder, error)
-
-
-def report_lr_sweep(run: Run, sweep: LrSweep) -> TrainResult:
-    """--lr-find's records: lr_find.csv and .png, summary.json and the suggested --lr."""
-    config, network, recipe = run.config, run.model.network, run.recipe()
-    # The sweep reports the first parameter group's lr; under --fine-tune that is the
-    # backbone's, at lr * backbone_lr_scale, so it is scaled back to the head's (--lr's).
-    group_lrs = [group["lr"] for group in run.optim.stepper.optimizer.param_groups]
-    to_config_lr = max(group_lrs) / group_lrs[0]
-    layout = RunDir(new_run_dir(config.out, config.name))
-    write_config(config, layout.config)
-    csv_path, plot_path = write_lr_sweep(sweep, layout.root)
-    suggested = sweep.suggested_lr * to_config_lr
-    summary = {
-        "lr_find": {
-            "suggested_lr": suggested,
-            "steps": len(sweep.lrs),
-            "stopped_early": sweep.stopped_early,
-            "plot": str(plot_path),
-            "csv": str(csv_path),
-        },
-        "recipe": recipe,
-        "run_dir": str(layout.root),
-    }
-    run.say(f"taolu: learning-rate finder; recipe: {recipe}; run {layout.root}")
-    write_json_atomic(summary, layout.summary)
-    run.say(
-        f"taolu: suggested lr {suggested:.3g} (plot: {plot_path}); train with --lr {suggested:.3g}"
-    )
-    network.eval()
-    return TrainResult(
-        run_dir=layout.root,
-        best_val_acc=float("nan"),
-        final_val_acc=float("nan"),
-        model=network,
-        history=[],
-        summary=summary,
-        best_checkpoint=None,
-        last_checkpoint=None,
-        suggested_lr=suggested,
-    )

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from taolu.engine.loop import EpochStart, NonFiniteLoss
+from taolu.engine.loop import EpochResult, EpochStart, NonFiniteLoss
 from taolu.engine.step import StepperState
 from taolu.errors import TrainingError
 from taolu.run.records import Progress, Records
@@ -96,3 +98,44 @@ def recover(
             len(progress.recoveries),
             MAX_RECOVERIES,
         )
+
+
+def train_or_recover(
+    run: Run,
+    records: Records,
+    progress: Progress,
+    epoch: int,
+    train_steps: Callable[[Run, Records, Progress, int], EpochResult],
+) -> EpochResult:
+    """The epoch's steps, taken again from the epoch's start at a lower lr whenever a loss
+    is not finite (--on-nan recover); --on-nan stop raises instead, and --on-nan skip's
+    skipped batches are warned about. A loss still not finite at the end is an error."""
+    config = run.config
+    recovering = config.on_nan == "recover"
+    start = EpochStartState.take(run, progress) if recovering else None
+    while True:
+        try:
+            trained = train_steps(run, records, progress, epoch)
+            break
+        except NonFiniteLoss as bad:
+            if start is None:
+                raise TrainingError(
+                    f"epoch {epoch}, batch {bad.batch + 1}: the loss became {bad.loss}; "
+                    f"training stopped before that batch changed any weight. {records.kept()} "
+                    f"Try a lower --lr (it is {config.lr:g}), --clip-grad, or --on-nan recover "
+                    "(the default)."
+                ) from None
+            recover(run, records, progress, epoch, bad, start)
+    if not math.isfinite(trained.loss):
+        skipped = f" ({trained.skipped_batches} batches skipped)" if trained.skipped_batches else ""
+        raise TrainingError(
+            f"training diverged in epoch {epoch}: the loss became {trained.loss}{skipped}. "
+            f"{records.kept()} Try a lower --lr (it is {config.lr:g})."
+        )
+    if trained.skipped_batches:
+        logger.warning(
+            "epoch %d: skipped %d batches whose loss was NaN or infinite (--on-nan skip)",
+            epoch,
+            trained.skipped_batches,
+        )
+    return trained

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import time
 from collections.abc import Collection
 
@@ -21,23 +20,20 @@ from taolu.config import TrainConfig
 from taolu.data.pipeline import refuse_too_many_bad_files
 from taolu.engine.batchnorm import recalibrate_batchnorm
 from taolu.engine.distributed import buffers_from_main
-from taolu.engine.loop import EpochResult, NonFiniteLoss, evaluate, train_one_epoch
-from taolu.engine.lr_find import sweep_lr
-from taolu.errors import ConfigError, TrainingError, TrainingInterrupted
-from taolu.layout import check_run_place
+from taolu.engine.loop import EpochResult, evaluate, train_one_epoch
+from taolu.errors import ConfigError
 from taolu.metric_names import column, improved
 from taolu.run.lifecycle import StopRequest, computing, deterministic_algorithms
-from taolu.run.lr_auto import LrChoice, choose_lr, range_and_band
+from taolu.run.lr_auto import LrChoice, choose_lr
 from taolu.run.records import (
     Progress,
     Records,
     TrainResult,
     open_records,
-    report_lr_sweep,
     resume_progress,
-    write_run_report,
 )
-from taolu.run.recovery import EpochStartState, recover
+from taolu.run.recovery import train_or_recover
+from taolu.run.reports import find_lr, write_run_report
 from taolu.run.setup import (
     Resume,
     Run,
@@ -84,8 +80,6 @@ def run_training(
         # 1. Prepare the data set, and 2. build the network model; the recipe then settles,
         # from both, the config every later phase reads.
         users_model, resumed = parts.model is not None, resume is not None
-        if not resumed and compute.cluster.is_main:  # refused now, not after the data loaded
-            check_run_place(options.out, options.name)
         prepared = prepare_data(options, parts, resume)
         torch.manual_seed(options.seed)
         network = build_network(options, parts.model, prepared, resume)
@@ -136,38 +130,12 @@ def train_epoch(run: Run, records: Records, progress: Progress, epoch: int) -> E
     """4. One epoch of training steps (the rest of a stopped one, on resume)."""
     config = run.config
     if run.stop():
-        raise interrupted(run, records, f"before epoch {epoch}")
+        raise records.interrupted(f"before epoch {epoch}")
     if config.fine_tune:
         # The first --fine-tune epochs train the head alone; then the backbone joins in.
         trainable = epoch > config.fine_tune
         train_backbone(run.model.model, run.model.fine_tune_head, trainable, config.freeze)
-    recovering = config.on_nan == "recover"
-    start = EpochStartState.take(run, progress) if recovering else None
-    while True:
-        try:
-            trained = train_steps(run, records, progress, epoch)
-            break
-        except NonFiniteLoss as bad:
-            if start is None:
-                raise TrainingError(
-                    f"epoch {epoch}, batch {bad.batch + 1}: the loss became {bad.loss}; "
-                    f"training stopped before that batch changed any weight. {records.kept()} "
-                    f"Try a lower --lr (it is {config.lr:g}), --clip-grad, or --on-nan recover "
-                    "(the default)."
-                ) from None
-            recover(run, records, progress, epoch, bad, start)
-    if not math.isfinite(trained.loss):
-        skipped = f" ({trained.skipped_batches} batches skipped)" if trained.skipped_batches else ""
-        raise TrainingError(
-            f"training diverged in epoch {epoch}: the loss became {trained.loss}{skipped}. "
-            f"{records.kept()} Try a lower --lr (it is {config.lr:g})."
-        )
-    if trained.skipped_batches:
-        logger.warning(
-            "epoch %d: skipped %d batches whose loss was NaN or infinite (--on-nan skip)",
-            epoch,
-            trained.skipped_batches,
-        )
+    trained = train_or_recover(run, records, progress, epoch, train_steps)
     records.log.log_steps(
         progress.step + 1, trained.step_losses, trained.step_lrs, trained.step_grad_norms
     )
@@ -177,7 +145,7 @@ def train_epoch(run: Run, records: Records, progress: Progress, epoch: int) -> E
         partial = trained.stopped.to_dict()
         records.save(records.state(progress, epoch - 1, progress.elapsed(), partial_epoch=partial))
         where = f"in epoch {epoch} after {trained.stopped.first_batch} of {len(run.data.train)}"
-        raise interrupted(run, records, where + " batches")
+        raise records.interrupted(where + " batches")
     if histogram_epoch(config.histograms, epoch):
         records.log.log_histograms(run.model.model, progress.step, gradients=False)
     return trained
@@ -264,7 +232,7 @@ def record_and_save(
     )
     records.save(state, improved=better)
     if run.stop() and epoch < config.epochs:  # asked to stop while this epoch was evaluated
-        raise interrupted(run, records, f"after epoch {epoch}")
+        raise records.interrupted(f"after epoch {epoch}")
     run.say(
         f"epoch {epoch:>3}/{config.epochs}  train loss {trained.loss:.4f} acc "
         f"{trained.acc:.4f}  val loss {tested.loss:.4f} acc {tested.acc:.4f}  "
@@ -279,18 +247,3 @@ def record_and_save(
             )
             return False
     return True
-
-
-def interrupted(run: Run, records: Records, where: str) -> TrainingInterrupted:
-    """The stop a signal asked for, saying where the run stopped and how to resume it."""
-    message = run.stop.message(where, records.dir.last, records.dir.root)
-    return TrainingInterrupted(message, run.stop.exit_code)
-
-
-def find_lr(run: Run) -> TrainResult:
-    """--lr-find: the learning-rate range test, on the very step training would take."""
-    if run.compute.cluster.active:
-        raise ConfigError("--lr-find runs in one process; start it without torchrun")
-    _, band = range_and_band(run.config.optimizer)
-    sweep = sweep_lr(run.optim.stepper, run.data.train, run.generator, band=band)
-    return report_lr_sweep(run, sweep)

@@ -41,13 +41,19 @@ def judge_run(
     lr: float,
     recoveries: Sequence[Mapping[str, Any]] = (),
     pretrained: bool = False,
+    lr_from_range_test: bool = False,
 ) -> list[Finding]:
     """What went badly in a run, from its per-epoch rows (train_loss, train_acc, val_loss,
-    val_acc), its class count, the validation images per class and the lr it used."""
+    val_acc), its class count, the validation images per class and the lr it used (and
+    whether --lr auto's range test chose it)."""
     if not history:
         return []
     findings: list[Finding] = []
     weights_hint = "" if pretrained else ", or start from pretrained --weights"
+    if lr_from_range_test:
+        lower_lr = f"a lower --lr (the range test chose {lr:.3g})"
+    else:
+        lower_lr = f"a lower --lr (it was {lr:.3g}) or --lr auto"
     chance = max(1.0 / classes, _majority_share(val_support))
     if best_val_acc < chance + ABOVE_CHANCE * (1 - chance):
         findings.append(
@@ -55,8 +61,8 @@ def judge_run(
                 "chance",
                 f"the best validation accuracy {best_val_acc:.3f} is at chance level "
                 f"({chance:.3f} for {classes} classes): the model learned nothing usable",
-                f"try a lower --lr (it was {lr:.3g}) or --lr auto; check the labels match the "
-                f"images (taolu data preview){weights_hint}",
+                f"{lower_lr}; check the labels match the images (taolu data preview)"
+                f"{weights_hint}",
             )
         )
     first_loss = float(history[0].get("train_loss", math.nan))
@@ -67,8 +73,7 @@ def judge_run(
                 "unstable_start",
                 f"the first epoch's training loss was {first_loss:.3g}, far above "
                 f"{uniform:.2f} (a uniform guess over {classes} classes): an unstable start",
-                f"try a lower --lr (it was {lr:.3g}), --lr auto, or --warmup-epochs 1 with "
-                "--scheduler cosine",
+                f"{lower_lr}, or --warmup-epochs 1 with --scheduler cosine",
             )
         )
     findings += _overfitting(history, weights_hint)
