@@ -27,6 +27,22 @@ from taolu.data.embedded import load_digits, load_mnist5k
 # report=False: drawing report/ takes about half a second per run, and most tests train
 # several runs; tests/test_report.py and test_tensorboard.py cover the report itself.
 QUIET = {"verbose": False, "progress": False, "report": False}
+# The fewest saved options and the preprocessing a hand-made checkpoint needs to load
+# (train_state.REQUIRED_OPTIONS; data.loaders.STORED_KEYS, for a 1-channel 8x8 net).
+MINIMAL_CONFIG = {
+    "data": "digits",
+    "epochs": 3,
+    "val_fraction": 0.2,
+    "precision": "auto",
+    "label_smoothing": 0.1,
+}
+MINIMAL_PREPROCESSING = {
+    "channels": 1,
+    "size": [8, 8],
+    "resize_mode": "squash",
+    "mean": [0.5],
+    "std": [0.25],
+}
 
 
 # --------------------------------------------------------------------------- embedded data

@@ -52,10 +52,10 @@ def free_port(start: int | None = None) -> int:
     raise AssertionError(f"no free port from {start}")
 
 
-def start_board(runs: Path, port: int, cwd: Path) -> subprocess.Popen:
+def start_board(runs: Path, port: int, cwd: Path, *options: str) -> subprocess.Popen:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.Popen(
-        [sys.executable, "-m", "taolu", "board", str(runs), "--port", str(port)],
+        [sys.executable, "-m", "taolu", "board", str(runs), "--port", str(port), *options],
         cwd=cwd,
         env=env,
         stdout=subprocess.PIPE,
@@ -189,6 +189,37 @@ def test_not_reachable_from_other_addresses_of_this_machine(runs, tmp_path):
             assert not answers(address, port), f"TensorBoard answers on {address}"
     finally:
         kill(process)
+
+
+def test_every_interface_is_warned_about_however_it_is_spelt(runs, tmp_path):
+    """`--host 0` binds 0.0.0.0 as surely as `--host 0.0.0.0` does, and says so."""
+    port = free_port()
+    process = start_board(runs, port, tmp_path, "--host", "0")
+    try:
+        read_url(process)
+        _, _, err = stop(process, signal.SIGTERM)
+    finally:
+        kill(process)
+    assert "--host 0.0.0.0 serves TensorBoard to every network this machine is on" in err
+
+
+@pytest.mark.parametrize(
+    ("address", "everywhere"),
+    [
+        ("0.0.0.0", True),
+        ("::", True),
+        ("0:0:0:0:0:0:0:0", True),
+        ("::ffff:0.0.0.0", True),
+        ("127.0.0.1", False),
+        ("::1", False),
+        ("192.0.2.7", False),
+        ("fe80::1%eth0", False),
+    ],
+)
+def test_listening_everywhere_is_decided_by_the_parsed_address(address, everywhere):
+    from taolu.ports import listens_everywhere
+
+    assert listens_everywhere(address) is everywhere
 
 
 def test_page_shows_the_run_and_its_scalars_in_chromium(runs, tmp_path, chromium):

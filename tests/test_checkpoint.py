@@ -8,6 +8,7 @@ import pathlib
 
 import pytest
 import torch
+from conftest import MINIMAL_CONFIG, MINIMAL_PREPROCESSING
 
 import taolu
 from taolu.checkpoint import load_checkpoint, save_checkpoint
@@ -56,14 +57,8 @@ def sample_state():
         "model_name": None,
         "flags": (True, False),
         "rng": {"torch": torch.get_rng_state()},
-        "config": {"data": "digits", "epochs": 3},
-        "preprocessing": {
-            "channels": 1,
-            "size": [8, 8],
-            "resize_mode": "squash",
-            "mean": [0.5],
-            "std": [0.25],
-        },
+        "config": dict(MINIMAL_CONFIG),
+        "preprocessing": dict(MINIMAL_PREPROCESSING),
         "model_class": "torch.nn.modules.container.Sequential",
     }
 

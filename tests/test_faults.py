@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import MINIMAL_CONFIG, MINIMAL_PREPROCESSING
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import taolu
@@ -303,9 +304,9 @@ def small_state(epoch: int = 1) -> dict:
     generator = torch.Generator().manual_seed(0)
     return {
         "model": {"0.weight": torch.randn(16, 64, generator=generator), "0.bias": torch.zeros(16)},
-        "config": {"data": "digits", "epochs": 3},
+        "config": dict(MINIMAL_CONFIG),
         "classes": ["ant", "bee"],
-        "preprocessing": {"channels": 1, "size": [8, 8], "mean": [0.5], "std": [0.25]},
+        "preprocessing": dict(MINIMAL_PREPROCESSING),
         "epoch": epoch,
         "model_class": "torch.nn.modules.container.Sequential",
         "history": [{"epoch": 1, "val_acc": 0.5, "flags": (True, None)}],

@@ -245,9 +245,20 @@ def test_taolu_checkpoint_and_wrapped_files(tmp_path, imagenet_resnet18):
     trained = zoo.build_torchvision("resnet18", 3)
     state = {
         "model": trained.state_dict(),
-        "config": {},
+        "config": {
+            "data": "photos",
+            "val_fraction": 0.2,
+            "precision": "auto",
+            "label_smoothing": 0.1,
+        },
         "classes": ["a", "b", "c"],
-        "preprocessing": {},
+        "preprocessing": {
+            "channels": 3,
+            "size": [224, 224],
+            "resize_mode": "crop",
+            "mean": [0.485, 0.456, 0.406],
+            "std": [0.229, 0.224, 0.225],
+        },
         "epoch": 1,
         "model_class": "resnet18",
     }

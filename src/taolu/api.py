@@ -28,8 +28,10 @@ from taolu.engine.optim import build_loss, check_optimizer_name
 from taolu.engine.precision import check_device_name, pick_device, pick_precision
 from taolu.errors import ConfigError, DataError
 from taolu.inference import classify_with, expand_inputs, load_classifier, restore_model
-from taolu.layout import LAST_NAME, RunDir
+from taolu.layout import LAST_NAME, RunDir, check_run_place
 from taolu.models import check_model_name
+from taolu.models.factory import FACTORY_PATTERN
+from taolu.models.spec import is_spec_path
 from taolu.run.records import TrainResult
 from taolu.run.routine import run_training
 from taolu.run.setup import Resume, UserParts
@@ -128,7 +130,10 @@ def build_train_config(
                             f"when resuming; only these may change: {allowed}"
                         )
         layers.insert(0, {k: v for k, v in saved.items() if k in FIELDS})
-    config = resolve_config(*layers, validators=_validators(parts))
+    validators = _validators(parts)
+    if resume_state is not None and resume_state.model_spec is not None:
+        validators.pop("model", None)  # rebuilt from the stored list; its file is never read
+    config = resolve_config(*layers, validators=validators)
     if resume_state is None and parts.model is None:
         config = _weights_defaults(config, {key for layer in layers for key in layer})
     if not is_named_set(config.data) and not config.data.startswith(USER_PREFIX):
@@ -205,6 +210,30 @@ def _elastic_resume_dir(
     return None
 
 
+def refuse_model_named_by_checkpoint(
+    state: TrainState, named: Any, parts: UserParts | None
+) -> None:
+    """Resuming must not import code, or read a file, because a checkpoint names it: a run
+    trained with `package.module:factory` (importing runs the module's code, and a module
+    placed in the run directory may be importable) or with a layer list the checkpoint does
+    not hold (older taolu stored only the file's path) continues only when the user names
+    the same model again (--model, or model= from Python)."""
+    saved = state.config.get("model", "")
+    if (parts is not None and parts.model is not None) or str(named or "") == saved:
+        return
+    if FACTORY_PATTERN.fullmatch(saved):
+        what = f"the factory {saved}, which resuming would import and call"
+    elif is_spec_path(saved) and state.model_spec is None:
+        what = f"the layer list {saved}, which this checkpoint names but does not hold"
+    else:
+        return
+    raise ConfigError(
+        f"this run was trained with {what}; taolu does not run code or read files because a "
+        f"checkpoint names them. If you trust it, name it yourself: taolu train --resume RUN "
+        f"--model {saved} (Python: model=... with your own module)"
+    )
+
+
 def train_from_options(
     config_file: str | Path | None,
     options: Mapping[str, Any],
@@ -217,9 +246,12 @@ def train_from_options(
     run's saved config when resuming), then run the routine."""
     if resume is None:
         resume = _elastic_resume_dir(config_file, options, set_options, parts)
+    named = {**(read_config_file(config_file) if config_file else {}), **options}
+    named.update(set_options or {})
     continued = None
     if resume is not None:
-        state = read_state(find_checkpoint(resume, LAST_NAME))
+        state = read_state(find_checkpoint(resume, LAST_NAME), resuming=True)
+        refuse_model_named_by_checkpoint(state, named.get("model"), parts)
         continued = Resume(Path(resume), state)
     resolved = build_train_config(
         config_file,
@@ -228,9 +260,11 @@ def train_from_options(
         parts=parts,
         resume_state=continued.state if continued else None,
     )
-    file_layer = read_config_file(config_file) if config_file else {}
-    chosen = {*file_layer, *options, *(set_options or {})}
-    return run_training(resolved, parts, resume=continued, chosen=chosen)
+    if continued is None:
+        # Refused now, not once the data has loaded. Under torchrun every process checks before
+        # rank 0 makes the folder, which it does only after all have joined the process group.
+        check_run_place(resolved.out, resolved.name)
+    return run_training(resolved, parts, resume=continued, chosen=set(named))
 
 
 def evaluate(
@@ -320,19 +354,25 @@ def predict(
     batch_size: int = 64,
     checkpoint: str = "best",
     progress: bool = False,
+    trust_code: bool = False,
 ) -> list[dict[str, Any]]:
     """Top-k classes for each input: image files, folders (searched recursively), or
     in-memory images (PIL, numpy, tensor). A file that cannot be read gets {"path", "error"}
     and the rest still get {"path", "predictions": [{"class", "probability"}, ...]}.
 
     `run_or_checkpoint` is a run directory (its `checkpoint`, best or last), a checkpoint
-    file, or a file `taolu export` wrote: .onnx, TorchScript (.torchscript.pt; it holds code,
-    so only point at files you trust) or .safetensors (rebuilt by the model name it records,
-    or pass `model`). `progress` shows a bar on a terminal when there is more than a batch."""
+    file, or a file `taolu export` wrote: .onnx, .safetensors (rebuilt from the model it
+    records, or pass `model`) or .torchscript.pt, which holds code and is loaded only with
+    `trust_code=True` (for files you trust). `progress` shows a bar on a terminal when there
+    is more than a batch."""
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
     classifier = load_classifier(
-        run_or_checkpoint, checkpoint=checkpoint, model=model, device=pick_device(device)
+        run_or_checkpoint,
+        checkpoint=checkpoint,
+        model=model,
+        device=pick_device(device),
+        trust_code=trust_code,
     )
     items: list[Any] = []
     for item in inputs:

@@ -22,9 +22,9 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import pickle
 import re
 import shutil
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -33,11 +33,13 @@ import torch
 
 from taolu.errors import CheckpointError
 from taolu.layout import BEST_NAME, CHECKPOINT_DIR, LAST_NAME
-from taolu.train_state import REQUIRED_KEYS, VERSION, TrainState, inference_weights
+from taolu.torch_files import read_weights_only
+from taolu.train_state import VERSION, TrainState, check_fields, inference_weights
 
 FORMAT = "taolu-checkpoint"
 DIGEST_KEY = "digest"
 DIGEST_ALGORITHM = "sha256"
+MARKER_WINDOW = 4096  # bytes of a checkpoint's pickle searched for FORMAT
 
 # What a failed write tells the user: the errno's plain words, and what to do about it.
 _WRITE_ERRORS = {
@@ -294,12 +296,15 @@ def _write_error(
 # --------------------------------------------------------------------------- reading
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, *, resuming: bool = False) -> dict[str, Any]:
     """Read a taolu checkpoint, refusing anything else with a CheckpointError.
 
     weights_only=True is passed explicitly, which torch honours even when
     TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is set: no object in the file is ever constructed.
-    The digest is checked before anything else in the file is looked at.
+    Before torch reads it, the archive is inspected, and what it holds is bounded after
+    (`torch_files.read_weights_only`); the digest is checked before anything else in the file
+    is looked at, then the version and every field's type (`train_state.check_fields`; with
+    `resuming`, also the fields only a resumed run reads).
     """
     path = Path(path)
     if not path.is_file():
@@ -312,30 +317,29 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"{path}: not a taolu checkpoint: it is not a file torch.save wrote "
             f"(it starts with {head!r}); pass a run directory or a .pt checkpoint"
         )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        raise CheckpointError(
-            f"{path}: refused: it holds pickled objects other than tensors and plain values "
-            f"(loading them could run code). Nothing in it was executed. ({first_line})"
-        ) from None
-    except Exception as error:  # torch raises many kinds for torn or foreign files
-        raise CheckpointError(
-            f"{path}: not a readable checkpoint (truncated or corrupt?): {error}"
-        ) from None
+    state = read_weights_only(path, "checkpoint")
     if isinstance(state, dict) and DIGEST_KEY in state:
         _verify_digest(state, path)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a taolu checkpoint (no '{FORMAT}' marker)")
-    if not isinstance(state.get("version"), int) or state["version"] > VERSION:
-        raise CheckpointError(
-            f"{path}: written by a newer taolu (format {state.get('version')}); upgrade taolu"
-        )
-    missing = [key for key in REQUIRED_KEYS if key not in state]
-    if missing:
-        raise CheckpointError(f"{path}: incomplete taolu checkpoint, missing {', '.join(missing)}")
+    check_fields(state, path, resuming=resuming)
     return state
+
+
+def is_checkpoint_file(path: Path) -> bool:
+    """Whether `path` is a file torch.save wrote with taolu's checkpoint marker in it: looked
+    for in the first bytes of its pickle (the marker is the first key), loading nothing."""
+    try:
+        if not path.is_file() or not zipfile.is_zipfile(path):
+            return False
+        with zipfile.ZipFile(path) as archive:
+            for entry in archive.infolist():
+                if entry.filename.endswith("/data.pkl"):
+                    with archive.open(entry) as handle:
+                        return FORMAT.encode() in handle.read(MARKER_WINDOW)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, RuntimeError, NotImplementedError):
+        return False
+    return False
 
 
 def _verify_digest(state: dict[str, Any], path: Path) -> None:
@@ -370,9 +374,12 @@ def find_checkpoint(run_or_file: str | Path, which: str = BEST_NAME) -> Path:
     return path
 
 
-def read_state(path: str | Path) -> TrainState:
-    """The TrainState in a checkpoint file, read by `load_checkpoint` and checked field by field."""
-    return TrainState.from_dict(load_checkpoint(path), source=path)
+def read_state(path: str | Path, *, resuming: bool = False) -> TrainState:
+    """The TrainState in a checkpoint file, read by `load_checkpoint` and checked field by field
+    (with `resuming`, also for what only a resumed run reads)."""
+    return TrainState.from_dict(
+        load_checkpoint(path, resuming=resuming), source=path, resuming=resuming
+    )
 
 
 def save_state(state: TrainState, path: Path) -> None:

@@ -143,8 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="classify image files",
         description="Top-k classes for image files and folders (searched recursively), with "
         "the model's own preprocessing. RUN_OR_CKPT may also be a file `taolu export` wrote: "
-        ".onnx, .torchscript.pt (TorchScript holds code: only files you trust) or "
-        ".safetensors. A file that cannot be read is reported and the rest are still "
+        ".onnx, .safetensors or .torchscript.pt (TorchScript holds code: loaded only with "
+        "--trust-code). A file that cannot be read is reported and the rest are still "
         "classified; the exit code is then 1.",
     )
     _add_checkpoint_arguments(predict, batch_size=64)
@@ -162,6 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print CSV with the header path,rank,class,probability,error: one row per "
         "prediction (rank 1..K), one row with only path and error for a file that failed",
+    )
+    predict.add_argument(
+        "--trust-code",
+        action="store_true",
+        help="load a .torchscript.pt file: it holds code that runs when loaded and can do "
+        "anything a program can; only for files from someone you trust",
     )
     predict.add_argument(
         "--progress",
@@ -579,6 +585,7 @@ def _run_predict(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         checkpoint=args.checkpoint,
         progress=args.progress,
+        trust_code=args.trust_code,
     )
     if args.json:
         print(json.dumps(results, indent=2, ensure_ascii=False))

@@ -15,8 +15,9 @@ from typing import Any
 
 import yaml
 
-from taolu.errors import ConfigError
+from taolu.errors import ConfigError, shown
 from taolu.metric_names import MONITORS, VAL_ACC
+from taolu.plain import read_yaml
 
 EMBEDDED_DATA = ("mnist5k", "digits")
 SCHEDULERS = ("onecycle", "cosine", "step", "plateau", "constant")
@@ -27,6 +28,9 @@ RESIZE_MODES = ("squash", "crop", "pad")
 CACHE_MODES = ("auto", "ram", "disk", "off")
 NORMALIZE_MODES = ("auto", "imagenet", "none")
 SWITCHES = ("auto", "on", "off")
+# The largest image side taolu resizes to, for --image-size, --transforms and the preprocessing
+# stored in checkpoints and exports: one 4096x4096 RGB image is 50 MB per decoding thread.
+MAX_IMAGE_SIDE = 4096
 
 
 def _option(default: Any, help: str, **rules: Any) -> Any:
@@ -51,7 +55,9 @@ class TrainConfig:
     val_fraction: float = _option(
         0.2, "share of a single-folder data set held out for validation", gt=0.0, lt=1.0
     )
-    image_size: int = _option(0, "side length images are resized to; 0 keeps the data's own", ge=0)
+    image_size: int = _option(
+        0, "side length images are resized to; 0 keeps the data's own", ge=0, le=MAX_IMAGE_SIDE
+    )
     resize_mode: str = _option("squash", "how images reach image_size", choices=RESIZE_MODES)
     channels: int = _option(0, "1 (gray) or 3 (RGB); 0 takes the data's own", choices=(0, 1, 3))
     augment: str = _option(
@@ -306,21 +312,23 @@ def coerce_option(name: str, value: Any) -> Any:
                 return value
             if isinstance(value, Path):
                 return str(value)
-    except ValueError:
+    except (ValueError, yaml.YAMLError, RecursionError):  # YAML text for transforms, too
         pass
     words = FIELDS[name].metadata.get("words", ())
     expected = f"number or {' or '.join(words)}" if words else kind
-    raise ConfigError(f"option '{name}': {value!r} is not a valid {expected}")
+    raise ConfigError(f"option '{name}': {shown(value)} is not a valid {expected}")
 
 
 def _check_rules(name: str, value: Any, validators: Mapping[str, Callable[[str], None]]) -> None:
     meta = FIELDS[name].metadata
-    shown = repr(value)
+    shown_value = shown(value)
     if "choices" in meta and value not in meta["choices"]:
         allowed = ", ".join(str(c) for c in meta["choices"])
-        raise ConfigError(f"option '{name}': {shown} is not allowed; choose one of: {allowed}")
+        raise ConfigError(
+            f"option '{name}': {shown_value} is not allowed; choose one of: {allowed}"
+        )
     if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"option '{name}': {shown} is not a finite number")
+        raise ConfigError(f"option '{name}': {shown_value} is not a finite number")
     bounds = (
         ("ge", lambda v, b: v >= b, ">="),
         ("gt", lambda v, b: v > b, ">"),
@@ -330,7 +338,7 @@ def _check_rules(name: str, value: Any, validators: Mapping[str, Callable[[str],
     for key, holds, sign in bounds:
         if key in meta and not isinstance(value, str) and not holds(value, meta[key]):
             raise ConfigError(
-                f"option '{name}': {shown} is not allowed; it must be {sign} {meta[key]}"
+                f"option '{name}': {shown_value} is not allowed; it must be {sign} {meta[key]}"
             )
     if "kind" in meta and meta["kind"] in validators:
         validators[meta["kind"]](value)
@@ -346,10 +354,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
+    loaded = read_yaml(path, "config file")
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):

@@ -31,3 +31,15 @@ class TrainingInterrupted(TaoluError):
     def __init__(self, message: str, exit_code: int = 130):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def shown(value: object) -> str:
+    """`value` as a message shows it: its repr cut short (a few levels, items and characters
+    deep), so a crafted value that nests or repeats itself cannot make the message huge, or
+    slow to write."""
+    import reprlib
+
+    brief = reprlib.Repr()
+    brief.maxlevel, brief.maxlist, brief.maxdict, brief.maxtuple = 3, 6, 6, 6
+    brief.maxstring, brief.maxother, brief.maxlong = 80, 60, 40
+    return brief.repr(value)

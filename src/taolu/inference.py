@@ -31,36 +31,63 @@ from taolu.data.pipeline import stored_eval_pipeline
 from taolu.data.sources import list_image_files
 from taolu.data.transforms import SamplePipeline
 from taolu.errors import CheckpointError, ConfigError, DataError
-from taolu.models import build_model, model_kind
+from taolu.models import build_model
+from taolu.models.factory import FACTORY_PATTERN
+from taolu.models.spec import is_spec_path
+from taolu.torch_files import TORCHSCRIPT as TORCHSCRIPT_ARCHIVE
+from taolu.torch_files import check_archive
 
 # What `artifact_kind` can answer.
 CHECKPOINT, ONNX, TORCHSCRIPT, SAFETENSORS = "checkpoint", "onnx", "torchscript", "safetensors"
 
 
-def restore_model(state: dict[str, Any], model: nn.Module | None = None) -> nn.Module:
-    """The checkpoint's network with its weights: rebuilt by name for built-in nets; a user's
-    own nn.Module class must be handed in as `model` (taolu never imports it by itself)."""
+def build_network(state: dict[str, Any]) -> nn.Module:
+    """A fresh network of the shape a checkpoint (or an export's metadata) describes: a built-in
+    or torchvision net by name, or a layer list from the list stored with it. Nothing named in
+    the file is ever imported or read: a factory (package.module:factory) or the user's own
+    nn.Module must be passed in by the caller, and a layer list stored only as a path (taolu
+    before the list was stored) is refused."""
+    name = state.get("model_name")
+    if not name:
+        raise CheckpointError(
+            f"this checkpoint was trained with your own nn.Module ({state['model_class']}); "
+            "create it in Python and pass it: taolu.predict(run, files, model=MyNet()), "
+            "taolu.evaluate(run, model=MyNet()) or taolu.export(run, model=MyNet())"
+        )
+    if FACTORY_PATTERN.fullmatch(name):
+        raise CheckpointError(
+            f"this checkpoint was trained with {name}; taolu does not import code named inside "
+            "a checkpoint: build the model in Python and pass it with model=... (to "
+            "taolu.predict, taolu.evaluate or taolu.export)"
+        )
+    layers = state.get("model_spec")
+    if is_spec_path(name) and layers is None:
+        raise CheckpointError(
+            f"this checkpoint was trained with the layer list {name} but does not hold the "
+            "list itself (an older taolu stored only the file's path), and taolu does not read "
+            "files named inside a checkpoint: train again with this taolu, or build the network "
+            "in Python (taolu.models.spec) and pass it with model=..."
+        )
     preprocessing = Preprocessing.from_dict(state["preprocessing"])
-    if model is None:
-        if state.get("model_name") and model_kind(state["model_name"]) == "factory":
-            raise CheckpointError(
-                f"this checkpoint was trained with {state['model_name']}; taolu does not import "
-                "code named inside a checkpoint: build the model in Python and pass it with "
-                "model=..."
-            )
-        if not state.get("model_name"):
-            raise CheckpointError(
-                f"this checkpoint was trained with your own nn.Module ({state['model_class']}); "
-                "create it in Python and pass it: taolu.predict(run, files, model=MyNet()) or "
-                "taolu.evaluate(run, model=MyNet())"
-            )
-        model = build_model(
-            state["model_name"],
+    try:
+        return build_model(
+            name,
             preprocessing.channels,
             preprocessing.size,
             len(state["classes"]),
             weights=state["config"].get("weights"),
+            layers=layers if is_spec_path(name) else None,
         )
+    except ConfigError as error:
+        raise CheckpointError(f"the network this file describes cannot be built: {error}") from None
+
+
+def restore_model(state: dict[str, Any], model: nn.Module | None = None) -> nn.Module:
+    """The checkpoint's network with its weights: rebuilt by `build_network` for built-in nets,
+    torchvision models and layer lists; a user's own nn.Module (or a factory's) must be handed
+    in as `model` (taolu never imports it by itself)."""
+    if model is None:
+        model = build_network(state)
     try:
         model.load_state_dict(ckpt.inference_weights(state))
     except RuntimeError as error:
@@ -154,28 +181,22 @@ def _looks_like_safetensors(path: Path) -> bool:
     return 0 < struct.unpack("<Q", head[:8])[0] < os.path.getsize(path)
 
 
-def _torchscript_names(path: Path) -> list[str]:
-    """The archive entries of a TorchScript file; [] for anything else (torch.save's
-    checkpoints are zip archives too, but hold no code/ folder)."""
-    if not zipfile.is_zipfile(path):
-        return []
-    with zipfile.ZipFile(path) as archive:
-        names = archive.namelist()
-    return names if any("/code/" in name for name in names) else []
-
-
 def artifact_kind(path: Path) -> str:
-    """checkpoint, onnx (by the .onnx suffix), safetensors (by suffix or header) or
-    torchscript (a zip archive with code in it)."""
+    """checkpoint, onnx (.onnx), torchscript (.torchscript.pt, the name `taolu export` gives
+    it) or safetensors (.safetensors, or by its header). TorchScript is decided by the name
+    alone, never by what the file holds: a file runs as code only when its name says it is
+    code and the caller trusts it (`trust_code`)."""
+    from taolu.model_export import FORMATS
+
     if path.is_dir():
         return CHECKPOINT
-    suffix = path.suffix.lower()
-    if suffix == ".onnx":
+    name = path.name.lower()
+    if name.endswith(FORMATS["onnx"]):
         return ONNX
-    if suffix == ".safetensors" or _looks_like_safetensors(path):
-        return SAFETENSORS
-    if _torchscript_names(path):
+    if name.endswith(FORMATS["torchscript"]):
         return TORCHSCRIPT
+    if name.endswith(FORMATS["safetensors"]) or _looks_like_safetensors(path):
+        return SAFETENSORS
     return CHECKPOINT
 
 
@@ -209,21 +230,26 @@ def _onnx_classifier(path: Path, device: torch.device) -> Classifier:
     )
 
 
-def _torchscript_classifier(path: Path, device: torch.device) -> Classifier:
-    """A TorchScript file taolu exported. It holds code (TorchScript, run by torch's
-    interpreter), so it is only ever loaded because the user pointed predict at it."""
+def _torchscript_classifier(path: Path, device: torch.device, trust_code: bool) -> Classifier:
+    """A TorchScript file taolu exported. It holds code, run by torch's interpreter, which can
+    read and write files like any program: it is loaded only when the caller says they trust
+    it, and only after its archive and its taolu metadata have been checked."""
     import warnings
 
     from taolu.model_export import METADATA_FILE, read_metadata
 
-    entries = [n for n in _torchscript_names(path) if n.endswith(f"/extra/{METADATA_FILE}")]
+    refuse_code_unless_trusted(path, trust_code)
+    check_archive(path, TORCHSCRIPT_ARCHIVE)
     metadata = None
-    if entries:
+    try:
         with zipfile.ZipFile(path) as archive:
-            try:
+            entries = [n for n in archive.namelist() if n.endswith(f"/extra/{METADATA_FILE}")]
+            if entries:
                 metadata = json.loads(archive.read(entries[0]).decode("utf-8"))
-            except ValueError as error:
-                raise CheckpointError(f"{path}: its taolu metadata is damaged: {error}") from None
+    except (zipfile.BadZipFile, OSError, EOFError) as error:
+        raise CheckpointError(f"{path}: not a readable TorchScript archive: {error}") from None
+    except (ValueError, RecursionError) as error:  # bad UTF-8 or JSON, or JSON nested too deep
+        raise CheckpointError(f"{path}: its taolu metadata is damaged: {error}") from None
     decoded = read_metadata(metadata, path)  # refuses a foreign file before loading its code
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated in torch 2.x
@@ -245,8 +271,8 @@ def _torchscript_classifier(path: Path, device: torch.device) -> Classifier:
 def _safetensors_classifier(
     path: Path, model: nn.Module | None, device: torch.device
 ) -> Classifier:
-    """Weights without code: the network is rebuilt by the model name in the metadata (a
-    built-in, torchvision or layer-list name) or passed in as `model`."""
+    """Weights without code: the network is rebuilt from the metadata (a built-in or
+    torchvision name, or the layer list stored in it) or passed in as `model`."""
     from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
@@ -262,6 +288,7 @@ def _safetensors_classifier(
     state = {
         "model": weights,
         "model_name": metadata["model_name"],
+        "model_spec": metadata["model_spec"],
         "model_class": metadata["model_class"] or "unknown",
         "classes": metadata["classes"],
         "preprocessing": metadata["preprocessing"].to_dict(),
@@ -279,16 +306,33 @@ def _safetensors_classifier(
     )
 
 
+def refuse_code_unless_trusted(path: str | Path, trust_code: bool) -> None:
+    """A TorchScript file (known by its name, *.torchscript.pt, never by what it holds) holds
+    code that runs when it is loaded: load one only when the user says they trust it."""
+    from taolu.model_export import FORMATS
+
+    if str(path).lower().endswith(FORMATS["torchscript"]) and not trust_code:
+        raise CheckpointError(
+            f"{path}: refused: a TorchScript file holds code that would run when it is loaded, "
+            "and could do anything a program can (read or change your files). Load it only if "
+            "you trust whoever made it: --trust-code (Python: trust_code=True); a .onnx or "
+            ".safetensors export, or the run's checkpoint, holds no code"
+        )
+
+
 def load_classifier(
     run_or_file: str | Path,
     *,
     checkpoint: str = "best",
     model: nn.Module | None = None,
     device: torch.device,
+    trust_code: bool = False,
 ) -> Classifier:
     """A run directory's `best`/`last` checkpoint, a checkpoint file, or a file `taolu export`
-    wrote (.onnx, TorchScript, .safetensors), ready to classify."""
+    wrote (.onnx, .torchscript.pt, .safetensors), ready to classify. A TorchScript file holds
+    code and is refused unless `trust_code` is True."""
     path = Path(run_or_file).expanduser()
+    refuse_code_unless_trusted(path, trust_code)
     kind = artifact_kind(path) if path.exists() else CHECKPOINT
     if kind == CHECKPOINT:
         state = ckpt.load_checkpoint(ckpt.find_checkpoint(path, f"{checkpoint}.pt"))
@@ -302,7 +346,7 @@ def load_classifier(
         )
     if kind == ONNX:
         return _onnx_classifier(path, device)
-    return _torchscript_classifier(path, device)
+    return _torchscript_classifier(path, device, trust_code)
 
 
 # --------------------------------------------------------------------------- classify

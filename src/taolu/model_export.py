@@ -198,6 +198,8 @@ def build_metadata(state: dict[str, Any], *, normalized_inside: bool) -> dict[st
         "format_version": str(EXPORT_VERSION),
         "taolu_version": __version__,
         "model_name": state.get("model_name") or "",
+        # A layer list travels as the list itself: predict never reads a file the export names.
+        "model_spec": json.dumps(state.get("model_spec"), ensure_ascii=False),
         "model_class": str(state.get("model_class", "")),
         "weights": str(state.get("config", {}).get("weights") or ""),
         "epoch": str(state.get("epoch", "")),
@@ -208,33 +210,50 @@ def build_metadata(state: dict[str, Any], *, normalized_inside: bool) -> dict[st
     }
 
 
-def read_metadata(metadata: dict[str, str] | None, source: str | Path) -> dict[str, Any]:
+def read_metadata(metadata: Any, source: str | Path) -> dict[str, Any]:
     """Check an exported file's metadata and decode it: {"classes", "preprocessing",
-    "model_name", "model_class", "weights", "normalized_inside"}; refuse a foreign file."""
-    if not metadata or metadata.get("format") != EXPORT_FORMAT:
+    "model_name", "model_spec", "model_class", "weights", "normalized_inside"}; refuse a
+    foreign file, and a damaged or crafted one, with a CheckpointError."""
+    if not isinstance(metadata, dict) or metadata.get("format") != EXPORT_FORMAT:
         raise CheckpointError(
             f"{source}: not exported by taolu: it carries no taolu metadata (class names and "
             "preprocessing); export the run with `taolu export`"
         )
+    texts = ("format_version", "classes", "preprocessing", "model_name", "model_class", "weights")
+    wrong = [
+        key for key in (*texts, "model_spec", "input") if not isinstance(metadata.get(key, ""), str)
+    ]
+    if wrong:
+        raise CheckpointError(f"{source}: its taolu metadata is damaged: {wrong[0]} is not text")
     try:
         version = int(metadata.get("format_version", ""))
         classes = json.loads(metadata["classes"])
         preprocessing = Preprocessing.from_dict(json.loads(metadata["preprocessing"]))
-        described_input = json.loads(metadata.get("input", "{}"))
-    except (KeyError, ValueError, TypeError) as error:
+        model_spec = json.loads(metadata.get("model_spec") or "null")
+        described_input = json.loads(metadata.get("input") or "{}")
+    except (KeyError, ValueError, TypeError, RecursionError) as error:
         raise CheckpointError(f"{source}: its taolu metadata is damaged: {error}") from None
+    except CheckpointError as error:
+        raise CheckpointError(f"{source}: {error}") from None
     if version > EXPORT_VERSION:
         raise CheckpointError(
             f"{source}: exported by a newer taolu (export format {version}); upgrade taolu"
         )
+    if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)):
+        raise CheckpointError(f"{source}: its taolu metadata is damaged: classes are not names")
+    if not (model_spec is None or isinstance(model_spec, list)):
+        raise CheckpointError(f"{source}: its taolu metadata is damaged: model_spec is no list")
+    if not isinstance(described_input, dict):
+        raise CheckpointError(f"{source}: its taolu metadata is damaged: input is no mapping")
     return {
-        "classes": [str(name) for name in classes],
+        "classes": classes,
         "preprocessing": preprocessing,
         "model_name": metadata.get("model_name") or None,
+        "model_spec": model_spec,
         "model_class": metadata.get("model_class", ""),
         "weights": metadata.get("weights", ""),
         "epoch": metadata.get("epoch", ""),
-        "normalized_inside": bool(described_input.get("normalized_inside", True)),
+        "normalized_inside": described_input.get("normalized_inside", True) is not False,
     }
 
 
@@ -447,40 +466,42 @@ def _restore_for_export(state: dict[str, Any], model: nn.Module | None) -> nn.Mo
     copied first, so export leaves it where it was)."""
     from taolu.inference import restore_model
 
-    if model is None:
-        name = state.get("model_name")
-        kind = None
-        if name:
-            from taolu.models import model_kind
-
-            kind = model_kind(name)
-        if not name or kind == "factory":
-            described = name or state.get("model_class", "your own nn.Module")
-            raise CheckpointError(
-                f"this run was trained with your own model ({described}); taolu does not "
-                "import code named in a checkpoint, so `taolu export` cannot rebuild it: "
-                "export from Python, passing the model: "
-                "taolu.export(run, format='onnx', model=MyNet())"
-            )
-    else:
+    if model is not None:
         model = copy.deepcopy(model)
     return restore_model(state, model).cpu().float().eval()
 
 
 def _fresh_network(state: dict[str, Any], model: nn.Module | None) -> nn.Module:
     """An untouched network of the same shape, for reloading the safetensors file into."""
-    if model is not None:
-        return copy.deepcopy(model).cpu()
-    from taolu.models import build_model
+    from taolu.inference import build_network
 
-    preprocessing = Preprocessing.from_dict(state["preprocessing"])
-    return build_model(
-        state["model_name"],
-        preprocessing.channels,
-        preprocessing.size,
-        len(state["classes"]),
-        weights=state["config"].get("weights"),
+    return copy.deepcopy(model).cpu() if model is not None else build_network(state)
+
+
+def _check_target(target: Path, source: Path, format: str) -> None:
+    """Refuse an `out` that would replace a run's checkpoint (the one exported, any taolu
+    checkpoint, or any file in a run's weights/ folder: resume and eval read those), or that
+    lacks the format's suffix (predict tells the formats by it, TorchScript by it alone)."""
+    if target.is_dir():
+        raise ConfigError(f"option 'out': {target} is a folder; name the file to write")
+    if target.exists() and target.resolve() == source.resolve():
+        raise ConfigError(f"option 'out': {target} is the checkpoint being exported")
+    folder = target.parent.resolve()
+    in_run = folder.name == ckpt.CHECKPOINT_DIR and any(
+        (folder / name).exists() for name in (ckpt.BEST_NAME, ckpt.LAST_NAME)
     )
+    if in_run or ckpt.is_checkpoint_file(target):
+        raise ConfigError(
+            f"option 'out': {target} is a taolu checkpoint or lies in a run's "
+            f"{ckpt.CHECKPOINT_DIR}/ folder; an export never replaces a run's checkpoints "
+            "(resume and eval need them): name a file elsewhere, or leave --out out to write "
+            "into RUN/export/"
+        )
+    if not target.name.lower().endswith(FORMATS[format]):
+        raise ConfigError(
+            f"option 'out': name the {format} file *{FORMATS[format]} (predict recognises an "
+            f"export by its name); got {target.name}"
+        )
 
 
 def export(
@@ -506,6 +527,9 @@ def export(
     if checkpoint not in ("best", "last"):
         raise ConfigError(f"option 'checkpoint': {checkpoint!r} is not allowed; use best or last")
     source = ckpt.find_checkpoint(run_or_checkpoint, f"{checkpoint}.pt")
+    target = None if out is None else Path(out).expanduser()
+    if target is not None:
+        _check_target(target, source, format)  # before the work: a refusal costs nothing
     state = ckpt.load_checkpoint(source)
     preprocessing = Preprocessing.from_dict(state["preprocessing"])
     network = _restore_for_export(state, model)  # refuses a model it cannot rebuild
@@ -513,14 +537,8 @@ def export(
     wrapped = Normalized(network, preprocessing.mean, preprocessing.std).eval()
     metadata = build_metadata(state, normalized_inside=format != "safetensors")
 
-    if out is None:
+    if target is None:
         target = default_target(run_directory(source), format)
-    else:
-        target = Path(out).expanduser()
-        if target.is_dir():
-            raise ConfigError(f"option 'out': {target} is a folder; name the file to write")
-        if target.exists() and target.resolve() == source.resolve():
-            raise ConfigError(f"option 'out': {target} is the checkpoint being exported")
     target.parent.mkdir(parents=True, exist_ok=True)
 
     generator = torch.Generator().manual_seed(0)

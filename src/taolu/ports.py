@@ -14,8 +14,6 @@ from taolu.errors import ConfigError
 
 # How many ports are tried, from the one asked for upwards.
 PORT_ATTEMPTS = 100
-# Addresses that mean "every interface of this machine".
-EVERY_INTERFACE = ("0.0.0.0", "::")
 
 
 def check_host_and_port(host: str, port: int, default_port: int) -> str:
@@ -112,12 +110,25 @@ def listen_on_first_free(host: str, first_port: int, backlog: int = 2048) -> soc
     raise no_free_port(host, first_port)
 
 
+def listens_everywhere(address: str) -> bool:
+    """Whether a bound address is the unspecified one (0.0.0.0, ::, or :: mapping 0.0.0.0),
+    which listens on every interface. Decided by the parsed address, not by how the user
+    spelt --host: "0", "0.0.0.0" and "::0" all bind the same."""
+    try:
+        parsed = ipaddress.ip_address(address.split("%")[0])
+    except ValueError:
+        return False
+    mapped = getattr(parsed, "ipv4_mapped", None)
+    return parsed.is_unspecified or (mapped is not None and mapped.is_unspecified)
+
+
 def warn_unless_loopback(sock: socket.socket, what: str) -> None:
-    """Say so on stderr when the server listens where other machines can reach it."""
+    """Say so on stderr when the server listens where other machines can reach it, naming
+    the address it is bound to (however --host spelt it)."""
     host = sock.getsockname()[0]
     if ipaddress.ip_address(host.split("%")[0]).is_loopback:
         return
-    reach = "every network this machine is on" if host in EVERY_INTERFACE else "other machines"
+    reach = "every network this machine is on" if listens_everywhere(host) else "other machines"
     print(
         f"taolu: warning: --host {host} serves {what} to {reach} (the default, 127.0.0.1, "
         "serves this machine only)",

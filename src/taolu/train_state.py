@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from taolu.errors import CheckpointError
+from taolu.errors import CheckpointError, shown
 
 # The contents' format: a checkpoint whose "version" is higher was written by a newer taolu.
 VERSION = 1
@@ -75,10 +75,13 @@ class TrainState:
         return values
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any], source: str | Path = "checkpoint") -> TrainState:
-        """The state in a loaded checkpoint dict, each field checked for its type; keys this
-        taolu does not know (a file's format marker, version, digest) are passed over."""
-        check_fields(values, source)
+    def from_dict(
+        cls, values: Mapping[str, Any], source: str | Path = "checkpoint", *, resuming: bool = False
+    ) -> TrainState:
+        """The state in a loaded checkpoint dict, each field checked for its type (see
+        `check_fields`); keys this taolu does not know (a file's format marker, version,
+        digest) are passed over."""
+        check_fields(values, source, resuming=resuming)
         known = {name: values[name] for name in _FIELD_TYPES if name in values}
         return cls(**known)
 
@@ -107,11 +110,19 @@ class TrainState:
             raise CheckpointError(
                 f"the checkpoint in {source} does not fit this model: {error}"
             ) from None
-        into.optimizer.load_state_dict(self.optimizer)
-        schedule.resume(self.scheduler, self.step, same_length=self.total_steps == total_steps)
-        if into.scaler is not None and self.grad_scaler:
-            into.scaler.load_state_dict(self.grad_scaler)
-        restore_rng_state(self.rng, generator)
+        # Each load checks what it is given with whatever it meets first; from a damaged or
+        # crafted file, any of these is the file's fault and said so.
+        try:
+            into.optimizer.load_state_dict(self.optimizer)
+            schedule.resume(self.scheduler, self.step, same_length=self.total_steps == total_steps)
+            if into.scaler is not None and self.grad_scaler:
+                into.scaler.load_state_dict(self.grad_scaler)
+            restore_rng_state(self.rng, generator)
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as error:
+            raise CheckpointError(
+                f"the checkpoint in {source} cannot be resumed: its training state is damaged "
+                f"({type(error).__name__}: {shown(str(error))})"
+            ) from None
 
 
 _FIELD_TYPES = typing.get_type_hints(TrainState)
@@ -123,33 +134,82 @@ REQUIRED_KEYS = tuple(
 )
 
 
-def check_fields(values: Mapping[str, Any], source: str | Path = "checkpoint") -> None:
-    """Refuse a checkpoint dict from a newer taolu, without a required field, or with a field
-    of the wrong type (a CheckpointError naming it)."""
+# The fields only a resumed run reads: required when resuming (taolu writes them all).
+RESUME_KEYS = (
+    "optimizer",
+    "scheduler",
+    "total_steps",
+    "step",
+    "elapsed_seconds",
+    "history",
+    "best_val_acc",
+    "best_epoch",
+    "rng",
+)
+# The saved options eval, predict and export read, with their types; the first four must be
+# there. (A resumed run checks the whole saved config against TrainConfig's own rules.)
+SAVED_OPTIONS: dict[str, Any] = {
+    "data": str,
+    "val_fraction": float,
+    "precision": str,
+    "label_smoothing": float,
+    "model": str,
+    "weights": str | None,
+    "data_root": str,
+}
+REQUIRED_OPTIONS = ("data", "val_fraction", "precision", "label_smoothing")
+
+
+def check_fields(
+    values: Mapping[str, Any], source: str | Path = "checkpoint", *, resuming: bool = False
+) -> None:
+    """Refuse a checkpoint dict from a newer taolu, without a required field (with `resuming`,
+    also RESUME_KEYS), with a field whose value does not fit its annotation (containers are
+    checked item by item: weights are name -> tensor, classes are names), with no classes, or
+    with a saved option eval, predict or export reads missing or of the wrong type. A
+    CheckpointError names the field; readers then meet no TypeError or KeyError."""
     version = values.get("version", VERSION)
     if not isinstance(version, int) or isinstance(version, bool) or version > VERSION:
         raise CheckpointError(
-            f"{source}: written by a newer taolu (format {version}); upgrade taolu"
+            f"{source}: written by a newer taolu (format {shown(version)}); upgrade taolu"
         )
-    missing = [key for key in REQUIRED_KEYS if key not in values]
-    if missing:
-        raise CheckpointError(
-            f"{source}: incomplete taolu checkpoint, missing {', '.join(missing)}"
-        )
+    required = (*REQUIRED_KEYS, *(RESUME_KEYS if resuming else ()))
+    _refuse_missing(required, values, f"{source}: incomplete taolu checkpoint, missing")
     for name, hint in _FIELD_TYPES.items():
         if name in values and not _accepts(hint, values[name]):
-            raise CheckpointError(
-                f"{source}: corrupt taolu checkpoint: {name} is a {type(values[name]).__name__}, "
-                f"not {hint}"
-            )
+            raise CheckpointError(_wrong_type(source, f"field '{name}'", hint, values[name]))
+    if not values["classes"]:
+        raise CheckpointError(f"{source}: damaged taolu checkpoint: it names no classes")
+    config = values["config"]
+    _refuse_missing(
+        REQUIRED_OPTIONS, config, f"{source}: damaged taolu checkpoint: its saved config lacks"
+    )
+    for name, hint in SAVED_OPTIONS.items():
+        if name in config and not _accepts(hint, config[name]):
+            raise CheckpointError(_wrong_type(source, f"saved option '{name}'", hint, config[name]))
+
+
+def _refuse_missing(keys: tuple[str, ...], present: Mapping[str, Any], problem: str) -> None:
+    missing = [key for key in keys if key not in present]
+    if missing:
+        raise CheckpointError(f"{problem} {', '.join(missing)}")
+
+
+def _wrong_type(source: str | Path, what: str, hint: Any, value: Any) -> str:
+    expected = hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
+    return (
+        f"{source}: damaged taolu checkpoint: its {what} is not {expected} "
+        f"(it is a {type(value).__name__}: {shown(value)})"
+    )
 
 
 def _accepts(hint: Any, value: Any) -> bool:
-    """Whether `value` fits the field type `hint` (containers are checked as containers;
-    a float field takes an int; an int field never takes a bool)."""
+    """Whether `value` fits the field type `hint`: lists and dicts item by item where the hint
+    names their items' types; a float field takes an int; an int field never takes a bool."""
     origin = typing.get_origin(hint) or hint
+    arguments = typing.get_args(hint)
     if origin in (types.UnionType, typing.Union):
-        return any(_accepts(option, value) for option in typing.get_args(hint))
+        return any(_accepts(option, value) for option in arguments)
     if hint is type(None):
         return value is None
     if hint is Any:
@@ -159,7 +219,17 @@ def _accepts(hint: Any, value: Any) -> bool:
     if origin is float:
         return isinstance(value, (int, float))
     if origin is list:
-        return isinstance(value, (list, tuple))
+        if not isinstance(value, (list, tuple)):
+            return False
+        item = arguments[0] if arguments else Any
+        return item is Any or all(_accepts(item, entry) for entry in value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            return False
+        key, item = arguments if arguments else (Any, Any)
+        return (key is Any and item is Any) or all(
+            _accepts(key, k) and _accepts(item, v) for k, v in value.items()
+        )
     return isinstance(value, origin)
 
 

@@ -507,7 +507,8 @@ def quarantine(report: DataReport, target: Path, data_root: Path) -> list[tuple[
     path is checked before the first move. Returns (from, to) for each file moved.
     """
     root, target = Path(os.path.abspath(data_root)), Path(os.path.abspath(target))
-    if target.resolve().is_relative_to(root.resolve()):
+    real_root = Path(os.path.realpath(root))
+    if Path(os.path.realpath(target)).is_relative_to(real_root):
         raise ConfigError(
             f"quarantine folder {target} is inside the data root {root}; "
             "training would read it as data, choose a folder outside"
@@ -515,14 +516,27 @@ def quarantine(report: DataReport, target: Path, data_root: Path) -> list[tuple[
     plans = []
     for path in report.bad_files:
         source = Path(os.path.abspath(path))
-        if not source.is_relative_to(root):
-            raise DataError(f"{source} is not under the data root {root}; nothing was moved")
-        if os.path.lexists(source):  # already moved by an earlier call with this report
-            plans.append((source, target / source.relative_to(root)))
+        if not os.path.lexists(source):  # already moved by an earlier call with this report
+            continue
+        # Resolved, not compared as text: a linked folder inside the root (or a link as the
+        # file) may lead anywhere, and only what really lies in the root is moved.
+        real_folder = Path(os.path.realpath(source.parent))
+        real_file = Path(os.path.realpath(source))
+        if not (
+            source.is_relative_to(root)
+            and real_folder.is_relative_to(real_root)
+            and real_file.is_relative_to(real_root)
+        ):
+            raise DataError(
+                f"{source} is not inside the data root {real_root} once links are followed "
+                f"(it is {real_file}); quarantine moves only files that lie in the root. "
+                "Nothing was moved"
+            )
+        plans.append((source, real_folder / source.name, target / source.relative_to(root)))
     moves = []
-    for source, destination in plans:
+    for source, real_source, destination in plans:
         try:
-            moves.append((source, _move_without_overwrite(source, destination)))
+            moves.append((source, _move_without_overwrite(real_source, destination)))
         except OSError as error:
             raise DataError(
                 f"could not move {source} ({error}); {len(moves)} moved before it"

@@ -6,7 +6,12 @@ from __future__ import annotations
 
 import gzip
 import importlib
+import io
+import math
 import pickle
+import pickletools
+import struct
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -16,6 +21,7 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
+from taolu.config import MAX_IMAGE_SIDE
 from taolu.data.sources import ImageTensors
 from taolu.errors import ConfigError, DataError
 
@@ -115,10 +121,15 @@ class ArrayUnpickler(pickle.Unpickler):
 
 
 def load_array_pickle(path: Path) -> object:
-    """The object in a pickle file that may hold only plain data and numpy arrays."""
+    """The object in a pickle file that may hold only plain data and numpy arrays. The opcodes
+    are walked first (pickletools, reading from memory): a length a crafted pickle claims for a
+    string (2**40 bytes, say) is refused there, where the unpickler would allocate it up
+    front before finding the file shorter."""
     try:
-        with open(path, "rb") as file:
-            return ArrayUnpickler(file, path).load()
+        data = path.read_bytes()
+        for _ in pickletools.genops(io.BytesIO(data)):
+            pass
+        return ArrayUnpickler(io.BytesIO(data), path).load()
     except PICKLE_FAILURES as error:
         problem = f"{type(error).__name__}: {error}"
         raise DataError(f"{path}: not a readable pickle ({problem})") from None
@@ -152,26 +163,57 @@ def _gzip_variant(path: Path) -> Path:
 
 def read_idx(path: Path, dimensions: int) -> np.ndarray:
     """An IDX file of unsigned bytes (MNIST's format), plain or gzipped: the magic number
-    0 0 8 D, D big-endian uint32 sizes, then the bytes."""
+    0 0 8 D, D big-endian uint32 sizes, then the bytes.
+
+    The header is read and checked first; the size it promises is computed with Python's
+    integers (no overflow), each image side must be at most MAX_IMAGE_SIDE, and exactly that
+    many bytes are read, in chunks, before the file must end. A gzipped file of zeros, or a
+    header promising more than the file holds, is refused having read no more than it holds.
+    """
+    header = 4 + 4 * dimensions
     try:
         with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as file:
-            data = file.read()
-    except (OSError, EOFError) as error:
+            head = file.read(header)
+            if len(head) < 4 or head[:3] != b"\x00\x00\x08" or head[3] != dimensions:
+                raise DataError(
+                    f"{path}: not an IDX file of unsigned bytes with {dimensions} dimension(s) "
+                    f"(its magic number is {head[:4].hex() or 'missing'}, expected "
+                    f"0000080{dimensions})"
+                )
+            if len(head) < header:
+                raise DataError(f"{path}: its IDX header is cut short ({len(head)} bytes)")
+            shape = tuple(
+                int.from_bytes(head[4 + 4 * i : 8 + 4 * i], "big") for i in range(dimensions)
+            )
+            if any(side > MAX_IMAGE_SIDE for side in shape[1:]):
+                raise DataError(
+                    f"{path}: its header gives images of {shape[1:]}, beyond {MAX_IMAGE_SIDE} "
+                    "pixels a side; the file is damaged or not an image set"
+                )
+            expected = math.prod(shape)
+            data = _read_exactly(file, expected)
+            extra = len(file.read(1))
+    except (OSError, EOFError, zlib.error) as error:
         raise DataError(f"{path}: cannot read ({error})") from None
-    header = 4 + 4 * dimensions
-    if len(data) < header or data[:3] != b"\x00\x00\x08" or data[3] != dimensions:
+    if len(data) != expected or extra:
+        got = f"{header + len(data)}" + (" or more" if extra else "")
         raise DataError(
-            f"{path}: not an IDX file of unsigned bytes with {dimensions} dimension(s) "
-            f"(its magic number is {data[:4].hex() or 'missing'}, expected 0000080{dimensions})"
-        )
-    shape = tuple(int(size) for size in np.frombuffer(data, ">u4", dimensions, offset=4))
-    expected = header + int(np.prod(shape))
-    if len(data) != expected:
-        raise DataError(
-            f"{path}: {len(data)} bytes, but its header (sizes {shape}) promises {expected}; "
+            f"{path}: {got} bytes, but its header (sizes {shape}) promises {header + expected}; "
             "the file is truncated or damaged"
         )
-    return np.frombuffer(bytearray(data), np.uint8, offset=header).reshape(shape)
+    return np.frombuffer(data, np.uint8).reshape(shape)
+
+
+def _read_exactly(file: BinaryIO, count: int, chunk: int = 1 << 24) -> bytearray:
+    """Up to `count` bytes of `file`, read in chunks: memory grows with what the file really
+    holds, never with what a header claims."""
+    data = bytearray()
+    while len(data) < count:
+        piece = file.read(min(chunk, count - len(data)))
+        if not piece:
+            break
+        data += piece
+    return data
 
 
 def _read_mnist_family(folder: Path, classes: list[str]) -> Splits:
@@ -206,7 +248,13 @@ def _text(value: object) -> str:
 def _read_cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
     batch = load_array_pickle(path)
     data = _entry(batch, "data", path)
-    labels = np.asarray(_entry(batch, label_key, path))
+    labels = _entry(batch, label_key, path)
+    # A flat list of ints (or an array) only: np.asarray of nested lists that a pickle repeats
+    # by reference could ask for billions of values from a few bytes.
+    if isinstance(labels, list) and all(type(n) is int and abs(n) < 2**62 for n in labels):
+        labels = np.asarray(labels, dtype=np.int64)
+    if not isinstance(labels, np.ndarray):
+        raise DataError(f"{path}: {label_key!r} must be a list of integers")
     if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2):
         raise DataError(f"{path}: 'data' must be a uint8 array (N, {CIFAR_IMAGE_BYTES})")
     if data.shape[1] != CIFAR_IMAGE_BYTES:
@@ -224,7 +272,7 @@ def _read_cifar(
 ) -> Splits:
     meta_path = folder / meta[0]
     names = _entry(load_array_pickle(meta_path), meta[1], meta_path)
-    if not isinstance(names, list) or not names:
+    if not (isinstance(names, list) and names and all(isinstance(n, (str, bytes)) for n in names)):
         raise DataError(f"{meta_path}: {meta[1]!r} must be a list of class names")
     classes = [_text(name) for name in names]
     splits = []
@@ -236,14 +284,61 @@ def _read_cifar(
     return splits[0], splits[1], classes
 
 
+MAT_HEADER = 128  # a MATLAB 5 file's text header, subsystem offset, version and endian mark
+MAT_COMPRESSED = 15  # miCOMPRESSED: a zlib stream holding one variable
+MAT_EXPANSION = 16  # how many times its stored size a compressed variable may grow (SVHN: 1.3)
+MAT_CHUNK = 1 << 22
+
+
+def check_mat_expansion(path: Path) -> None:
+    """Refuse a MATLAB 5 file whose compressed variables expand beyond MAT_EXPANSION times
+    their stored size (plus a MiB): a zlib bomb would otherwise fill memory inside scipy. Each
+    variable is decompressed as a stream and only counted, in chunks of MAT_CHUNK, stopping as
+    soon as the bound is passed; nothing is kept."""
+    try:
+        with open(path, "rb") as file:
+            header = file.read(MAT_HEADER)
+            order = "<" if header[126:128] == b"IM" else ">"
+            while tag := file.read(8):
+                if len(tag) < 8:
+                    return  # scipy names a cut-short file itself
+                kind, size = struct.unpack(order + "II", tag)
+                if kind >> 16:  # a small element: data packed into the tag itself
+                    continue
+                if kind != MAT_COMPRESSED:
+                    file.seek(size + (-size % 8), 1)
+                    continue
+                limit = MAT_EXPANSION * size + (1 << 20)
+                inflater, expanded, left = zlib.decompressobj(), 0, size
+                while left > 0 and not inflater.eof:
+                    piece = file.read(min(MAT_CHUNK, left))
+                    if not piece:
+                        return
+                    left -= len(piece)
+                    while piece and not inflater.eof:
+                        expanded += len(inflater.decompress(piece, MAT_CHUNK))
+                        piece = inflater.unconsumed_tail
+                        if expanded > limit:
+                            raise DataError(
+                                f"{path}: refused: a compressed variable of {size:,} bytes "
+                                f"expands past {limit:,} (a zlib bomb?); SVHN's variables "
+                                f"grow less than {MAT_EXPANSION}-fold"
+                            )
+                file.seek(left, 1)
+    except (OSError, zlib.error, struct.error) as error:
+        raise DataError(f"{path}: not a readable MATLAB .mat file ({error})") from None
+
+
 def _read_svhn_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
     # Imported here: scipy takes a while to import and only SVHN needs it.
     from scipy.io import loadmat
-    from scipy.io.matlab import MatReadError
 
+    check_mat_expansion(path)
     try:
         contents = loadmat(path, variable_names=["X", "y"])
-    except (MatReadError, ValueError, OSError, EOFError, TypeError, NotImplementedError) as error:
+    except MemoryError:
+        raise DataError(f"{path}: its sizes ask for more memory than there is") from None
+    except Exception as error:  # scipy's parser meets a damaged file with many error kinds
         raise DataError(f"{path}: not a readable MATLAB .mat file ({error})") from None
     images, labels = contents.get("X"), contents.get("y")
     if not isinstance(images, np.ndarray) or images.ndim != 4 or images.shape[:3] != (32, 32, 3):
@@ -288,6 +383,8 @@ def _read_stl10(folder: Path) -> Splits:
     except (OSError, UnicodeDecodeError) as error:
         raise DataError(f"{names_path}: cannot read ({error})") from None
     classes = [name for name in classes if name]
+    if not classes:
+        raise DataError(f"{names_path}: lists no class names (one a line)")
     train = _read_stl10_split(folder, "train", len(classes))
     test = _read_stl10_split(folder, "test", len(classes))
     return train, test, classes

@@ -5,15 +5,20 @@ normalisation run on whole batches on the device, with a separate random choice 
 from __future__ import annotations
 
 import logging
+import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from taolu.config import MAX_IMAGE_SIDE, RESIZE_MODES
 from taolu.data.sources import DeferredTensors, ImageTensors, Split
+from taolu.data.transforms import KEPT_FOR_EVAL, parse_transform_list
+from taolu.errors import CheckpointError, ConfigError
 
 log = logging.getLogger("taolu")
 
@@ -40,15 +45,86 @@ class Preprocessing:
         }
 
     @classmethod
-    def from_dict(cls, values: dict) -> Preprocessing:
+    def from_dict(cls, values: Any) -> Preprocessing:
+        """The preprocessing a checkpoint or an exported file stored, checked before any of it
+        is used (a shared file may be crafted): channels 1 or 3, each side 1..MAX_IMAGE_SIDE, a
+        known resize mode, a finite mean and a positive std per channel, and eval transforms
+        that pass the same allow-list and bounds as --transforms, deterministic ones only.
+        Raises CheckpointError naming the field at fault."""
+        if not isinstance(values, Mapping):
+            raise CheckpointError(f"stored preprocessing: a mapping expected, got {_kind(values)}")
+        missing = [key for key in STORED_KEYS if key not in values]
+        if missing:
+            raise CheckpointError(f"stored preprocessing: missing {', '.join(missing)}")
+        channels = values["channels"]
+        if not (_is_whole(channels) and channels in (1, 3)):
+            raise CheckpointError(
+                f"stored preprocessing: channels must be 1 or 3, not {channels!r:.40}"
+            )
+        size = values["size"]
+        if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(map(_is_side, size))):
+            raise CheckpointError(
+                f"stored preprocessing: size must be two whole numbers from 1 to "
+                f"{MAX_IMAGE_SIDE}, not {size!r:.80}"
+            )
+        if not (isinstance(values["resize_mode"], str) and values["resize_mode"] in RESIZE_MODES):
+            raise CheckpointError(
+                f"stored preprocessing: resize_mode {values['resize_mode']!r:.40} is not one of "
+                f"{', '.join(RESIZE_MODES)}"
+            )
+        mean = _per_channel(values["mean"], "mean", channels)
+        std = _per_channel(values["std"], "std", channels)
+        if not all(value > 0 for value in std):
+            raise CheckpointError(f"stored preprocessing: every std must be > 0, got {list(std)}")
+        stored = values.get("eval_transforms", [])
+        try:
+            entries = parse_transform_list(
+                list(stored) if isinstance(stored, tuple) else stored,
+                option="stored eval_transforms",
+            )
+        except ConfigError as error:
+            raise CheckpointError(str(error)) from None
+        random = [entry.name for entry in entries if entry.name not in KEPT_FOR_EVAL]
+        if random:
+            raise CheckpointError(
+                f"stored preprocessing: eval_transforms hold {random[0]}, which is random; an "
+                f"eval pipeline keeps only {', '.join(sorted(KEPT_FOR_EVAL))}"
+            )
         return cls(
-            channels=int(values["channels"]),
-            size=tuple(int(v) for v in values["size"]),
-            resize_mode=str(values["resize_mode"]),
-            mean=tuple(float(v) for v in values["mean"]),
-            std=tuple(float(v) for v in values["std"]),
-            eval_transforms=tuple(values.get("eval_transforms", ())),
+            channels=channels,
+            size=(size[0], size[1]),
+            resize_mode=values["resize_mode"],
+            mean=mean,
+            std=std,
+            eval_transforms=tuple(entry.describe() for entry in entries),
         )
+
+
+STORED_KEYS = ("channels", "size", "resize_mode", "mean", "std")
+
+
+def _kind(value: Any) -> str:
+    return type(value).__name__
+
+
+def _is_whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_side(value: Any) -> bool:
+    return _is_whole(value) and 1 <= value <= MAX_IMAGE_SIDE
+
+
+def _per_channel(values: Any, name: str, channels: int) -> tuple[float, ...]:
+    """One finite number per channel, as floats."""
+    if isinstance(values, (list, tuple)) and len(values) == channels:
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            if all(math.isfinite(v) for v in values):
+                return tuple(float(v) for v in values)
+    raise CheckpointError(
+        f"stored preprocessing: {name} must be {channels} finite number(s), one per channel, "
+        f"not {values!r:.80}"
+    )
 
 
 def to_unit_float(images: torch.Tensor) -> torch.Tensor:

@@ -391,15 +391,21 @@ def write_manifest(listing: FileListing, path: Path, base: Path) -> None:
 
 
 def read_manifest(path: Path, base: Path) -> FileListing:
+    """The split a run recorded (see `write_manifest`): any damage, or a value of the wrong
+    type (a run directory may come from someone else), is a DataError naming the file."""
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
         classes = list(manifest["classes"])
+        if not all(isinstance(name, str) for name in classes):
+            raise TypeError("classes must be names")
         index = {name: i for i, name in enumerate(classes)}
         listing = FileListing(classes, {"train": [], "val": []}, f"{base} (split from {path})")
         for entry in manifest["files"]:
+            if not isinstance(entry["path"], str):
+                raise TypeError("a file's path must be text")
             listing.splits[entry["split"]].append((base / entry["path"], index[entry["label"]]))
-    except (ValueError, KeyError, TypeError, AttributeError) as error:
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as error:
         raise DataError(
-            f"{path}: damaged split manifest ({type(error).__name__}: {error})"
+            f"{path}: damaged split manifest ({type(error).__name__}: {str(error)[:300]})"
         ) from None
     return listing

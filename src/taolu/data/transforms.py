@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import difflib
 import inspect
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,8 +19,10 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from taolu.config import MAX_IMAGE_SIDE
 from taolu.data.decode import fit_to_size, match_channels
-from taolu.errors import ConfigError, DataError
+from taolu.errors import ConfigError, DataError, shown
+from taolu.plain import is_plain
 
 OPTION = "transforms"  # the config option that holds a user's list, as messages name it
 
@@ -47,6 +50,11 @@ PRESETS = ("digits", "objects", "photos", "none")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 NORMALIZE_MODES = ("auto", "imagenet", "none")
+# Bounds on a transform list (a --transforms option, or the eval pipeline a checkpoint stores).
+MAX_ENTRIES = 64  # entries once Compose is flattened
+MAX_COMPOSE = 4  # Compose inside Compose
+ARGUMENT_DEPTH = 3  # lists and mappings inside an argument
+SIZE_ARGUMENTS = ("size", "max_size", "padding", "kernel_size")  # pixels, <= MAX_IMAGE_SIDE
 
 
 @dataclass(frozen=True)
@@ -81,22 +89,35 @@ def parse_transform_list(spec: object, *, option: str = OPTION) -> list[Transfor
 
     Compose entries (`args: {transforms: [...]}`) are flattened into the list. Every refusal
     raises ConfigError naming the entry as `option[index]`, its name and what is allowed.
+    Bounds: at most MAX_ENTRIES entries once flattened, Compose nested at most MAX_COMPOSE
+    deep, arguments plain values (numbers, strings, lists, mappings), and sizes, paddings and
+    kernels at most MAX_IMAGE_SIDE pixels. The same rules hold for the eval pipeline a
+    checkpoint stores, which a shared file could otherwise craft.
     """
+    return _parse_list(spec, option, depth=0)
+
+
+def _parse_list(spec: object, option: str, depth: int) -> list[TransformEntry]:
     if not isinstance(spec, list):
         raise ConfigError(
             f"option '{option}' must be a list of {{name, args}} entries, not {type(spec).__name__}"
         )
     entries: list[TransformEntry] = []
     for index, item in enumerate(spec):
-        entries.extend(_parse_entry(item, f"{option}[{index}]"))
+        entries.extend(_parse_entry(item, f"{option}[{index}]", depth))
+        if len(entries) > MAX_ENTRIES:
+            raise ConfigError(
+                f"option '{option}': more than {MAX_ENTRIES} transforms (Compose entries "
+                "counted by what they hold); no pipeline needs that many"
+            )
     return entries
 
 
-def _parse_entry(item: object, where: str) -> list[TransformEntry]:
+def _parse_entry(item: object, where: str, depth: int) -> list[TransformEntry]:
     if not isinstance(item, dict):
         raise ConfigError(
             f"{where}: an entry must be a mapping like "
-            f"{{name: RandomCrop, args: {{size: 32, padding: 4}}}}, not {item!r}"
+            f"{{name: RandomCrop, args: {{size: 32, padding: 4}}}}, not {shown(item)}"
         )
     unknown = sorted(str(key) for key in item if key not in ("name", "args"))
     if unknown:
@@ -110,10 +131,14 @@ def _parse_entry(item: object, where: str) -> list[TransformEntry]:
     where = f"{where} ({name})"
     args = {} if item.get("args") is None else item["args"]
     if not isinstance(args, dict) or not all(isinstance(key, str) for key in args):
-        raise ConfigError(f"{where}: 'args' must be a mapping of argument: value, not {args!r}")
+        raise ConfigError(
+            f"{where}: 'args' must be a mapping of argument: value, not {shown(args)}"
+        )
     if name == "Compose":
-        return _parse_compose(args, where)
+        return _parse_compose(args, where, depth)
     _check_argument_names(name, args, where)
+    _check_plain(args, where)
+    _check_sizes(args, where)
     if name not in CONVERSIONS:  # conversions are never built; ToDtype's dtype is a torch object
         _check_construction(name, args, where)
     if name == "Normalize":
@@ -140,10 +165,37 @@ def _known_name(name: object, where: str) -> str:
     )
 
 
-def _parse_compose(args: dict, where: str) -> list[TransformEntry]:
+def _parse_compose(args: dict, where: str, depth: int) -> list[TransformEntry]:
     if set(args) != {"transforms"} or not isinstance(args["transforms"], list):
         raise ConfigError(f"{where}: Compose takes one argument, transforms: a list of entries")
-    return parse_transform_list(args["transforms"], option=f"{where}.args.transforms")
+    if depth >= MAX_COMPOSE:
+        raise ConfigError(f"{where}: Compose nested more than {MAX_COMPOSE} deep; flatten it")
+    return _parse_list(args["transforms"], f"{where}.args.transforms", depth + 1)
+
+
+def _check_plain(args: dict, where: str) -> None:
+    """Arguments are what YAML writes plainly: numbers, strings, booleans, null, and lists and
+    mappings of them, nested a few levels (no tensors, dates or bytes)."""
+    for key, value in args.items():
+        if not is_plain(value, ARGUMENT_DEPTH):
+            raise ConfigError(
+                f"{where}: argument {key} {shown(value)} refused: only numbers, strings, "
+                f"true/false, null, and lists or mappings of them {ARGUMENT_DEPTH} levels deep"
+            )
+
+
+def _check_sizes(args: dict, where: str) -> None:
+    """Each size, padding and kernel size, a number or a list of them, within MAX_IMAGE_SIDE:
+    beyond it a single image would need gigabytes (Resize(30000) asks 3.6 GB)."""
+    for key in SIZE_ARGUMENTS:
+        value = args.get(key)
+        numbers = value if isinstance(value, (list, tuple)) else [value]
+        for number in numbers:
+            if isinstance(number, (int, float)) and not abs(number) <= MAX_IMAGE_SIDE:
+                raise ConfigError(
+                    f"{where}: {key} {shown(value)} is beyond {MAX_IMAGE_SIDE} pixels; "
+                    "taolu works with images up to that side"
+                )
 
 
 def _check_argument_names(name: str, args: dict, where: str) -> None:
@@ -161,14 +213,17 @@ def _check_argument_names(name: str, args: dict, where: str) -> None:
 def _check_construction(name: str, args: dict, where: str) -> None:
     try:
         TransformEntry(name, args).build()
-    except (TypeError, ValueError) as error:
-        raise ConfigError(f"{where}: arguments {args} refused: {error}") from None
+    except Exception as error:  # torchvision checks its arguments with whatever it meets first
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ConfigError(f"{where}: arguments {shown(args)} refused: {first_line}") from None
 
 
 def _check_normalize(args: dict, where: str) -> None:
     mean, std = _floats(args.get("mean")), _floats(args.get("std"))
     if mean is None or std is None or len(mean) != len(std):
         raise ConfigError(f"{where}: mean and std must be lists of numbers of the same length")
+    if not all(math.isfinite(value) for value in mean + std):
+        raise ConfigError(f"{where}: mean and std must be finite numbers")
     if any(value <= 0 for value in std):
         raise ConfigError(f"{where}: every std must be > 0, got std {list(std)}")
 

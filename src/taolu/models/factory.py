@@ -43,12 +43,14 @@ def check_model_name(name: str) -> None:
 
 def _call_factory(name: str, channels: int, size: tuple[int, int], classes: int) -> nn.Module:
     """Import `package.module` and call `factory`, passing whichever of channels, classes
-    (or num_classes) and image_size (or size) it takes. Only ever for a name the user gave."""
+    (or num_classes) and image_size (or size) it takes. Only ever for a name the user gave.
+    Whatever goes wrong in the user's code (an import that fails, a call that raises, a result
+    that is no nn.Module) becomes a ConfigError naming the factory."""
     module_name, attribute = name.split(":")
     try:
         factory = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError) as error:
-        raise ConfigError(f"option 'model': cannot load {name}: {error}") from None
+    except Exception as error:  # the module's own import-time code may raise anything
+        raise ConfigError(f"option 'model': cannot load {name}: {_first_line(error)}") from None
     offered = {
         "channels": channels,
         "in_channels": channels,
@@ -57,13 +59,30 @@ def _call_factory(name: str, channels: int, size: tuple[int, int], classes: int)
         "image_size": size[0],
         "size": size,
     }
-    accepted = inspect.signature(factory).parameters
-    model = factory(**{key: value for key, value in offered.items() if key in accepted})
+    try:
+        accepted = inspect.signature(factory).parameters
+    except (TypeError, ValueError) as error:  # not callable, or a builtin without a signature
+        raise ConfigError(
+            f"option 'model': {name} is not a function taolu can call: {_first_line(error)}"
+        ) from None
+    try:
+        model = factory(**{key: value for key, value in offered.items() if key in accepted})
+    except Exception as error:
+        raise ConfigError(
+            f"option 'model': calling {name}({', '.join(k for k in offered if k in accepted)}) "
+            f"failed: {_first_line(error)}; a factory takes any of channels, classes (or "
+            "num_classes) and image_size, and returns an nn.Module"
+        ) from None
     if not isinstance(model, nn.Module):
         raise ConfigError(
             f"option 'model': {name} returned {type(model).__name__}, not an nn.Module"
         )
     return model
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 def build_model(
@@ -73,9 +92,17 @@ def build_model(
     classes: int,
     *,
     weights: str | None = None,
+    layers: list | None = None,
 ) -> nn.Module:
     """The network `name`, sized for (channels, size) inputs and `classes` outputs.
-    `weights` matters only to torchvision models whose shape depends on them (ViT sizes)."""
+    `weights` matters only to torchvision models whose shape depends on them (ViT sizes).
+    `layers` is a layer list stored in a checkpoint: the network is built from it, and the
+    file `name` points to is never read."""
+    if layers is not None:
+        from taolu.models.spec import build_from_spec
+
+        source = f"the layer list stored for {name}"
+        return build_from_spec(layers, channels, tuple(size), classes, source=source)
     kind = model_kind(name)
     if kind == "builtin":
         return BUILTIN_MODELS[name](channels, tuple(size), classes)

@@ -1,9 +1,15 @@
 """A network written as a list of torch.nn layers (a YAML or JSON file, or a Python list),
 built into an `nn.Sequential` whose input sizes are measured by a dry run, never by hand.
-Layers are numbered from 0 in messages, as `print(model)` numbers them."""
+Layers are numbered from 0 in messages, as `print(model)` numbers them.
+
+The built network keeps its list (`LayerList.spec`), which checkpoints and exports store in
+place of the file's path: a shared run never sends taolu to read a file it names, and editing
+the YAML file later cannot change what a trained run predicts. A list read from a shared file
+is bounded before any memory is spent on it (see `build_from_spec`)."""
 
 from __future__ import annotations
 
+import copy
 import difflib
 import inspect
 from collections.abc import Callable
@@ -13,12 +19,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 
-from taolu.errors import ConfigError
+from taolu.errors import ConfigError, shown
+from taolu.plain import is_plain, read_yaml
 
 Shape = tuple[int, ...]
+# Bounds on a layer list, checked by a dry run on the meta device (no memory): a few bytes of
+# YAML could otherwise ask for a Linear of a billion inputs, or activations of many gigabytes.
+MAX_LAYERS = 1000
+MAX_PARAMETERS = 2**30  # about 1.07 billion: 4 GiB of float32 weights
+MAX_ACTIVATION = 2**28  # values one layer outputs for one image: 1 GiB of float32
+MAX_STACKED = 100  # num_layers of an LSTM, GRU or TransformerEncoder (copies made before counting)
 
 
 class RowsRecurrent(nn.Module):
@@ -176,20 +188,13 @@ def load_layer_spec(source: str | Path | list) -> list:
     if isinstance(source, list):
         return _checked_list(source, "model spec")
     path = Path(source).expanduser()
-    try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as error:
-        raise ConfigError(
-            f"{path}: cannot read the layer list: {error.strerror or error}"
-        ) from None
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path} is not valid YAML or JSON: {error}") from None
+    document = read_yaml(path, "layer list")
     if isinstance(document, dict):
         unknown = sorted(str(key) for key in document if key != "layers")
         if unknown or "layers" not in document:
             raise ConfigError(
                 f"{path}: expected a list of layers, or a mapping with only the key 'layers'; "
-                f"got keys {', '.join(map(str, document))}"
+                f"got keys {shown(list(document))}"
             )
         document = document["layers"]
     return _checked_list(document, str(path))
@@ -197,8 +202,31 @@ def load_layer_spec(source: str | Path | list) -> list:
 
 def _checked_list(layers: Any, source: str) -> list:
     if not isinstance(layers, list) or not layers:
-        raise ConfigError(f"{source}: expected a non-empty list of layers, got {layers!r}")
+        raise ConfigError(f"{source}: expected a non-empty list of layers, got {shown(layers)}")
+    if len(layers) > MAX_LAYERS:
+        raise ConfigError(f"{source}: {len(layers)} layers; at most {MAX_LAYERS} are built")
+    for index, entry in enumerate(layers):
+        if not is_plain(entry):
+            raise ConfigError(
+                f"{source} layer {index}: {shown(entry)} holds something other than numbers, "
+                "strings, true/false, null, and lists or mappings of them (a few levels deep)"
+            )
     return layers
+
+
+class LayerList(nn.Sequential):
+    """The nn.Sequential a layer list builds, keeping the list itself (plain values) as `spec`,
+    so that a checkpoint stores the network, not the path of the file it came from."""
+
+    def __init__(self, layers: list[nn.Module], spec: list):
+        super().__init__(*layers)
+        self.spec = spec
+
+
+def stored_layers(model: nn.Module) -> list | None:
+    """The layer list `model` was built from, as plain lists and dicts for a checkpoint or an
+    export; None for a network that is not a layer list."""
+    return copy.deepcopy(model.spec) if isinstance(model, LayerList) else None
 
 
 def build_from_spec(
@@ -208,23 +236,51 @@ def build_from_spec(
     classes: int,
     *,
     source: str = "model spec",
-) -> nn.Sequential:
+) -> LayerList:
     """An `nn.Sequential` of the spec's layers for (channels, *size) images and `classes`
     outputs. Each entry is a name ("ReLU") or {Name: args}, args being keyword arguments, a
     list of positional ones, or one value; measured sizes (in_channels, in_features, ...) are
     filled in from a dry run of the layers before. The word `classes` stands for the class
-    count, and the last Linear may leave out its output size."""
+    count, and the last Linear may leave out its output size.
+
+    The list is first built and dry-run on the meta device, which checks every shape and
+    counts the weights and activations without allocating them; a list beyond MAX_LAYERS,
+    MAX_PARAMETERS or MAX_ACTIVATION is refused before anything real is built."""
     spec = _checked_list(spec, source)
     entries = [_parse_entry(entry, index, source) for index, entry in enumerate(spec)]
+    with torch.device("meta"):
+        _build_layers(entries, channels, size, classes, source)
+    return LayerList(_build_layers(entries, channels, size, classes, source), copy.deepcopy(spec))
+
+
+def _build_layers(
+    entries: list[tuple[str, Any]],
+    channels: int,
+    size: tuple[int, int],
+    classes: int,
+    source: str,
+) -> list[nn.Module]:
     linears = [index for index, (name, _) in enumerate(entries) if name == "Linear"]
     last_linear = linears[-1] if linears else -1
     probe = torch.zeros(1, channels, *size)  # (1, C, H, W): one blank image
     layers: list[nn.Module] = []
+    parameters = 0
     for index, (name, args) in enumerate(entries):
         where = f"{source} layer {index} ({name})"
         shape = tuple(probe.shape)
         layer = _build_layer(name, args, shape, classes, index == last_linear, where)
+        parameters += sum(parameter.numel() for parameter in layer.parameters())
+        if parameters > MAX_PARAMETERS:
+            raise ConfigError(
+                f"{where}: brings the network to {parameters:,} weights; taolu builds layer "
+                f"lists of up to {MAX_PARAMETERS:,}"
+            )
         probe = _dry_run(layer, probe, where)
+        if probe.numel() > MAX_ACTIVATION:
+            raise ConfigError(
+                f"{where}: outputs {probe.numel():,} values for one image "
+                f"{tuple(probe.shape)}; taolu allows up to {MAX_ACTIVATION:,} per layer"
+            )
         layers.append(layer)
     if tuple(probe.shape) != (1, classes):
         raise ConfigError(
@@ -232,7 +288,7 @@ def build_from_spec(
             f"data has {classes} classes, so it must output (1, {classes}); "
             "end the list with Flatten (if needed) and {Linear: classes}"
         )
-    return nn.Sequential(*layers)
+    return layers
 
 
 def _parse_entry(entry: Any, index: int, source: str) -> tuple[str, Any]:
@@ -243,7 +299,7 @@ def _parse_entry(entry: Any, index: int, source: str) -> tuple[str, Any]:
     else:
         raise ConfigError(
             f"{source} layer {index}: expected a layer name or a one-key mapping "
-            f"{{Name: args}}, got {entry!r}"
+            f"{{Name: args}}, got {shown(entry)}"
         )
     if name not in LAYERS:
         close = difflib.get_close_matches(str(name), LAYERS, n=1)
@@ -273,11 +329,14 @@ def _build_layer(
         keywords["out_features"] = classes
     if name == "LayerNorm":
         keywords["normalized_shape"] = _layer_norm_shape(shape, keywords.get("normalized_shape"))
+    stacked = keywords.get("num_layers", 1)
+    if isinstance(stacked, int) and stacked > MAX_STACKED:
+        raise ConfigError(f"{where}: num_layers {stacked} is more than {MAX_STACKED}")
     measured = kind.measure(shape) if kind.measure else {}
     try:
         return kind.build(**{**measured, **keywords})
-    except (TypeError, ValueError, AssertionError, RuntimeError) as error:
-        raise ConfigError(f"{where}: bad arguments {keywords}: {error}") from None
+    except Exception as error:  # torch checks constructor arguments with whatever it meets
+        raise ConfigError(f"{where}: bad arguments {shown(keywords)}: {error}") from None
 
 
 def _arguments(name: str, args: Any, classes: int, where: str) -> dict[str, Any]:
@@ -314,8 +373,8 @@ def _dry_run(layer: nn.Module, probe: torch.Tensor, where: str) -> torch.Tensor:
     try:
         with torch.no_grad():
             output = layer(probe)
-    except (RuntimeError, ValueError) as error:
-        message = str(error).strip().splitlines()[0]
+    except Exception as error:  # IndexError, ZeroDivisionError, ... from the layer's arguments
+        message = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise ConfigError(
             f"{where}: cannot take input of shape {tuple(probe.shape)}: {message}"
         ) from None

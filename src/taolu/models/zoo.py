@@ -5,7 +5,6 @@ local files (never downloaded), and freezing for transfer learning.
 from __future__ import annotations
 
 import difflib
-import pickle
 import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from torchvision.models import WeightsEnum
 
 from taolu.checkpoint import FORMAT, inference_weights, load_checkpoint
 from taolu.errors import CheckpointError, ConfigError
+from taolu.torch_files import read_weights_only
 
 # Where each family keeps its classifier head, by model class. "[-1]" means the last layer of
 # a Sequential, whose index differs within a family (mobilenet_v2: 1, mobilenet_v3: 3).
@@ -248,23 +248,14 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
             return load_file(path, device="cpu")
         except Exception as error:  # safetensors raises its own error type for bad headers
             raise CheckpointError(f"{path}: not a readable safetensors file: {error}") from None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        first_line = (str(error).strip().splitlines() or [""])[0]
-        raise CheckpointError(
-            f"{path}: refused: it holds pickled objects other than tensors and plain values "
-            f"(loading them could run code). Nothing in it was executed. ({first_line})"
-        ) from None
-    except Exception as error:  # torch raises many kinds for torn or foreign files
-        raise CheckpointError(f"{path}: not a readable weights file: {error}") from None
+    state = read_weights_only(path, "weights file")
     if isinstance(state, dict) and state.get("format") == FORMAT:
         return inference_weights(load_checkpoint(path))
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
     if not isinstance(state, dict) or not all(
-        isinstance(value, torch.Tensor) for value in state.values()
+        isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in state.items()
     ):
         raise CheckpointError(f"{path}: holds no state dict of tensors")
     return state

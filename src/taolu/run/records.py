@@ -36,6 +36,7 @@ from taolu.metric_names import (
     VAL_MACRO_F1,
     column,
 )
+from taolu.models.spec import stored_layers
 from taolu.run.lr_auto import LrChoice
 from taolu.run.setup import OptimParts, Resume, Run
 from taolu.run.verdict import MIN_VAL_PER_CLASS, judge_run, render
@@ -114,6 +115,7 @@ class Records:
             preprocessing=run.data.prepared.preprocessing.to_dict(),
             model_name=parts.name,
             model_class=f"{type(parts.model).__module__}.{type(parts.model).__qualname__}",
+            model_spec=stored_layers(parts.model),  # a layer list itself, not its file's path
             total_steps=run.optim.total_steps,
         )
 

@@ -82,7 +82,7 @@ def run_training(
         users_model, resumed = parts.model is not None, resume is not None
         prepared = prepare_data(options, parts, resume)
         torch.manual_seed(options.seed)
-        network = build_network(options, parts.model, prepared)
+        network = build_network(options, parts.model, prepared, resume)
         recipe = settle_recipe(
             options, chosen, prepared, network, users_model=users_model, resumed=resumed
         )

@@ -72,11 +72,16 @@ def prepare_data(options: TrainConfig, parts: UserParts, resume: Resume | None) 
 
 
 def build_network(
-    options: TrainConfig, users_model: nn.Module | None, prepared: TrainingData
+    options: TrainConfig,
+    users_model: nn.Module | None,
+    prepared: TrainingData,
+    resume: Resume | None,
 ) -> nn.Module:
-    """The user's module, or the net `options.model` names sized for the data; lazy layers
-    (nn.LazyLinear, ...) get their sizes from one dry batch here, before the recipe looks at
-    the net and before the optimizer, the weight average and the graph need its parameters."""
+    """The user's module, or the net `options.model` names sized for the data (resumed: a
+    layer list from the list the checkpoint holds, never from the file its config names);
+    lazy layers (nn.LazyLinear, ...) get their sizes from one dry batch here, before the
+    recipe looks at the net and before the optimizer, the weight average and the graph need
+    its parameters."""
     bundle = prepared.bundle
     model = users_model
     if model is None:
@@ -86,6 +91,7 @@ def build_network(
             bundle.size,
             len(bundle.classes),
             weights=options.weights,
+            layers=resume.state.model_spec if resume is not None else None,
         )
     materialise_lazy_layers(model, bundle.channels, bundle.size)
     return model

@@ -27,7 +27,6 @@ from torch import nn
 from taolu import __version__
 from taolu.data.decode import EncodedImage
 from taolu.engine.precision import pick_device
-from taolu.errors import ConfigError
 from taolu.inference import (
     Classifier,
     input_reader,
@@ -57,17 +56,6 @@ SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),
 ]
-
-
-def refuse_code_unless_trusted(run: str | Path, trust_code: bool) -> None:
-    """A TorchScript file holds code that runs when it is loaded: serve one only when the user
-    says they trust it. (Decided by the `.torchscript.pt` name, as `taolu predict` decides.)"""
-    if str(run).lower().endswith(".torchscript.pt") and not trust_code:
-        raise ConfigError(
-            f"{run} is a TorchScript file: it holds code that would run when it is loaded; "
-            "serve it only if you trust where it came from, with --trust-code "
-            "(trust_code=True), or serve the run's checkpoint, .onnx or .safetensors instead"
-        )
 
 
 def run_name(run: str | Path) -> str:
@@ -275,9 +263,8 @@ def app(
     ServeOptions' fields (topk, max_upload_mb, max_files, request_timeout, max_batch,
     batch_window_ms). The model is loaded now, so a bad run is refused here."""
     settings = ServeOptions.from_keywords(options)
-    refuse_code_unless_trusted(run, trust_code)
     classifier = load_classifier(
-        run, checkpoint=checkpoint, model=model, device=pick_device(device)
+        run, checkpoint=checkpoint, model=model, device=pick_device(device), trust_code=trust_code
     )
     service = Service(classifier, settings, describe(run, classifier, settings))
 
