@@ -9,7 +9,6 @@ import json
 import os
 import stat
 import struct
-import sys
 import threading
 import warnings
 import zlib
@@ -20,7 +19,6 @@ import pytest
 from PIL import Image, ImageFile
 
 from taolu.data import check as doctor
-from taolu.data import sources
 from taolu.data.check import check_data, inspect_image, quarantine
 from taolu.errors import ConfigError, DataError
 
@@ -483,15 +481,6 @@ def test_a_csv_list_is_checked_file_by_file(tmp_path):
     assert sum(report.counts["train"].values()) + sum(report.counts["val"].values()) == 8
     assert listed(report, "zero_byte") == {str(root / "a" / "bad0.jpg")}
     assert listed(report, "passed_over") == {str(root / "a" / "gone.png")}
-
-
-def test_without_the_csv_reader_a_csv_is_a_clear_data_error(tmp_path, monkeypatch):
-    table = tmp_path / "list.csv"
-    table.write_text("path,label\n")
-    monkeypatch.setitem(sys.modules, "taolu.data.csv_list", None)  # makes the import fail
-    monkeypatch.delattr(sources, "list_csv", raising=False)
-    with pytest.raises(DataError, match="CSV"):
-        check_data(str(table))
 
 
 # --------------------------------------------------------------------------- quarantine

@@ -11,7 +11,7 @@ import shutil
 import stat
 import statistics
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -21,6 +21,8 @@ from typing import BinaryIO
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from taolu.data import sources
+from taolu.data.bundle import FileListing
+from taolu.data.csv_list import list_csv
 from taolu.data.disk_sets import DISK_DATASETS, load_disk_dataset
 from taolu.data.embedded import DIGIT_CLASSES, LOADERS, stratified_split
 from taolu.data.files import is_hidden
@@ -277,23 +279,12 @@ def check_data(
             raise DataError(f"{path}: no image files in any class folder") from None
         folders = _split_folders(path)
     elif path.suffix.lower() == ".csv":
-        listing, folders = _csv_lister(path)(path, val_fraction), {}
+        listing, folders = list_csv(path, val_fraction), {}
     else:
         raise ConfigError(f"{path} is a file; give a folder of class folders or a .csv list")
     with _strict_pillow():
         facts = _inspect_all([p for files in listing.splits.values() for p, _ in files], workers)
     return _diagnose(spec, listing, facts, folders, min_size, max_bad_fraction)
-
-
-def _csv_lister(path: Path) -> Callable[[Path, float], sources.FileListing]:
-    """`list_csv`, imported only when a CSV is checked, as `sources.load_data` does."""
-    try:
-        from taolu.data.csv_list import list_csv
-    except ImportError:
-        list_csv = getattr(sources, "list_csv", None)
-    if list_csv is None:
-        raise DataError(f"{path}: this version of taolu cannot read CSV file lists")
-    return list_csv
 
 
 def _check_embedded(name: str, val_fraction: float) -> DataReport:
@@ -357,7 +348,7 @@ def _inspect_all(paths: list[Path], workers: int) -> dict[Path, ImageFacts]:
 
 def _diagnose(
     spec: str,
-    listing: sources.FileListing,
+    listing: FileListing,
     facts: dict[Path, ImageFacts],
     folders: dict[str, Path],
     min_size: int,
@@ -419,7 +410,7 @@ def _odd_mode(mode: str, transparency: bool) -> str | None:
 
 
 def _find_duplicates(
-    listing: sources.FileListing,
+    listing: FileListing,
     facts: dict[Path, ImageFacts],
     problems: Problems,
 ) -> None:

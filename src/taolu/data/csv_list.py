@@ -10,8 +10,8 @@ from typing import NamedTuple
 
 import torch
 
+from taolu.data.bundle import FileListing
 from taolu.data.embedded import SPLIT_SEED, stratified_split
-from taolu.data.sources import FileListing
 from taolu.errors import DataError
 
 COLUMNS = ("path", "label", "split")

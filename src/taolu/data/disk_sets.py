@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from taolu.config import MAX_IMAGE_SIDE
-from taolu.data.sources import ImageTensors
+from taolu.data.bundle import ImageTensors
 from taolu.errors import ConfigError, DataError
 
 Splits = tuple[ImageTensors, ImageTensors, list[str]]  # (train, test as validation, classes)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from taolu.config import MAX_IMAGE_SIDE, RESIZE_MODES
-from taolu.data.sources import DeferredTensors, ImageTensors, Split
+from taolu.data.bundle import DeferredTensors, ImageTensors, Split
 from taolu.data.transforms import KEPT_FOR_EVAL, parse_transform_list
 from taolu.errors import CheckpointError, ConfigError
 

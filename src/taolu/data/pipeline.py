@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import Dataset
 
 from taolu.config import TrainConfig
+from taolu.data.bundle import DataBundle, ImageTensors
 from taolu.data.cache import decode_once
 from taolu.data.loaders import (
     BatchTransform,
@@ -19,7 +20,7 @@ from taolu.data.loaders import (
     auto_workers,
     sample_images,
 )
-from taolu.data.sources import DataBundle, ImageTensors, load_data
+from taolu.data.sources import load_data
 from taolu.data.transforms import (
     PRESETS,
     SamplePipeline,

@@ -8,19 +8,20 @@ import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from taolu.data.bundle import DataBundle, FileListing, ImageTensors
+from taolu.data.csv_list import list_csv
 from taolu.data.decode import (
     decode_file,
     fit_to_size,
     match_channels,
 )
+from taolu.data.disk_sets import DISK_DATASETS, load_disk_dataset
 from taolu.data.embedded import LOADERS, SPLIT_SEED, stratified_split
 from taolu.data.files import is_hidden, walk_folder
 from taolu.errors import ConfigError, DataError
@@ -30,70 +31,6 @@ logger = logging.getLogger("taolu")
 VAL_FOLDER_NAMES = ("val", "valid", "validation", "test")
 # When image_size is 0 and the files differ in size (or are large), they are fitted to this.
 FALLBACK_IMAGE_SIZE = 128
-
-
-@dataclass(frozen=True)
-class ImageTensors:
-    """A split held in memory: uint8 images (N, C, H, W) and int64 labels (N,)."""
-
-    images: torch.Tensor
-    labels: torch.Tensor
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.images[index], int(self.labels[index])
-
-
-class DeferredTensors:
-    """A split decoded into ImageTensors on first use. The validation split is deferred so the
-    first training epoch starts as soon as the training images are decoded."""
-
-    def __init__(self, decode: Callable[[], ImageTensors], files: int):
-        self._decode = decode
-        self._files = files
-        self._tensors: ImageTensors | None = None
-
-    def materialize(self) -> ImageTensors:
-        if self._tensors is None:
-            self._tensors = self._decode()
-            self._decode = None  # let the file list go
-        return self._tensors
-
-    def __len__(self) -> int:
-        return self._files if self._tensors is None else len(self._tensors)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.materialize()[index]
-
-
-Split = ImageTensors | DeferredTensors | Dataset
-
-
-@dataclass(frozen=True)
-class DataBundle:
-    """Everything the routine needs to know about its data."""
-
-    train: Split
-    val: Split
-    classes: list[str]
-    channels: int
-    size: tuple[int, int]  # (H, W) every image is fitted to
-    digits: bool  # digit images must not be flipped
-    description: str
-    listing: FileListing | None = None  # for file-based data: what each split was made of
-    # The caller's own Datasets: what the images show is unknown, so a flip may change the
-    # class (a mirrored digit, letter or sign).
-    user_data: bool = False
-
-    @property
-    def flips_keep_classes(self) -> bool:
-        """Whether a horizontal flip keeps every image's class: known for taolu's sources
-        (photo folders, CSV lists, torchvision's photo sets), never assumed for digits or for
-        a user's Dataset (measured: flipping the seed's RGB digit arrays cost 4.6 points,
-        benchmarks/recipe_zoo.py case tudui-rgb)."""
-        return not self.digits and not self.user_data
 
 
 def is_embedded(spec: str) -> bool:
@@ -106,9 +43,7 @@ def is_named_set(spec: str) -> bool:
 
 
 def _disk_set_names() -> tuple[str, ...]:
-    from taolu.data import disk_sets  # imported late: it builds on this module
-
-    return tuple(disk_sets.DISK_DATASETS)
+    return tuple(DISK_DATASETS)
 
 
 def check_data_spec(spec: str) -> None:
@@ -211,17 +146,6 @@ class ImageFiles(Dataset):
 def list_image_files(folder: Path) -> list[Path]:
     """Image files under `folder`, recursively, by the rules of `walk_folder`."""
     return walk_folder(folder).images
-
-
-@dataclass
-class FileListing:
-    """The files of a file-based data set, split and labelled, before any is decoded."""
-
-    classes: list[str]
-    splits: dict[str, list[tuple[Path, int]]]  # "train" / "val" -> (path, label index)
-    layout: str  # how the splits were found, for messages
-    others: list[Path] = field(default_factory=list)  # non-image files met on the way
-    passed_over: list[tuple[Path, str]] = field(default_factory=list)  # (path, why)
 
 
 def _class_folders(root: Path) -> list[str]:
@@ -336,8 +260,6 @@ def load_data(
     if is_embedded(spec):
         return load_embedded(spec, val_fraction=val_fraction, **sizing)
     if spec in _disk_set_names():
-        from taolu.data.disk_sets import load_disk_dataset
-
         if not data_root:
             raise ConfigError(f"option 'data_root': {spec} is read from disk; give --data-root")
         train, val, classes = load_disk_dataset(spec, Path(data_root).expanduser())
@@ -355,8 +277,6 @@ def load_data(
     if manifest is not None and manifest.is_file():
         listing = read_manifest(manifest, base)
     elif path.is_file():
-        from taolu.data.csv_list import list_csv
-
         listing = list_csv(path, val_fraction)
     else:
         listing = list_folder(path, val_fraction)

@@ -6,9 +6,10 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset, Subset
 
+from taolu.data.bundle import DataBundle
 from taolu.data.decode import fit_to_size, match_channels, to_uint8_chw
 from taolu.data.embedded import SPLIT_SEED, stratified_split
-from taolu.data.sources import FALLBACK_IMAGE_SIZE, DataBundle
+from taolu.data.sources import FALLBACK_IMAGE_SIZE
 from taolu.errors import DataError
 
 

@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from taolu.config import TrainConfig
+from taolu.data.bundle import DataBundle
 from taolu.data.loaders import (
     Batches,
     BatchTransform,
@@ -22,7 +23,6 @@ from taolu.data.loaders import (
     split_labels,
 )
 from taolu.data.pipeline import TrainingData, batch_transforms, load_training_data
-from taolu.data.sources import DataBundle
 from taolu.engine.batchnorm import slow_batchnorm
 from taolu.engine.distributed import SINGLE_PROCESS
 from taolu.engine.loop import steps_per_epoch

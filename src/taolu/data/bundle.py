@@ -1,0 +1,87 @@
+"""The data types every data module shares, below all of them: a split in memory
+(ImageTensors, DeferredTensors), a file-based data set's listing (FileListing), and the
+bundle a source hands the routine (DataBundle)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+
+@dataclass(frozen=True)
+class ImageTensors:
+    """A split held in memory: uint8 images (N, C, H, W) and int64 labels (N,)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.images[index], int(self.labels[index])
+
+
+class DeferredTensors:
+    """A split decoded into ImageTensors on first use. The validation split is deferred so the
+    first training epoch starts as soon as the training images are decoded."""
+
+    def __init__(self, decode: Callable[[], ImageTensors], files: int):
+        self._decode = decode
+        self._files = files
+        self._tensors: ImageTensors | None = None
+
+    def materialize(self) -> ImageTensors:
+        if self._tensors is None:
+            self._tensors = self._decode()
+            self._decode = None  # let the file list go
+        return self._tensors
+
+    def __len__(self) -> int:
+        return self._files if self._tensors is None else len(self._tensors)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.materialize()[index]
+
+
+Split = ImageTensors | DeferredTensors | Dataset
+
+
+@dataclass(frozen=True)
+class DataBundle:
+    """Everything the routine needs to know about its data."""
+
+    train: Split
+    val: Split
+    classes: list[str]
+    channels: int
+    size: tuple[int, int]  # (H, W) every image is fitted to
+    digits: bool  # digit images must not be flipped
+    description: str
+    listing: FileListing | None = None  # for file-based data: what each split was made of
+    # The caller's own Datasets: what the images show is unknown, so a flip may change the
+    # class (a mirrored digit, letter or sign).
+    user_data: bool = False
+
+    @property
+    def flips_keep_classes(self) -> bool:
+        """Whether a horizontal flip keeps every image's class: known for taolu's sources
+        (photo folders, CSV lists, torchvision's photo sets), never assumed for digits or for
+        a user's Dataset (measured: flipping the seed's RGB digit arrays cost 4.6 points,
+        benchmarks/recipe_zoo.py case tudui-rgb)."""
+        return not self.digits and not self.user_data
+
+
+@dataclass
+class FileListing:
+    """The files of a file-based data set, split and labelled, before any is decoded."""
+
+    classes: list[str]
+    splits: dict[str, list[tuple[Path, int]]]  # "train" / "val" -> (path, label index)
+    layout: str  # how the splits were found, for messages
+    others: list[Path] = field(default_factory=list)  # non-image files met on the way
+    passed_over: list[tuple[Path, str]] = field(default_factory=list)  # (path, why)
