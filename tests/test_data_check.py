@@ -467,7 +467,7 @@ def test_a_folder_without_any_image_is_refused(tmp_path):
 
 
 def test_a_missing_path_is_a_config_error(tmp_path):
-    with pytest.raises(ConfigError, match="neither an embedded"):
+    with pytest.raises(ConfigError, match="is not an embedded set"):
         check_data(str(tmp_path / "nowhere"))
 
 

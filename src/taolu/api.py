@@ -21,7 +21,7 @@ from taolu.config import (
 )
 from taolu.data.loaders import Batches, BatchTransform, Preprocessing
 from taolu.data.pipeline import TransformedSplit, check_transforms_option, stored_eval_pipeline
-from taolu.data.sources import check_data_spec, is_named_set, load_data
+from taolu.data.sources import data_kind, is_named_set, load_data
 from taolu.data.user_data import NamedSamples
 from taolu.engine.loop import evaluate as evaluate_batches
 from taolu.engine.optim import build_loss, check_optimizer_name
@@ -68,7 +68,7 @@ def _refuse_user_object(value: str, what: str, keyword: str) -> None:
 
 def _check_data(spec: str) -> None:
     _refuse_user_object(spec, "Dataset", "data")
-    check_data_spec(spec)
+    data_kind(spec)
 
 
 def _check_freeze(value: str) -> None:

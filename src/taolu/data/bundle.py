@@ -11,6 +11,20 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+# When image_size is 0 and the images differ in size (or are large), they are fitted to this.
+FALLBACK_IMAGE_SIZE = 128
+
+
+def image_size_for(asked: int, found: tuple[int, int] | None) -> tuple[int, int]:
+    """The one image-size rule, (H, W) every image of a data set is fitted to: the size asked
+    for (--image-size); else the images' own common size `found`, up to twice the fallback;
+    else (sizes differ, or larger) the fallback, FALLBACK_IMAGE_SIZE square."""
+    if asked:
+        return (asked, asked)
+    if found is not None and max(found) <= FALLBACK_IMAGE_SIZE * 2:
+        return (int(found[0]), int(found[1]))
+    return (FALLBACK_IMAGE_SIZE, FALLBACK_IMAGE_SIZE)
+
 
 @dataclass(frozen=True)
 class ImageTensors:

@@ -8,22 +8,19 @@ import errno
 import hashlib
 import os
 import shutil
-import stat
 import statistics
-import warnings
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image
 
 from taolu.data import sources
 from taolu.data.bundle import FileListing
 from taolu.data.csv_list import list_csv
-from taolu.data.disk_sets import DISK_DATASETS, load_disk_dataset
+from taolu.data.decode import ImageRefused, load_upright, open_regular_file, strict_pillow
+from taolu.data.disk_sets import load_disk_dataset
 from taolu.data.embedded import DIGIT_CLASSES, LOADERS, stratified_split
 from taolu.data.files import is_hidden
 from taolu.errors import ConfigError, DataError
@@ -54,7 +51,6 @@ ALPHA_MODES = ("RGBA", "LA", "PA", "La", "RGBa")
 Problems = dict[str, list[tuple[str, str]]]  # category -> [(path, detail)]
 # Leading bytes of the formats taolu reads: a file that starts like one but that Pillow cannot
 # identify is a damaged image, not some other kind of file.
-MAGIC_NUMBERS = {b"\xff\xd8\xff": "JPEG", b"\x89PNG": "PNG", b"GIF8": "GIF"}
 # Move a symlink itself, as `mv` would, not the file it points to.
 LINK_OPTIONS = {"follow_symlinks": False} if os.link in os.supports_follow_symlinks else {}
 LISTING_LIMIT = 20  # paths shown per category by `render`; to_dict keeps all of them
@@ -171,7 +167,7 @@ def inspect_image(path: str | Path) -> ImageFacts:
     """
     facts = ImageFacts(Path(path))
     try:
-        file = _open_regular_file(facts.path)
+        file = open_regular_file(facts.path)
     except OSError as error:
         return facts.refuse("unreadable", error.strerror or str(error))
     with file:
@@ -189,58 +185,22 @@ def inspect_image(path: str | Path) -> ImageFacts:
         return _decode(file, facts)
 
 
-def _open_regular_file(path: Path) -> BinaryIO:
-    # O_NONBLOCK: opening a FIFO for reading would otherwise wait forever for a writer.
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
-    descriptor = os.open(path, flags)
-    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
-        os.close(descriptor)
-        raise OSError(errno.EINVAL, "not a regular file (a folder, FIFO or device)")
-    return os.fdopen(descriptor, "rb")
-
-
 def _decode(file: BinaryIO, facts: ImageFacts) -> ImageFacts:
+    """Decode by the policy training uses (decode.load_upright), noting what the header says."""
+
+    def look(image: Image.Image) -> None:
+        facts.format, facts.mode = image.format, image.mode
+        facts.width, facts.height = image.size
+        facts.transparency = "transparency" in image.info
+        facts.orientation = image.getexif().get(ORIENTATION_TAG)
+
     try:
-        with Image.open(file) as image:
-            facts.format, facts.mode = image.format, image.mode
-            facts.width, facts.height = image.size
-            facts.transparency = "transparency" in image.info
-            limit = Image.MAX_IMAGE_PIXELS
-            # Checked here too because Pillow only warns between 1x and 2x its limit.
-            if limit and facts.width * facts.height > limit:
-                pixels = facts.width * facts.height
-                return facts.refuse("too_large", f"{pixels:,} pixels; the limit is {limit:,}")
-            facts.orientation = image.getexif().get(ORIENTATION_TAG)
-            image.load()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        return facts.refuse("too_large", str(error))
-    except UnidentifiedImageError:
-        file.seek(0)
-        start = file.read(8)
-        kind = next((name for magic, name in MAGIC_NUMBERS.items() if start.startswith(magic)), "")
-        if kind:
-            return facts.refuse("corrupt", f"starts like a {kind} file, but its header is broken")
-        return facts.refuse("not_an_image", "Pillow cannot identify the contents as an image")
-    except Exception as error:  # Pillow's plugins raise many kinds for damaged data
-        kind = "truncated" if "truncated" in str(error).lower() else "corrupt"
-        return facts.refuse(kind, f"{type(error).__name__}: {error}")
+        load_upright(file, facts.path, look=look).close()
+    except ImageRefused as error:
+        return facts.refuse(error.kind, str(error).removeprefix(f"{facts.path}: "))
     if facts.orientation in (5, 6, 7, 8):  # a quarter turn: training sees width and height swapped
         facts.width, facts.height = facts.height, facts.width
     return facts
-
-
-@contextmanager
-def _strict_pillow() -> Iterator[None]:
-    """Pillow set to fail on truncated and oversized images for the duration, then restored:
-    with LOAD_TRUNCATED_IMAGES on, a cut-off file would decode silently as grey."""
-    previous = ImageFile.LOAD_TRUNCATED_IMAGES
-    ImageFile.LOAD_TRUNCATED_IMAGES = False
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            yield
-    finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES = previous
 
 
 def check_data(
@@ -258,19 +218,13 @@ def check_data(
     `workers` > 0 inspects files on that many threads (Pillow decodes without the GIL).
     """
     spec = str(spec)
-    if sources.is_embedded(spec):
+    kind = sources.data_kind(spec, data_root or "")
+    if kind == sources.EMBEDDED:
         return _check_embedded(spec, val_fraction)
-    if spec in DISK_DATASETS:
-        if not data_root:
-            raise ConfigError(f"{spec} is read from disk: give its folder with --data-root")
+    if kind == sources.DISK_SET:
         return _check_disk_set(spec, Path(data_root).expanduser())
     path = Path(spec).expanduser()
-    if not path.exists():
-        raise ConfigError(
-            f"{spec!r} is neither an embedded data set ({', '.join(LOADERS)}) "
-            f"nor an existing folder or .csv file (looked for {path.resolve()})"
-        )
-    if path.is_dir():
+    if kind == sources.FOLDER:
         try:
             listing = sources.list_folder(path, val_fraction)
         except OSError as error:
@@ -278,11 +232,9 @@ def check_data(
         except ValueError:  # list_folder's split fails when there is no image file at all
             raise DataError(f"{path}: no image files in any class folder") from None
         folders = _split_folders(path)
-    elif path.suffix.lower() == ".csv":
-        listing, folders = list_csv(path, val_fraction), {}
     else:
-        raise ConfigError(f"{path} is a file; give a folder of class folders or a .csv list")
-    with _strict_pillow():
+        listing, folders = list_csv(path, val_fraction), {}
+    with strict_pillow():
         facts = _inspect_all([p for files in listing.splits.values() for p, _ in files], workers)
     return _diagnose(spec, listing, facts, folders, min_size, max_bad_fraction)
 
