@@ -27,7 +27,8 @@ import taolu
 from taolu import checkpoint as ckpt
 from taolu.data.embedded import load_digits
 from taolu.export_format import EXPORT_FORMAT, FORMATS, METADATA_FILE
-from taolu.model_export import ExportResult, Normalized
+from taolu.export_writers import Normalized
+from taolu.model_export import ExportResult
 from taolu.models.nets import build_fastcnn
 from taolu.rebuild import restore_model
 
