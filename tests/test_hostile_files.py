@@ -24,7 +24,7 @@ from PIL import Image
 
 import taolu
 from taolu import checkpoint as ckpt
-from taolu.data.disk_sets import read_idx
+from taolu.data.disk_formats import read_idx
 from taolu.errors import CheckpointError, ConfigError, DataError
 from taolu.export_format import EXPORT_FORMAT
 
