@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from taolu.config import MAX_IMAGE_SIDE, RESIZE_MODES
 from taolu.data.bundle import DeferredTensors, ImageTensors, Split
-from taolu.data.transforms import KEPT_FOR_EVAL, parse_transform_list
+from taolu.data.transform_list import KEPT_FOR_EVAL, parse_transform_list
 from taolu.errors import CheckpointError, ConfigError
 
 log = logging.getLogger("taolu")

@@ -20,13 +20,13 @@ from taolu.data.loaders import (
     sample_images,
 )
 from taolu.data.sources import load_data
+from taolu.data.transform_list import parse_transform_list
 from taolu.data.transforms import (
     PRESETS,
     SamplePipeline,
     build_eval_pipeline,
     build_train_pipeline,
     normalization_stats,
-    parse_transform_list,
     preset_for,
 )
 from taolu.data.user_data import bundle_datasets
