@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from taolu.data import check as doctor
-from taolu.data.check import check_data, inspect_image, quarantine
+from taolu.data.check import check_data, inspect_image
+from taolu.data.check_report import BAD_CATEGORIES, CATEGORIES
+from taolu.data.quarantine import quarantine
 from taolu.errors import ConfigError, DataError
 
 # --------------------------------------------------------------------------- fixture files
@@ -531,7 +532,7 @@ def test_quarantine_refuses_a_folder_inside_the_data(tmp_path):
 def test_the_bad_categories_are_the_unreadable_ones():
     # Training's skip logic and quarantine act on these; a readable category here would move
     # good images out of the data.
-    assert set(doctor.BAD_CATEGORIES) == {
+    assert set(BAD_CATEGORIES) == {
         "unreadable",
         "zero_byte",
         "not_an_image",
@@ -539,7 +540,7 @@ def test_the_bad_categories_are_the_unreadable_ones():
         "truncated",
         "too_large",
     }
-    assert set(doctor.BAD_CATEGORIES) <= set(doctor.CATEGORIES)
+    assert set(BAD_CATEGORIES) <= set(CATEGORIES)
 
 
 def test_a_torchvision_set_on_disk_is_checked_from_its_data_root(tmp_path, capsys):

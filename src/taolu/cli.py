@@ -442,7 +442,8 @@ def _run_data(args: argparse.Namespace) -> int:
 
 
 def _run_data_check(args: argparse.Namespace) -> int:
-    from taolu.data.check import check_data, quarantine
+    from taolu.data.check import check_data
+    from taolu.data.quarantine import quarantine
     from taolu.data.sources import data_base_folder
 
     report = check_data(

@@ -1,16 +1,14 @@
 """The data doctor: reads every file of a data set once, read-only, and reports what training
-would trip over (unreadable, odd, duplicated or leaked images, empty classes), with paths.
-`quarantine` moves the unreadable files out, and only when asked."""
+would trip over (unreadable, odd, duplicated or leaked images, empty classes), with paths, as
+a check_report.DataReport. quarantine.py moves the unreadable files out, and only when asked."""
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
-import shutil
 import statistics
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -18,42 +16,16 @@ from PIL import Image
 
 from taolu.data import sources
 from taolu.data.bundle import FileListing
+from taolu.data.check_report import CATEGORIES, DataReport, Problems
 from taolu.data.csv_list import list_csv
 from taolu.data.decode import ImageRefused, load_upright, open_regular_file, strict_pillow
 from taolu.data.disk_sets import load_disk_dataset
 from taolu.data.embedded import DIGIT_CLASSES, LOADERS, stratified_split
 from taolu.data.files import is_hidden
-from taolu.errors import ConfigError, DataError
+from taolu.errors import DataError
 
-# What each category means, in the order a report lists them. The first six are unreadable:
-# training cannot decode them, so they are the ones `bad_files` and `quarantine` act on.
-CATEGORIES = {
-    "unreadable": "cannot be opened",
-    "zero_byte": "empty files",
-    "not_an_image": "image suffix, but Pillow cannot identify the contents",
-    "corrupt": "damaged image data",
-    "truncated": "the file ends before the image does",
-    "too_large": "more pixels than Pillow's decompression-bomb limit; refused, not decoded",
-    "too_small": "shorter side below the minimum size",
-    "odd_mode": "pixel formats training has to convert",
-    "exif_rotated": "EXIF orientation is not 1: training turns these upright",
-    "duplicate_within_split": "same bytes as another file of the split",
-    "duplicate_across_splits": "same bytes in train and val: validation leaks training data",
-    "class_empty": "classes with no readable image in a split",
-    "class_missing": "classes with no folder in a split",
-    "class_not_in_train": "validation folders that are not a training class: not used",
-    "other_files": "no image suffix: training skips them",
-    "passed_over": "not followed or not opened: links out of the root, loops, FIFOs",
-}
-BAD_CATEGORIES = ("unreadable", "zero_byte", "not_an_image", "corrupt", "truncated", "too_large")
 ORIENTATION_TAG = 0x0112
 ALPHA_MODES = ("RGBA", "LA", "PA", "La", "RGBa")
-Problems = dict[str, list[tuple[str, str]]]  # category -> [(path, detail)]
-# Leading bytes of the formats taolu reads: a file that starts like one but that Pillow cannot
-# identify is a damaged image, not some other kind of file.
-# Move a symlink itself, as `mv` would, not the file it points to.
-LINK_OPTIONS = {"follow_symlinks": False} if os.link in os.supports_follow_symlinks else {}
-LISTING_LIMIT = 20  # paths shown per category by `render`; to_dict keeps all of them
 
 
 @dataclass
@@ -75,88 +47,6 @@ class ImageFacts:
     def refuse(self, problem: str, detail: str) -> ImageFacts:
         self.problem, self.detail = problem, detail
         return self
-
-
-@dataclass
-class DataReport:
-    """Everything the doctor found; `render` for people, `to_dict` for JSON."""
-
-    spec: str
-    layout: str
-    classes: list[str]
-    counts: dict[str, dict[str, int]]  # split -> class -> readable images
-    problems: Problems
-    image_files: int  # files with an image suffix in the splits, readable or not
-    sizes: dict  # count, and width / height each as {min, median, max}
-    imbalance_ratio: float | None  # largest / smallest class in train; None if one is empty
-    max_bad_fraction: float  # the share of unreadable image files training tolerates
-    blocking_reasons: list[str] = field(init=False)  # why training would refuse; [] if not
-
-    def __post_init__(self) -> None:
-        self.blocking_reasons = _blocking_reasons(self)
-
-    @property
-    def blocking(self) -> bool:
-        """True when training would refuse this data."""
-        return bool(self.blocking_reasons)
-
-    @property
-    def bad_files(self) -> list[Path]:
-        """The unreadable files, sorted: what quarantine moves and training skips."""
-        return sorted(Path(path) for name in BAD_CATEGORIES for path, _ in self.problems[name])
-
-    def to_dict(self) -> dict:
-        values = asdict(self)
-        values["problems"] = {
-            name: [list(item) for item in items] for name, items in self.problems.items()
-        }
-        values["bad_files"] = [str(path) for path in self.bad_files]
-        values["blocking"] = self.blocking
-        return values
-
-    def render(self) -> str:
-        lines = [f"data check: {self.spec} ({self.layout})", "", *self._count_table()]
-        lines += ["", *self._summary()]
-        for name, items in self.problems.items():
-            if items:
-                lines += ["", f"{name} ({len(items)}): {CATEGORIES[name]}"]
-                lines += [f"  {path}  {detail}" for path, detail in items[:LISTING_LIMIT]]
-                if len(items) > LISTING_LIMIT:
-                    lines.append(f"  ... and {len(items) - LISTING_LIMIT} more")
-        verdict = "ok to train"
-        if self.blocking:
-            verdict = "training would refuse this data: " + "; ".join(self.blocking_reasons)
-        return "\n".join([*lines, "", verdict])
-
-    def _count_table(self) -> list[str]:
-        splits = list(self.counts)
-        rows = [["class", *splits]]
-        rows += [
-            [name, *(str(self.counts[s].get(name, 0)) for s in splits)] for name in self.classes
-        ]
-        rows.append(["total", *(str(sum(self.counts[s].values())) for s in splits)])
-        width = max(len(row[0]) for row in rows)
-        return [
-            "  ".join([row[0].ljust(width), *(cell.rjust(7) for cell in row[1:])]) for row in rows
-        ]
-
-    def _summary(self) -> list[str]:
-        width, height, count = (
-            self.sizes.get("width"),
-            self.sizes.get("height"),
-            self.sizes["count"],
-        )
-        sizes = "image sizes: no readable images"
-        if count:
-            sizes = (
-                f"image sizes ({count} readable, min / median / max): "
-                f"width {width['min']} / {width['median']:g} / {width['max']}, "
-                f"height {height['min']} / {height['median']:g} / {height['max']}"
-            )
-        balance = "class imbalance (train): undefined, a class has no training images"
-        if self.imbalance_ratio is not None:
-            balance = f"class imbalance (train, largest / smallest): {self.imbalance_ratio:.2f}"
-        return [sizes, balance]
 
 
 def inspect_image(path: str | Path) -> ImageFacts:
@@ -424,95 +314,3 @@ def _imbalance(train_counts: dict[str, int]) -> float | None:
     if not values or min(values) == 0:
         return None
     return max(values) / min(values)
-
-
-def _blocking_reasons(report: DataReport) -> list[str]:
-    """Why training would refuse the data, in the words of its own refusals."""
-    reasons = []
-    if len(report.classes) < 2:
-        reasons.append(f"found {len(report.classes)} class(es); training needs at least 2")
-    for split, split_counts in report.counts.items():
-        if sum(split_counts.values()) == 0:
-            reasons.append(f"the {split} split has no readable images")
-    bad, total = len(report.bad_files), report.image_files
-    if total and bad / total > report.max_bad_fraction:
-        reasons.append(
-            f"{bad} of {total} image files ({bad / total:.1%}) cannot be read, "
-            f"more than max_bad_fraction {report.max_bad_fraction:.1%}"
-        )
-    return reasons
-
-
-def quarantine(report: DataReport, target: Path, data_root: Path) -> list[tuple[Path, Path]]:
-    """Move `report.bad_files` into `target`, each at its path relative to `data_root`.
-
-    Nothing in `target` is overwritten: a name already taken gets a number (x.1.jpg). Every
-    path is checked before the first move. Returns (from, to) for each file moved.
-    """
-    root, target = Path(os.path.abspath(data_root)), Path(os.path.abspath(target))
-    real_root = Path(os.path.realpath(root))
-    if Path(os.path.realpath(target)).is_relative_to(real_root):
-        raise ConfigError(
-            f"quarantine folder {target} is inside the data root {root}; "
-            "training would read it as data, choose a folder outside"
-        )
-    plans = []
-    for path in report.bad_files:
-        source = Path(os.path.abspath(path))
-        if not os.path.lexists(source):  # already moved by an earlier call with this report
-            continue
-        # Resolved, not compared as text: a linked folder inside the root (or a link as the
-        # file) may lead anywhere, and only what really lies in the root is moved.
-        real_folder = Path(os.path.realpath(source.parent))
-        real_file = Path(os.path.realpath(source))
-        if not (
-            source.is_relative_to(root)
-            and real_folder.is_relative_to(real_root)
-            and real_file.is_relative_to(real_root)
-        ):
-            raise DataError(
-                f"{source} is not inside the data root {real_root} once links are followed "
-                f"(it is {real_file}); quarantine moves only files that lie in the root. "
-                "Nothing was moved"
-            )
-        plans.append((source, real_folder / source.name, target / source.relative_to(root)))
-    moves = []
-    for source, real_source, destination in plans:
-        try:
-            moves.append((source, _move_without_overwrite(real_source, destination)))
-        except OSError as error:
-            raise DataError(
-                f"could not move {source} ({error}); {len(moves)} moved before it"
-            ) from None
-    return moves
-
-
-def _move_without_overwrite(source: Path, destination: Path) -> Path:
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    stem, suffix = destination.stem, destination.suffix
-    for number in range(10_000):
-        candidate = destination.with_name(f"{stem}.{number}{suffix}") if number else destination
-        if _place(source, candidate):
-            os.unlink(source)
-            return candidate
-    raise OSError(errno.EEXIST, f"no free name for {source.name} in {destination.parent}")
-
-
-def _place(source: Path, destination: Path) -> bool:
-    """Link, or else copy, `source` to `destination`; False if that name is taken. A hard
-    link or an exclusive create fails on an existing name, where a rename would replace it."""
-    try:
-        os.link(source, destination, **LINK_OPTIONS)
-        return True
-    except FileExistsError:
-        return False
-    except OSError as error:  # another file system, or one without hard links: copy instead
-        if error.errno not in (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EMLINK):
-            raise
-    try:
-        with open(source, "rb") as reader, open(destination, "xb") as writer:
-            shutil.copyfileobj(reader, writer)
-    except FileExistsError:
-        return False
-    shutil.copystat(source, destination)
-    return True
