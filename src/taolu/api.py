@@ -356,6 +356,7 @@ def predict(
     checkpoint: str = "best",
     progress: bool = False,
     trust_code: bool = False,
+    reject_below: float | str | None = None,
 ) -> list[dict[str, Any]]:
     """Top-k classes for each input: image files, folders (searched recursively), or
     in-memory images (PIL, numpy, tensor). A file that cannot be read gets {"path", "error"}
@@ -365,7 +366,10 @@ def predict(
     file, or a file `taolu export` wrote: .onnx, .safetensors (rebuilt from the model it
     records, or pass `model`) or .torchscript.pt, which holds code and is loaded only with
     `trust_code=True` (for files you trust). `progress` shows a bar on a terminal when there
-    is more than a batch."""
+    is more than a batch. `reject_below` (a probability, or "auto": the threshold the run
+    chose on its validation split for 95% precision) adds "answer" to each result: the top
+    class, or "unknown" when the model is less sure than that. Probabilities are calibrated
+    by the temperature the run fitted on its validation split."""
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
     classifier = load_classifier(
@@ -378,4 +382,11 @@ def predict(
     items: list[Any] = []
     for item in inputs:
         items += expand_inputs([item]) if isinstance(item, (str, Path)) else [item]
-    return classify_with(classifier, items, topk=topk, batch_size=batch_size, progress=progress)
+    return classify_with(
+        classifier,
+        items,
+        topk=topk,
+        batch_size=batch_size,
+        progress=progress,
+        reject_below=reject_below,
+    )

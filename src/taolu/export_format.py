@@ -6,6 +6,7 @@ metadata each file carries, str -> str, written by `build_metadata` and checked 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,10 @@ def build_metadata(state: dict[str, Any], *, normalized_inside: bool) -> dict[st
         "model_class": str(state.get("model_class", "")),
         "weights": str(state.get("config", {}).get("weights") or ""),
         "epoch": str(state.get("epoch", "")),
+        # Calibration (engine.calibration): softmax(logits / temperature) are the probabilities
+        # taolu reports; the outputs themselves stay logits.
+        "temperature": repr(float(state.get("temperature", 1.0))),
+        "reject_thresholds": json.dumps(state.get("reject_thresholds", {})),
         "classes": json.dumps(classes, ensure_ascii=False),
         "preprocessing": json.dumps(preprocessing.to_dict(), ensure_ascii=False),
         "input": json.dumps(described_input, ensure_ascii=False),
@@ -74,7 +79,9 @@ def read_metadata(metadata: Any, source: str | Path) -> dict[str, Any]:
         )
     texts = ("format_version", "classes", "preprocessing", "model_name", "model_class", "weights")
     wrong = [
-        key for key in (*texts, "model_spec", "input") if not isinstance(metadata.get(key, ""), str)
+        key
+        for key in (*texts, "model_spec", "input", "temperature", "reject_thresholds")
+        if not isinstance(metadata.get(key, ""), str)
     ]
     if wrong:
         raise CheckpointError(f"{source}: its taolu metadata is damaged: {wrong[0]} is not text")
@@ -84,6 +91,8 @@ def read_metadata(metadata: Any, source: str | Path) -> dict[str, Any]:
         preprocessing = Preprocessing.from_dict(json.loads(metadata["preprocessing"]))
         model_spec = json.loads(metadata.get("model_spec") or "null")
         described_input = json.loads(metadata.get("input") or "{}")
+        temperature = float(metadata.get("temperature") or "1.0")
+        thresholds = json.loads(metadata.get("reject_thresholds") or "{}")
     except (KeyError, ValueError, TypeError, RecursionError) as error:
         raise CheckpointError(f"{source}: its taolu metadata is damaged: {error}") from None
     except CheckpointError as error:
@@ -96,6 +105,16 @@ def read_metadata(metadata: Any, source: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{source}: its taolu metadata is damaged: classes are not names")
     if not (model_spec is None or isinstance(model_spec, list)):
         raise CheckpointError(f"{source}: its taolu metadata is damaged: model_spec is no list")
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise CheckpointError(f"{source}: its taolu metadata is damaged: temperature {temperature}")
+    if not (
+        isinstance(thresholds, dict)
+        and all(
+            isinstance(value, (int, float)) and not isinstance(value, bool)
+            for value in thresholds.values()
+        )
+    ):
+        raise CheckpointError(f"{source}: its taolu metadata is damaged: reject_thresholds")
     if not isinstance(described_input, dict):
         raise CheckpointError(f"{source}: its taolu metadata is damaged: input is no mapping")
     return {
@@ -107,4 +126,6 @@ def read_metadata(metadata: Any, source: str | Path) -> dict[str, Any]:
         "weights": metadata.get("weights", ""),
         "epoch": metadata.get("epoch", ""),
         "normalized_inside": described_input.get("normalized_inside", True) is not False,
+        "temperature": temperature,
+        "reject_thresholds": {str(key): float(value) for key, value in thresholds.items()},
     }

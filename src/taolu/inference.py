@@ -5,6 +5,7 @@ mean and std, and the eval transforms)."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 import sys
@@ -30,6 +31,7 @@ from taolu.data.loaders import BatchTransform, Preprocessing
 from taolu.data.pipeline import stored_eval_pipeline
 from taolu.data.sources import list_image_files
 from taolu.data.transforms import SamplePipeline
+from taolu.engine.calibration import DEFAULT_PRECISION
 from taolu.errors import CheckpointError, ConfigError, DataError
 from taolu.export_format import FORMATS, METADATA_FILE, read_metadata
 from taolu.rebuild import restore_model
@@ -68,6 +70,10 @@ class Classifier:
     # What is known of the run the model came from: "model", "epoch" and, from a
     # checkpoint, that epoch's validation "metrics" (val_acc, val_loss, ...).
     about: dict[str, Any] = field(default_factory=dict)
+    # Temperature scaling fitted at the end of training: probabilities are softmax(logits / T).
+    temperature: float = 1.0
+    # precision ("0.95") -> confidence below which `reject_below="auto"` answers "unknown".
+    reject_thresholds: dict[str, float] = field(default_factory=dict)
 
 
 def normalizing_forward(
@@ -101,6 +107,8 @@ def checkpoint_classifier(
             "epoch": state.get("epoch"),
             "metrics": metrics,
         },
+        temperature=float(state.get("temperature", 1.0)),
+        reject_thresholds=dict(state.get("reject_thresholds", {})),
     )
 
 
@@ -168,6 +176,8 @@ def _onnx_classifier(path: Path, device: torch.device) -> Classifier:
         torch.device("cpu"),
         ONNX,
         _exported_about(metadata),
+        temperature=metadata["temperature"],
+        reject_thresholds=metadata["reject_thresholds"],
     )
 
 
@@ -204,6 +214,8 @@ def _torchscript_classifier(path: Path, device: torch.device, trust_code: bool) 
         device,
         TORCHSCRIPT,
         _exported_about(decoded),
+        temperature=decoded["temperature"],
+        reject_thresholds=decoded["reject_thresholds"],
     )
 
 
@@ -240,6 +252,8 @@ def _safetensors_classifier(
         device,
         SAFETENSORS,
         _exported_about(metadata),
+        temperature=metadata["temperature"],
+        reject_thresholds=metadata["reject_thresholds"],
     )
 
 
@@ -333,7 +347,7 @@ def probabilities_of(classifier: Classifier, images: list[torch.Tensor]) -> torc
     batch = torch.stack(
         [image.float() / 255 if image.dtype == torch.uint8 else image for image in images]
     ).to(classifier.device)
-    return classifier.forward(batch).float().softmax(dim=1).cpu()
+    return (classifier.forward(batch).float() / classifier.temperature).softmax(dim=1).cpu()
 
 
 def top_classes(
@@ -385,6 +399,35 @@ def _progress_bar(enabled: bool, total: int, batch_size: int):
     return tqdm(total=total, desc="predict", unit="img", leave=False, dynamic_ncols=True)
 
 
+UNKNOWN = "unknown"  # the answer below the rejection threshold
+
+
+def reject_threshold(classifier: Classifier, reject_below: float | str | None) -> float | None:
+    """The confidence below which the answer is UNKNOWN: a number in [0, 1], or "auto", the
+    threshold stored with the run for precision DEFAULT_PRECISION on its validation split."""
+    if reject_below is None:
+        return None
+    if reject_below == "auto":
+        key = f"{DEFAULT_PRECISION:g}"
+        if key not in classifier.reject_thresholds:
+            raise ConfigError(
+                f"option 'reject_below': this model stores no threshold for precision {key} "
+                "(it was trained by an older taolu, resumed after its best epoch, or no "
+                "confidence reached that precision on its validation split); give a number "
+                "between 0 and 1 instead"
+            )
+        return classifier.reject_thresholds[key]
+    try:
+        value = float(reject_below)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(
+            f"option 'reject_below': {reject_below!r} is not a probability between 0 and 1 nor auto"
+        )
+    return value
+
+
 def classify_with(
     classifier: Classifier,
     items: list[Any],
@@ -393,13 +436,17 @@ def classify_with(
     batch_size: int,
     progress: bool = False,
     threads: int | None = None,
+    reject_below: float | str | None = None,
 ) -> list[dict[str, Any]]:
     """One result per item, in order: {"path", "predictions": [{"class", "probability"}]}
     or {"path", "error"} for an item that could not be read; one bad item stops nothing.
+    With `reject_below` (a probability, or "auto": see `reject_threshold`), each result also
+    has "answer": the top class, or "unknown" when its probability is below the threshold.
     Files are decoded on `threads` threads (Pillow releases the GIL), a batch at a time."""
     if batch_size < 1:
         raise ConfigError(f"option 'batch_size': must be at least 1, got {batch_size}")
     check_topk(topk)
+    threshold = reject_threshold(classifier, reject_below)
     read = input_reader(classifier)
     results: list[dict[str, Any]] = []
     bar = _progress_bar(progress, len(items), batch_size)
@@ -415,6 +462,10 @@ def classify_with(
                     )
                     for slot, predictions in zip(slots, ranked, strict=True):
                         chunk_results[slot]["predictions"] = predictions
+                        if threshold is not None:
+                            top = predictions[0]
+                            sure = top["probability"] >= threshold
+                            chunk_results[slot]["answer"] = top["class"] if sure else UNKNOWN
                 results += chunk_results
                 if bar is not None:
                     bar.update(len(chunk))

@@ -64,6 +64,11 @@ class TrainState:
     model_spec: list[Any] | None = None  # a layer-list model's parsed layers
     # --on-nan recover's recoveries so far: {epoch, step, loss, old_lr, new_lr} each
     recoveries: list[dict[str, Any]] = field(default_factory=list)
+    # Temperature scaling fitted on the validation split at the end of the run
+    # (engine.calibration): predict divides the logits by it. 1.0: not fitted.
+    temperature: float = 1.0
+    # precision ("0.95") -> the calibrated confidence below which predict may answer "unknown".
+    reject_thresholds: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The plain dict a checkpoint file stores (tensors and plain values only)."""

@@ -20,6 +20,7 @@ from taolu.checkpoint import copy_checkpoint, read_state, save_state
 from taolu.config import config_to_dict, write_config
 from taolu.data.preview import augmented_samples, grid_tensor
 from taolu.data.sources import data_base_folder, write_manifest
+from taolu.engine.calibration import Calibration, calibrate
 from taolu.engine.distributed import barrier, share_from_main
 from taolu.engine.loop import EpochResult, EpochStart
 from taolu.engine.lr_find import write_lr_sweep
@@ -107,6 +108,8 @@ class Records:
     def __init__(self, run: Run, root: Path, log: RunLog, lr_choice: LrChoice | None = None):
         self.run, self.dir, self.log = run, RunDir(root), log
         self.lr_choice = lr_choice
+        # The best epoch's validation probabilities and labels (rank 0): calibration's input.
+        self.best_outputs: tuple[torch.Tensor, torch.Tensor] | None = None
         bundle, parts = run.data.bundle, run.model
         # What every checkpoint of this run says about it, however far it got.
         self.about = dict(
@@ -178,6 +181,23 @@ class Records:
             if improved:
                 copy_checkpoint(self.dir.last, self.dir.best)
         barrier(self.run.compute.cluster)
+
+    def keep_best_outputs(self, tested: EpochResult) -> None:
+        """Hold on to a new best epoch's validation probabilities for `calibrate`."""
+        if tested.probabilities is not None and tested.labels is not None:
+            self.best_outputs = (tested.probabilities, tested.labels)
+
+    def calibrate(self, best: TrainState) -> Calibration | None:
+        """Fit temperature scaling and the rejection thresholds on the best epoch's
+        validation outputs, and store them in best.pt. None when this process never saw the
+        best epoch's outputs (a run resumed after it)."""
+        if self.best_outputs is None:
+            return None
+        calibration = calibrate(*self.best_outputs)
+        best.temperature = calibration.temperature
+        best.reject_thresholds = dict(calibration.thresholds)
+        save_state(best, self.dir.best)
+        return calibration
 
     def interrupted(self, where: str) -> TrainingInterrupted:
         """The stop a signal asked for, saying where the run stopped and how to resume it."""
@@ -256,7 +276,10 @@ class Records:
         if run.compute.cluster.is_main:
             best = read_state(self.dir.best)
             model.load_state_dict(best.inference_weights)
+            calibration = self.calibrate(best)
             summary = self.summary(progress, best)
+            if calibration is not None:
+                summary["calibration"] = calibration.to_dict()
             findings = judge_run(
                 history,
                 classes=len(run.data.bundle.classes),

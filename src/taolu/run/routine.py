@@ -226,6 +226,7 @@ def record_and_save(
     )
     if better:
         progress.best_val_acc, progress.best_epoch = tested.acc, epoch
+        records.keep_best_outputs(tested)
     run.optim.schedule.end_epoch(row[column(config.monitor)])
     state = records.state(
         progress, epoch, row["elapsed_seconds"], confusion_matrix=tested.report.confusion_matrix
