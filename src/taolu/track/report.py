@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from taolu.atomic_file import write_atomic
 from taolu.errors import ConfigError
-from taolu.track.atomic_file import write_atomic
 
 REPORT_FOLDER = "report"
 REPORT_HTML = "report.html"

@@ -14,9 +14,9 @@ from typing import Any, Self
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
+from taolu.atomic_file import write_atomic
 from taolu.layout import METRICS_NAME, PER_CLASS_NAME, SUMMARY_NAME
 from taolu.metric_names import EPOCH_SCALARS, METRIC_COLUMNS, column
-from taolu.track.atomic_file import write_atomic
 from taolu.track.pictures import RED, captioned_grid, confusion_picture
 
 logger = logging.getLogger("taolu")
