@@ -44,6 +44,7 @@ CATEGORIES = {
     "class_missing": "classes with no folder in a split",
     "class_not_in_train": "validation folders that are not a training class: not used",
     "other_files": "no image suffix: training skips them",
+    "listed_missing": "rows of the CSV list whose file is missing or not a regular file",
     "passed_over": "not followed or not opened: links out of the root, loops, FIFOs",
 }
 BAD_CATEGORIES = ("unreadable", "zero_byte", "not_an_image", "corrupt", "truncated", "too_large")
@@ -374,7 +375,9 @@ def _diagnose(
     _find_duplicates(listing, facts, problems)
     _find_class_problems(listing.classes, counts, folders, problems)
     problems["other_files"] = [(str(p), "no image suffix") for p in sorted(listing.others)]
-    problems["passed_over"] = [(str(p), why) for p, why in listing.passed_over]
+    listed = (sources.LISTED_MISSING, sources.LISTED_NOT_A_FILE)
+    for path, why in listing.passed_over:
+        problems["listed_missing" if why in listed else "passed_over"].append((str(path), why))
     readable = [item for item in facts.values() if item.problem is None]
     return DataReport(
         spec=spec,
