@@ -5,6 +5,7 @@ mean and std, and the eval transforms)."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import struct
 import sys
@@ -28,6 +29,7 @@ from taolu.data.decode import (
 )
 from taolu.data.loaders import BatchTransform, Preprocessing
 from taolu.data.pipeline import stored_eval_pipeline
+from taolu.data.polarity import polarity_message, reversed_inputs
 from taolu.data.sources import list_image_files
 from taolu.data.transforms import SamplePipeline
 from taolu.errors import CheckpointError, ConfigError, DataError
@@ -37,6 +39,7 @@ from taolu.models.spec import is_spec_path
 from taolu.torch_files import TORCHSCRIPT as TORCHSCRIPT_ARCHIVE
 from taolu.torch_files import check_archive
 
+logger = logging.getLogger("taolu")
 # What `artifact_kind` can answer.
 CHECKPOINT, ONNX, TORCHSCRIPT, SAFETENSORS = "checkpoint", "onnx", "torchscript", "safetensors"
 
@@ -123,6 +126,8 @@ class Classifier:
     # What is known of the run the model came from: "model", "epoch" and, from a
     # checkpoint, that epoch's validation "metrics" (val_acc, val_loss, ...).
     about: dict[str, Any] = field(default_factory=dict)
+    # The training images' background brightness (TrainState.background), when known.
+    background: float | None = None
 
 
 def normalizing_forward(
@@ -156,6 +161,7 @@ def checkpoint_classifier(
             "epoch": state.get("epoch"),
             "metrics": metrics,
         },
+        background=state.get("background"),
     )
 
 
@@ -467,6 +473,7 @@ def classify_with(
     check_topk(topk)
     read = input_reader(classifier)
     results: list[dict[str, Any]] = []
+    looks, reversed_names = "", []  # inputs the other way round from the training images
     bar = _progress_bar(progress, len(items), batch_size)
     workers = threads if threads is not None else min(4, os.cpu_count() or 1)
     try:
@@ -480,12 +487,17 @@ def classify_with(
                     )
                     for slot, predictions in zip(slots, ranked, strict=True):
                         chunk_results[slot]["predictions"] = predictions
+                    names = [chunk_results[slot]["path"] for slot in slots]
+                    found, names = reversed_inputs(classifier.background, images, names)
+                    looks, reversed_names = found or looks, reversed_names + names
                 results += chunk_results
                 if bar is not None:
                     bar.update(len(chunk))
     finally:
         if bar is not None:
             bar.close()
+    if reversed_names:
+        logger.warning(polarity_message(looks, reversed_names, len(items)))
     return results
 
 

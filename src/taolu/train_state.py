@@ -64,6 +64,9 @@ class TrainState:
     model_spec: list[Any] | None = None  # a layer-list model's parsed layers
     # --on-nan recover's recoveries so far: {epoch, step, loss, old_lr, new_lr} each
     recoveries: list[dict[str, Any]] = field(default_factory=list)
+    # The training images' background brightness 0..1 (data.polarity): predict warns about
+    # inputs the other way round. None in checkpoints from before it was kept.
+    background: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The plain dict a checkpoint file stores (tensors and plain values only)."""

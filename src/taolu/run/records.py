@@ -117,6 +117,7 @@ class Records:
             model_class=f"{type(parts.model).__module__}.{type(parts.model).__qualname__}",
             model_spec=stored_layers(parts.model),  # a layer list itself, not its file's path
             total_steps=run.optim.total_steps,
+            background=run.data.prepared.background,
         )
 
     def announce(self, resumed: bool, progress: Progress) -> None:
