@@ -327,6 +327,7 @@ class Records:
             "skipped_batches": sum(row.get("skipped_batches", 0) for row in history),
             "nan_recoveries": progress.recoveries,
             "lr_auto": self._lr_auto(),
+            "resolved": self._resolved(),
             "model": run.config.model,
             "data": bundle.description,
             "classes": list(bundle.classes),
@@ -338,6 +339,31 @@ class Records:
             "run_dir": str(self.dir.root),
             "best_checkpoint": str(self.dir.best),
             "last_checkpoint": str(self.dir.last),
+        }
+
+    def _resolved(self) -> dict[str, Any]:
+        """The options a setting leaves to the run (auto, 0, -1) as the run used them, for
+        the report's configuration table (config.yaml keeps what was asked for)."""
+        run = self.run
+        bundle, prepared = run.data.bundle, run.data.prepared
+        preprocessing = prepared.preprocessing
+        return {
+            "device": str(run.compute.device),
+            "precision": run.compute.precision.name,
+            "image_size": f"{bundle.size[0]}x{bundle.size[1]}",
+            "channels": bundle.channels,
+            "augment": run.data.augment,
+            "normalize": "mean {} std {}".format(
+                *(
+                    ", ".join(f"{value:.3f}" for value in values)
+                    for values in (preprocessing.mean, preprocessing.std)
+                )
+            ),
+            "cache": prepared.cache,
+            "workers": prepared.workers,
+            "channels_last": run.data.channels_last,
+            "optimizer": run.config.optimizer,
+            "lr": run.config.lr,
         }
 
     def _lr_auto(self) -> dict[str, Any] | None:

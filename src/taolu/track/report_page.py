@@ -14,21 +14,37 @@ from taolu.track.report_plots import Plot
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0;
-       color: #1d2330; background: #f6f7f9; }
-main { max-width: 1180px; margin: 0 auto; padding: 24px 28px 48px; }
-h1 { font-size: 1.6em; margin: 0 0 4px; word-break: break-all; }
-h2 { font-size: 1.2em; margin: 32px 0 10px; border-bottom: 1px solid #d5d9e0;
+       color: #1d2330; background: #f6f7f9; line-height: 1.4; }
+main { max-width: 1280px; margin: 0 auto; padding: 20px clamp(8px, 2.2vw, 28px) 48px;
+       box-sizing: border-box; }
+h1 { font-size: 1.5em; margin: 0 0 4px; overflow-wrap: anywhere; }
+h2 { font-size: 1.2em; margin: 18px 0 10px; border-bottom: 1px solid #d5d9e0;
      padding-bottom: 4px; }
-.path { color: #5b6475; font-size: 0.9em; margin: 0 0 18px; word-break: break-all; }
-section { background: #fff; border: 1px solid #e1e4ea; border-radius: 6px; padding: 4px 18px 16px;
-          margin-bottom: 18px; }
+.path { color: #5b6475; font-size: 0.9em; margin: 0 0 14px; overflow-wrap: anywhere; }
+section { background: #fff; border: 1px solid #e1e4ea; border-radius: 6px;
+          padding: 2px clamp(8px, 1.4vw, 18px) 14px; margin-bottom: 16px; }
+.verdict { font-size: 1.15em; font-weight: 600; padding: 10px 14px; border-radius: 6px;
+           margin: 12px 0; }
+.verdict.ok { background: #e8f6ec; color: #17552b; border: 1px solid #b9e2c5; }
+.verdict.warn { background: #fff4e0; color: #7a4b00; border: 1px solid #f0d29a; }
+.findings { margin: 0 0 12px; padding-left: 1.2em; }
+.findings li { margin: 6px 0; }
+.cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(165px, 1fr));
+         gap: 10px; margin: 12px 0 4px; }
+.card { border: 1px solid #e1e4ea; border-radius: 6px; padding: 8px 12px; background: #fbfcfd;
+        min-width: 0; }
+.card .label { display: block; color: #5b6475; font-size: 0.85em; }
+.card .big { display: block; font-size: 1.5em; font-weight: 600; overflow-wrap: anywhere; }
+.card .sub { display: block; color: #5b6475; font-size: 0.85em; overflow-wrap: anywhere; }
+.card.alert .big { color: #a34a00; }
+.scroll { overflow-x: auto; max-width: 100%; }
 table { border-collapse: collapse; font-size: 0.92em; }
 th, td { border: 1px solid #e1e4ea; padding: 4px 10px; text-align: left; vertical-align: top; }
-th { background: #f0f2f5; font-weight: 600; white-space: nowrap; }
+th { background: #f0f2f5; font-weight: 600; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
-td.value { word-break: break-word; max-width: 760px; }
+td.value, td.path { overflow-wrap: anywhere; }
 tbody tr:nth-child(even) { background: #fafbfc; }
-img { max-width: 100%; height: auto; display: block; margin: 6px 0; }
+img { width: 100%; height: auto; display: block; margin: 6px 0; }
 .note { color: #5b6475; font-size: 0.9em; margin: 4px 0; }
 .skipped { color: #8a5a00; background: #fff8e6; border: 1px solid #f0dca8; border-radius: 4px;
            padding: 6px 10px; }
@@ -37,6 +53,8 @@ img { max-width: 100%; height: auto; display: block; margin: 6px 0; }
 
 
 def render_html(files: RunFiles, plots: list[Plot]) -> str:
+    """The page: the verdict and the headline numbers first, then the plots at the page's
+    width, the files left out by name, the summary and the configuration the run used."""
     run_name = files.run_dir.resolve().name or str(files.run_dir)
     parts = [
         "<!DOCTYPE html>",
@@ -51,9 +69,9 @@ def render_html(files: RunFiles, plots: list[Plot]) -> str:
         "<main>",
         f"<h1>taolu run {_esc(run_name)}</h1>",
         f'<p class="path">{_esc(files.run_dir.resolve())}</p>',
-        "<section>",
-        "<h2>Summary</h2>",
-        _summary_table(files),
+        '<section id="overview">',
+        _verdict(files),
+        _headline_cards(files),
         "</section>",
     ]
     for plot in plots:
@@ -67,10 +85,15 @@ def render_html(files: RunFiles, plots: list[Plot]) -> str:
             if plot.note:
                 parts.append(f'<p class="note">{_esc(plot.note)}</p>')
         if plot.key == "per_class":
-            parts.append(_per_class_table(files))
+            parts.append(_scrolling(_per_class_table(files)))
         parts.append("</section>")
     parts += [
-        "<section>",
+        _skipped_section(files),
+        '<section id="summary">',
+        "<h2>Summary</h2>",
+        _scrolling(_summary_table(files)),
+        "</section>",
+        '<section id="configuration">',
         "<h2>Configuration</h2>",
         _config_table(files),
         "</section>",
@@ -81,7 +104,138 @@ def render_html(files: RunFiles, plots: list[Plot]) -> str:
         "</html>",
         "",
     ]
-    return "\n".join(parts)
+    return "\n".join(part for part in parts if part)
+
+
+def _scrolling(table: str) -> str:
+    """A wide table scrolls inside its own box on a narrow screen, never the whole page."""
+    return f'<div class="scroll">{table}</div>' if table else ""
+
+
+# --------------------------------------------------------------------------- the first screen
+
+
+def _verdict(files: RunFiles) -> str:
+    """What the run's own numbers say (summary.json's verdict), in one line and a list."""
+    summary = files.summary
+    if summary is None:
+        return (
+            '<p class="verdict warn">The run did not finish: '
+            f"{_esc(files.problems['summary.json'])}. The numbers below come from metrics.csv."
+            "</p>"
+        )
+    findings = summary.get("verdict")
+    if not isinstance(findings, list):
+        return '<p class="verdict ok">Finished (this run recorded no verdict).</p>'
+    findings = [item for item in findings if isinstance(item, dict)]
+    if not findings:
+        return '<p class="verdict ok">Healthy: the run&#x27;s numbers show nothing to fix.</p>'
+    items = "".join(
+        f"<li><strong>{_esc(item.get('message', ''))}</strong> "
+        f"Try: {_esc(item.get('advice', ''))}</li>"
+        for item in findings
+    )
+    count = len(findings)
+    title = f"{count} thing{'s' if count != 1 else ''} to look at"
+    return f'<p class="verdict warn">{_esc(title)}</p>\n<ul class="findings">{items}</ul>'
+
+
+def _card(label: str, big: str, sub: str = "", alert: bool = False) -> str:
+    """One headline number: `big` and `sub` are already formatted (escaped) HTML."""
+    kind = "card alert" if alert else "card"
+    sub_html = f'<span class="sub">{sub}</span>' if sub else ""
+    return (
+        f'<div class="{kind}"><span class="label">{_esc(label)}</span>'
+        f'<span class="big">{big}</span>{sub_html}</div>'
+    )
+
+
+def _headline_cards(files: RunFiles) -> str:
+    summary, config = files.summary, files.config or {}
+    if summary is None:
+        rows = files.metrics or []
+        accuracies = [row.get("val_acc") for row in rows if row.get("val_acc") is not None]
+        cards = [
+            _card("Best val accuracy", _fmt(max(accuracies, default=None), "percent")),
+            _card("Epochs recorded", _fmt(len(rows)), _esc(f"of {config.get('epochs', '?')}")),
+            _card("Model", _fmt(config.get("model")), _fmt(config.get("data"))),
+        ]
+        return f'<div class="cards">{"".join(cards)}</div>'
+    best_metrics = summary.get("best_metrics")
+    best_metrics = best_metrics if isinstance(best_metrics, dict) else {}
+    epochs, planned = summary.get("epochs_completed"), config.get("epochs")
+    skipped = _skipped_files(summary)
+    classes = summary.get("classes")
+    cards = [
+        _card(
+            "Best val accuracy",
+            _fmt(summary.get("best_val_acc"), "percent"),
+            _esc(f"epoch {summary.get('best_epoch')} (by {summary.get('monitor', 'val/acc')})"),
+        ),
+        _card(
+            "Final val accuracy",
+            _fmt(summary.get("final_val_acc"), "percent"),
+            "loss " + _fmt(summary.get("final_val_loss"), "score"),
+        ),
+        _card("Macro-F1 (best epoch)", _fmt(best_metrics.get("val_macro_f1"), "score")),
+        _card(
+            "Epochs",
+            _fmt(epochs),
+            _esc(f"of {planned}" if planned is not None else "")
+            + _esc(" (stopped early)" if summary.get("stopped_early") else ""),
+        ),
+        _card(
+            "Training time",
+            _fmt(summary.get("train_seconds"), "seconds"),
+            _fmt(summary.get("images_per_second"), "rate") + " images/s",
+        ),
+        _card("Model", _fmt(summary.get("model", config.get("model")))),
+        _card(
+            "Data",
+            _pair(summary, "train_samples", "val_samples"),
+            _esc("train / val images")
+            + (_esc(f", {len(classes)} classes") if isinstance(classes, list) else "")
+            + " · "
+            + _fmt(summary.get("data")),
+        ),
+        _card("Device", _fmt(summary.get("device")), _fmt(summary.get("precision"))),
+        _card("Skipped files", _fmt(len(skipped)), alert=bool(skipped)),
+    ]
+    return f'<div class="cards">{"".join(cards)}</div>'
+
+
+def _skipped_files(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """summary.json's skipped_files as (path, reason): {"path", "reason"} items, or names."""
+    skipped = summary.get("skipped_files")
+    if not isinstance(skipped, list):
+        return []
+    return [
+        (str(item.get("path", "")), str(item.get("reason", "")))
+        if isinstance(item, dict)
+        else (str(item), "")
+        for item in skipped
+    ]
+
+
+def _skipped_section(files: RunFiles) -> str:
+    """The files training left out, by name and why (none: no section)."""
+    skipped = _skipped_files(files.summary or {})
+    if not skipped:
+        return ""
+    rows = "\n".join(
+        f'<tr><td class="path">{_esc(path)}</td><td class="value">{_esc(reason)}</td></tr>'
+        for path, reason in skipped
+    )
+    return (
+        '<section id="skipped">\n'
+        f"<h2>Skipped files ({len(skipped)})</h2>\n"
+        '<p class="note">Training left these out: they could not be read as images.</p>\n'
+        '<table class="skipped-files">\n<thead><tr><th>file</th><th>why</th></tr></thead>\n'
+        f"<tbody>\n{rows}\n</tbody>\n</table>\n</section>"
+    )
+
+
+# --------------------------------------------------------------------------- tables
 
 
 def _esc(value: Any) -> str:
@@ -212,10 +366,23 @@ def _per_class_table(files: RunFiles) -> str:
 
 
 def _config_table(files: RunFiles) -> str:
+    """config.yaml's options, each with the value the run used where the setting left it to
+    the run (auto, 0, -1): summary.json's `resolved`, the setting shown beside it."""
     if files.config is None:
         return f'<p class="note skipped">{_esc(files.problems["config.yaml"])}.</p>'
-    body = "\n".join(
-        f'<tr><th>{_esc(key)}</th><td class="value">{_fmt(value)}</td></tr>'
-        for key, value in files.config.items()
+    resolved = (files.summary or {}).get("resolved")
+    resolved = resolved if isinstance(resolved, dict) else {}
+    rows = []
+    for key, value in files.config.items():
+        used = resolved.get(key, value)
+        cell = _fmt(used)
+        if used != value:
+            cell += f' <span class="muted">(set: {_fmt(value)})</span>'
+        rows.append(f'<tr><th>{_esc(key)}</th><td class="value">{cell}</td></tr>')
+    body = "\n".join(rows)
+    note = (
+        '<p class="note">Values the run chose itself show what was set beside them.</p>\n'
+        if resolved
+        else ""
     )
-    return f'<table class="config">\n<tbody>\n{body}\n</tbody>\n</table>'
+    return f'{note}<table class="config">\n<tbody>\n{body}\n</tbody>\n</table>'

@@ -21,6 +21,17 @@ from taolu.track.report_files import (
 )
 
 DPI = 100
+# Curves are drawn CURVE_WIDTH inches wide (1,200 px), the page's width, with text sized to be
+# read there; every plot is drawn with these matplotlib settings.
+CURVE_WIDTH = 12.0
+STYLE = {
+    "font.size": 13,
+    "axes.titlesize": 15,
+    "axes.labelsize": 13,
+    "legend.fontsize": 12,
+    "xtick.labelsize": 12,
+    "ytick.labelsize": 12,
+}
 # Beyond this many classes the class names are left off the plot axes (the ticks then show
 # class indices, which the per-class table lists); beyond ANNOTATED the confusion-matrix cells
 # carry no numbers.
@@ -28,7 +39,7 @@ NAMED_CLASSES = 30
 ANNOTATED_CLASSES = 20
 MAX_SAMPLES = 64  # sample-prediction tiles drawn at most
 SAMPLE_COLUMNS = 8
-TITLE_CHARS = 26  # what one line of a tile's title holds
+TITLE_CHARS = 22  # what one line of a tile's title holds
 INDEX_NOTE = (
     f" With more than {NAMED_CLASSES} classes the axes show class indices; "
     "the per-class table below names them."
@@ -75,7 +86,9 @@ def draw_plots(files: RunFiles, folder: Path) -> list[Plot]:
         "per_class": lambda plot: _per_class_plot(plot, files),
         "samples": lambda plot: _samples_plot(plot, files, folder / SAMPLES_FILE),
     }
-    with warnings.catch_warnings():
+    from matplotlib import rc_context
+
+    with warnings.catch_warnings(), rc_context(STYLE):
         # Class names in scripts the bundled DejaVu fonts lack draw as boxes; that is all.
         warnings.filterwarnings("ignore", message="Glyph .* missing from")
         for key, draw in drawers.items():
@@ -145,7 +158,7 @@ def _loss_plot(plot: Plot, files: RunFiles) -> None:
     if not curves:
         plot.note = "metrics.csv holds no finite loss"
         return
-    figure = _new_figure(7, 4.5)
+    figure = _new_figure(CURVE_WIDTH, 5)
     axes = _epoch_axes(figure, "Loss per epoch", "loss", rows)
     for key, label, colour in curves:
         axes.plot(*_series(rows, key), color=colour, marker="o", markersize=4, label=label)
@@ -164,7 +177,7 @@ def _accuracy_plot(plot: Plot, files: RunFiles) -> None:
     if not curves:
         plot.note = "metrics.csv holds no accuracy"
         return
-    figure = _new_figure(7, 4.5)
+    figure = _new_figure(CURVE_WIDTH, 5.5)
     axes = _epoch_axes(figure, "Accuracy and validation scores per epoch", "score", rows)
     for key, label, colour, style in curves:
         axes.plot(
@@ -177,7 +190,7 @@ def _accuracy_plot(plot: Plot, files: RunFiles) -> None:
         )
     _mark_best_epoch(axes, files)
     axes.set_ylim(-0.02, 1.02)
-    axes.legend(loc="lower right", fontsize=8)
+    axes.legend(loc="lower right")
     figure.tight_layout()
     plot.png = _png(figure)
 
@@ -198,7 +211,7 @@ def _lr_plot(plot: Plot, files: RunFiles) -> None:
             files.problems.get(name, "no lr recorded") for name in ("events", "metrics.csv")
         )
         return
-    figure = _new_figure(7, 4)
+    figure = _new_figure(CURVE_WIDTH, 4.5)
     axes = figure.add_subplot()
     marker = "o" if len(xs) <= 50 else None
     axes.plot(xs, ys, color="tab:blue", marker=marker, markersize=3)
@@ -236,7 +249,7 @@ def _class_ticks(axes, axis: str, names: list[str], label: str) -> None:
     setter = axes.set_xticks if axis == "x" else axes.set_yticks
     set_label = axes.set_xlabel if axis == "x" else axes.set_ylabel
     if count <= NAMED_CLASSES:
-        size = 9 if count <= 12 else 7
+        size = 12 if count <= 12 else 9
         rotation = 90 if axis == "x" and max(len(n) for n in names) > 3 else 0
         setter(
             range(count),
@@ -267,7 +280,7 @@ def _confusion_plot(plot: Plot, files: RunFiles) -> None:
     count = counts.shape[0]
     names = _class_names(files, count)
     shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    side = min(max(6.0, 0.42 * count + 3), 13.0)
+    side = min(max(9.0, 0.42 * count + 3), 13.0)
     figure = _new_figure(side + 1.2, side)
     axes = figure.add_subplot()
     image = axes.imshow(shares, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
@@ -275,7 +288,7 @@ def _confusion_plot(plot: Plot, files: RunFiles) -> None:
     _class_ticks(axes, "x", names, "predicted class")
     _class_ticks(axes, "y", names, "true class")
     if count <= ANNOTATED_CLASSES:
-        size = 9 if count <= 10 else 7
+        size = 12 if count <= 10 else 9
         for row in range(count):
             for column in range(count):
                 share = shares[row, column]
@@ -312,8 +325,8 @@ def _per_class_plot(plot: Plot, files: RunFiles) -> None:
 
     count = len(table)
     positions = np.arange(count)
-    width = min(max(7.0, 0.36 * count + 2), 18.0)
-    figure = _new_figure(width, 4.8)
+    width = min(max(CURVE_WIDTH, 0.36 * count + 2), 18.0)
+    figure = _new_figure(width, 5.5)
     axes = figure.add_subplot()
     bar = 0.27
     bars = (("precision", "precision", "tab:blue"), ("recall", "recall", "tab:orange"))
@@ -328,7 +341,7 @@ def _per_class_plot(plot: Plot, files: RunFiles) -> None:
     epoch = f" (epoch {best})" if isinstance(best, int) else ""
     axes.set_title(f"Per-class validation scores{epoch}")
     axes.grid(True, axis="y", alpha=0.3)
-    axes.legend(loc="upper center", ncol=3, fontsize=8)
+    axes.legend(loc="upper center", ncol=3)
     figure.tight_layout()
     plot.png = _png(figure)
     if count > NAMED_CLASSES:
@@ -408,13 +421,13 @@ def _samples_plot(plot: Plot, files: RunFiles, path: Path) -> None:
         title = f"{pair} {score}" if len(pair) + len(score) < TITLE_CHARS else f"{pair}\n{score}"
         axes.set_title(
             title,
-            fontsize=7.5,
+            fontsize=9,
             color=RIGHT if correct else WRONG,
             parse_math=False,
         )
     figure.suptitle(
         f"Validation samples: {right} of {count} right (true → predicted (confidence))",
-        fontsize=10,
+        fontsize=14,
     )
     figure.tight_layout()
     plot.png = _png(figure)
