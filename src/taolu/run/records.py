@@ -196,12 +196,12 @@ class Records:
             f"{self.dir.last}."
         )
 
-    def gradient_histograms(self, step: int) -> Callable[[nn.Module], None]:
-        """What logs gradient histograms at the epoch's last step, before zero_grad."""
-        return functools.partial(self.log.log_histograms, step=step, gradients=True)
+    def gradient_histograms(self, epoch: int) -> Callable[[nn.Module], None]:
+        """What logs the epoch's gradient histograms at its last step, before zero_grad."""
+        return functools.partial(self.log.log_histograms, epoch=epoch, gradients=True)
 
     def record_epoch(
-        self, epoch: int, elapsed: float, trained: EpochResult, tested: EpochResult, step: int
+        self, epoch: int, elapsed: float, trained: EpochResult, tested: EpochResult
     ) -> dict[str, Any]:
         """The epoch's history row (metrics.csv's columns, and more), logged everywhere."""
         report = tested.report
@@ -224,9 +224,9 @@ class Records:
             "train_images": trained.images,
             "per_class": report.per_class,
         }
-        self.log.log_epoch(row, step)
+        self.log.log_epoch(row)
         self.log.log_evaluation(
-            step,
+            epoch,
             self.run.data.bundle.classes,
             tested.probabilities,
             tested.labels,
@@ -276,12 +276,12 @@ class Records:
             self.log.log_hparams(
                 config_to_dict(run.config),
                 {
-                    "hparams/best_val_acc": progress.best_val_acc,
-                    "hparams/best_val_macro_f1": best_row.get(column(VAL_MACRO_F1), float("nan")),
-                    "hparams/final_val_acc": history[-1][column(VAL_ACC)],
-                    "hparams/final_val_loss": history[-1][column(VAL_LOSS)],
+                    "val_summary/best_acc": progress.best_val_acc,
+                    "val_summary/best_macro_f1": best_row.get(column(VAL_MACRO_F1), float("nan")),
+                    "val_summary/final_acc": history[-1][column(VAL_ACC)],
+                    "val_summary/final_loss": history[-1][column(VAL_LOSS)],
                 },
-                progress.step,
+                history[-1]["epoch"],
             )
         model.eval()
         return TrainResult(
