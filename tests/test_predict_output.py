@@ -55,7 +55,7 @@ def test_predict_warns_about_inputs_the_other_way_round(
     [record] = caplog.records
     message = record.getMessage()
     assert "1 of 2 inputs are dark on light" in message
-    assert "white on black" in message and "Invert" in message
+    assert "white digits on black" in message and "Invert" in message
     assert str(drawn) in message and str(plain) not in message
 
 

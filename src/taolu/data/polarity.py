@@ -61,7 +61,7 @@ def polarity_message(looks: str, names: Sequence[str], total: int, limit: int = 
     opposite = "dark on light" if looks.startswith("light") else "light on dark"
     return (
         f"{len(names)} of {total} inputs are {opposite}, but the model was trained on {looks} "
-        f"(MNIST's digits are white on black); it will read them confidently and wrongly. "
+        f"(like MNIST's white digits on black); it will read them confidently and wrongly. "
         f"Invert them first (PIL.ImageOps.invert, or 255 - pixels): {shown}"
     )
 
