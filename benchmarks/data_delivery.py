@@ -26,6 +26,7 @@ from torchvision import transforms as T
 
 from taolu.api import build_train_config
 from taolu.data.bench import measure_delivery
+from taolu.data.pipeline import DataOptions
 
 
 def make_photos(root: Path, count: int, classes: int = 4) -> None:
@@ -77,7 +78,14 @@ def main() -> None:
         config = build_train_config(
             None, {"data": str(root), "image_size": 64, "batch_size": 128, "cache": "ram"}
         )
-        taolu_rates = measure_delivery(config, args.epochs, torch.device("cpu"))
+        taolu_rates = measure_delivery(
+            DataOptions.taken_from(config),
+            batch_size=config.batch_size,
+            augment=config.augment,
+            seed=config.seed,
+            epochs=args.epochs,
+            device=torch.device("cpu"),
+        )
         base_rates = baseline(root, args.epochs, 128)
     print(
         f"{args.images} JPEGs 500x375 -> 64x64, batch 128, CPU, {torch.get_num_threads()} threads"

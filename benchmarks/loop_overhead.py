@@ -25,9 +25,9 @@ from collections.abc import Callable
 
 import torch
 
+from taolu.data.bundle import ImageTensors
 from taolu.data.embedded import load_mnist5k, stratified_split
 from taolu.data.loaders import Batches, BatchTransform, Preprocessing
-from taolu.data.sources import ImageTensors
 from taolu.data.transforms import normalization_stats
 from taolu.engine.loop import train_one_epoch
 from taolu.engine.optim import LrSchedule, build_loss, build_optimizer

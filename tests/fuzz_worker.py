@@ -401,7 +401,7 @@ FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "safetensors": ".s
 
 def export_reader(name: str, path: Path) -> Reader:
     """An exported file; the structured part is its taolu metadata (str -> str)."""
-    from taolu.model_export import METADATA_FILE
+    from taolu.export_format import METADATA_FILE
 
     data = path.read_bytes()
     file = path.name

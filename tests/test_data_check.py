@@ -9,7 +9,6 @@ import json
 import os
 import stat
 import struct
-import sys
 import threading
 import warnings
 import zlib
@@ -19,9 +18,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from taolu.data import check as doctor
-from taolu.data import sources
-from taolu.data.check import CATEGORIES, check_data, inspect_image, quarantine
+from taolu.data.check import check_data, inspect_image
+from taolu.data.check_report import BAD_CATEGORIES, CATEGORIES
+from taolu.data.quarantine import quarantine
 from taolu.errors import ConfigError, DataError
 
 # --------------------------------------------------------------------------- fixture files
@@ -469,7 +468,7 @@ def test_a_folder_without_any_image_is_refused(tmp_path):
 
 
 def test_a_missing_path_is_a_config_error(tmp_path):
-    with pytest.raises(ConfigError, match="neither an embedded"):
+    with pytest.raises(ConfigError, match="is not an embedded set"):
         check_data(str(tmp_path / "nowhere"))
 
 
@@ -489,15 +488,6 @@ def test_a_csv_list_is_checked_file_by_file(tmp_path):
     heading = CATEGORIES["listed_missing"]
     assert heading in rendered and CATEGORIES["passed_over"] not in rendered
     assert rendered.index(str(root / "a" / "gone.png")) > rendered.index(heading)
-
-
-def test_without_the_csv_reader_a_csv_is_a_clear_data_error(tmp_path, monkeypatch):
-    table = tmp_path / "list.csv"
-    table.write_text("path,label\n")
-    monkeypatch.setitem(sys.modules, "taolu.data.csv_list", None)  # makes the import fail
-    monkeypatch.delattr(sources, "list_csv", raising=False)
-    with pytest.raises(DataError, match="CSV"):
-        check_data(str(table))
 
 
 # --------------------------------------------------------------------------- quarantine
@@ -548,7 +538,7 @@ def test_quarantine_refuses_a_folder_inside_the_data(tmp_path):
 def test_the_bad_categories_are_the_unreadable_ones():
     # Training's skip logic and quarantine act on these; a readable category here would move
     # good images out of the data.
-    assert set(doctor.BAD_CATEGORIES) == {
+    assert set(BAD_CATEGORIES) == {
         "unreadable",
         "zero_byte",
         "not_an_image",
@@ -556,7 +546,7 @@ def test_the_bad_categories_are_the_unreadable_ones():
         "truncated",
         "too_large",
     }
-    assert set(doctor.BAD_CATEGORIES) <= set(doctor.CATEGORIES)
+    assert set(BAD_CATEGORIES) <= set(CATEGORIES)
 
 
 def test_a_torchvision_set_on_disk_is_checked_from_its_data_root(tmp_path, capsys):

@@ -34,7 +34,7 @@ from taolu.checkpoint import load_checkpoint
 from taolu.data.decode import decode_file
 from taolu.data.loaders import Batches, BatchTransform, Preprocessing
 from taolu.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from taolu.inference import restore_model
+from taolu.rebuild import restore_model
 
 CLASSES = ("ant", "bee")
 TRANSFORM_LIST = [

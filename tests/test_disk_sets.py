@@ -18,10 +18,10 @@ import torchvision
 from scipy.io import savemat
 
 from taolu.data.csv_list import CsvRow, list_csv, read_csv_list
+from taolu.data.disk_formats import load_array_pickle
 from taolu.data.disk_sets import (
     DISK_DATASETS,
     disk_dataset_files,
-    load_array_pickle,
     load_disk_dataset,
 )
 from taolu.data.sources import list_folder

@@ -16,8 +16,8 @@ from torch import nn
 
 import taolu
 from taolu.checkpoint import load_checkpoint
+from taolu.data.bundle import ImageTensors
 from taolu.data.loaders import Batches, BatchTransform, Preprocessing, balanced_sample_weights
-from taolu.data.sources import ImageTensors
 from taolu.engine.loop import train_one_epoch
 from taolu.engine.optim import LrSchedule, balanced_class_weights, build_optimizer
 from taolu.engine.precision import Precision

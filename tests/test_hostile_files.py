@@ -24,9 +24,9 @@ from PIL import Image
 
 import taolu
 from taolu import checkpoint as ckpt
-from taolu.data.disk_sets import read_idx
+from taolu.data.disk_formats import read_idx
 from taolu.errors import CheckpointError, ConfigError, DataError
-from taolu.model_export import EXPORT_FORMAT
+from taolu.export_format import EXPORT_FORMAT
 
 DROP = object()  # stands for "remove this field" in `rewrite`
 SPEC = {"layers": ["Flatten", {"Linear": 32}, "ReLU", {"Linear": "classes"}]}

@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
+from taolu.data.bundle import ImageTensors
 from taolu.data.loaders import Batches, BatchTransform, Preprocessing
-from taolu.data.sources import ImageTensors
 from taolu.engine.lr_find import LrSweep, suggest_lr, sweep_lr, write_lr_sweep
 from taolu.engine.precision import Precision
 from taolu.engine.step import Stepper

@@ -26,9 +26,11 @@ from torch import nn
 import taolu
 from taolu import checkpoint as ckpt
 from taolu.data.embedded import load_digits
-from taolu.inference import restore_model
-from taolu.model_export import EXPORT_FORMAT, FORMATS, METADATA_FILE, ExportResult, Normalized
+from taolu.export_format import EXPORT_FORMAT, FORMATS, METADATA_FILE
+from taolu.export_writers import Normalized
+from taolu.model_export import ExportResult
 from taolu.models.nets import build_fastcnn
+from taolu.rebuild import restore_model
 
 PARITY = re.compile(r"(\S+) at batch 1, (\S+) at batch 8")
 

@@ -356,7 +356,7 @@ def test_slow_batchnorm_is_found_and_measured_afresh():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(1, 2, 1, bias=False), nn.BatchNorm2d(2, momentum=0.01))
     images = (torch.rand(64, 1, 4, 4) * 255).to(torch.uint8)
-    from taolu.data.sources import ImageTensors
+    from taolu.data.bundle import ImageTensors
 
     split = ImageTensors(images, torch.zeros(64, dtype=torch.long))
     batches = Batches(split, 64, torch.device("cpu"), shuffle=True)

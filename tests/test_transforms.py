@@ -21,16 +21,14 @@ from taolu.data.preview import (
     sample_indices,
     save_preview,
 )
+from taolu.data.transform_list import KEPT_FOR_EVAL, TRANSFORM_NAMES, parse_transform_list
 from taolu.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    KEPT_FOR_EVAL,
-    TRANSFORM_NAMES,
     SamplePipeline,
     build_eval_pipeline,
     build_train_pipeline,
     normalization_stats,
-    parse_transform_list,
     preset_for,
 )
 from taolu.errors import ConfigError, DataError

@@ -21,17 +21,18 @@ from taolu.config import (
 )
 from taolu.data.loaders import Batches, BatchTransform, Preprocessing
 from taolu.data.pipeline import TransformedSplit, check_transforms_option, stored_eval_pipeline
-from taolu.data.sources import check_data_spec, is_named_set, load_data
+from taolu.data.sources import data_kind, is_named_set, load_data
 from taolu.data.user_data import NamedSamples
 from taolu.engine.loop import evaluate as evaluate_batches
 from taolu.engine.optim import build_loss, check_optimizer_name
 from taolu.engine.precision import check_device_name, pick_device, pick_precision
 from taolu.errors import ConfigError, DataError
-from taolu.inference import classify_with, expand_inputs, load_classifier, restore_model
+from taolu.inference import classify_with, expand_inputs, load_classifier
 from taolu.layout import LAST_NAME, RunDir, check_run_place
 from taolu.models import check_model_name
 from taolu.models.factory import FACTORY_PATTERN
 from taolu.models.spec import is_spec_path
+from taolu.rebuild import restore_model
 from taolu.run.records import TrainResult
 from taolu.run.routine import run_training
 from taolu.run.setup import Resume, UserParts
@@ -83,7 +84,7 @@ def _check_users_parts(saved: dict[str, Any], data: Any, model: nn.Module | None
 
 def _check_data(spec: str) -> None:
     _refuse_user_object(spec, "Dataset", "data")
-    check_data_spec(spec)
+    data_kind(spec)
 
 
 def _check_freeze(value: str) -> None:
@@ -335,7 +336,7 @@ def evaluate(
     pipeline = stored_eval_pipeline(preprocessing)
     if pipeline is not None and pipeline.has_steps:
         split = TransformedSplit(split, pipeline)
-    # inference.restore_model still reads the checkpoint as a dict
+    # rebuild.restore_model still reads the checkpoint as a dict
     restored = restore_model(state.to_dict(), model).to(torch_device)
     precision = pick_precision(saved["precision"], torch_device)
     batches = Batches(split, batch_size, torch_device, shuffle=False)

@@ -403,21 +403,32 @@ def _run_data(args: argparse.Namespace) -> int:
         )
         return 0
     if args.data_command == "preview":
+        from taolu.data.pipeline import DataOptions
         from taolu.data.preview import preview_training_samples, save_preview
 
         output = Path(args.output)
         if output.exists():
             raise ConfigError(f"{output} already exists; choose another --output")
         config = _data_config(args)
-        images, labels, classes = preview_training_samples(config, args.count)
+        images, labels, classes = preview_training_samples(
+            DataOptions.taken_from(config), config.augment, config.seed, args.count
+        )
         save_preview(images, labels, classes, output)
         print(f"wrote {len(labels)} augmented training samples to {output}")
         return 0
     from taolu.data.bench import measure_delivery
+    from taolu.data.pipeline import DataOptions
     from taolu.engine.precision import pick_device
 
     config = _data_config(args)
-    result = measure_delivery(config, args.epochs, pick_device(config.device))
+    result = measure_delivery(
+        DataOptions.taken_from(config),
+        batch_size=config.batch_size,
+        augment=config.augment,
+        seed=config.seed,
+        epochs=args.epochs,
+        device=pick_device(config.device),
+    )
     if args.json:
         print(json.dumps(result))
     else:
@@ -431,7 +442,8 @@ def _run_data(args: argparse.Namespace) -> int:
 
 
 def _run_data_check(args: argparse.Namespace) -> int:
-    from taolu.data.check import check_data, quarantine
+    from taolu.data.check import check_data
+    from taolu.data.quarantine import quarantine
     from taolu.data.sources import data_base_folder
 
     report = check_data(

@@ -33,69 +33,14 @@ from taolu.data.polarity import polarity_message, reversed_inputs
 from taolu.data.sources import list_image_files
 from taolu.data.transforms import SamplePipeline
 from taolu.errors import CheckpointError, ConfigError, DataError
-from taolu.models import build_model
-from taolu.models.factory import FACTORY_PATTERN
-from taolu.models.spec import is_spec_path
+from taolu.export_format import FORMATS, METADATA_FILE, read_metadata
+from taolu.rebuild import restore_model
 from taolu.torch_files import TORCHSCRIPT as TORCHSCRIPT_ARCHIVE
 from taolu.torch_files import check_archive
 
 logger = logging.getLogger("taolu")
 # What `artifact_kind` can answer.
 CHECKPOINT, ONNX, TORCHSCRIPT, SAFETENSORS = "checkpoint", "onnx", "torchscript", "safetensors"
-
-
-def build_network(state: dict[str, Any]) -> nn.Module:
-    """A fresh network of the shape a checkpoint (or an export's metadata) describes: a built-in
-    or torchvision net by name, or a layer list from the list stored with it. Nothing named in
-    the file is ever imported or read: a factory (package.module:factory) or the user's own
-    nn.Module must be passed in by the caller, and a layer list stored only as a path (taolu
-    before the list was stored) is refused."""
-    name = state.get("model_name")
-    if not name:
-        raise CheckpointError(
-            f"this checkpoint was trained with your own nn.Module ({state['model_class']}); "
-            "create it in Python and pass it: taolu.predict(run, files, model=MyNet()), "
-            "taolu.evaluate(run, model=MyNet()) or taolu.export(run, model=MyNet())"
-        )
-    if FACTORY_PATTERN.fullmatch(name):
-        raise CheckpointError(
-            f"this checkpoint was trained with {name}; taolu does not import code named inside "
-            "a checkpoint: build the model in Python and pass it with model=... (to "
-            "taolu.predict, taolu.evaluate or taolu.export)"
-        )
-    layers = state.get("model_spec")
-    if is_spec_path(name) and layers is None:
-        raise CheckpointError(
-            f"this checkpoint was trained with the layer list {name} but does not hold the "
-            "list itself (an older taolu stored only the file's path), and taolu does not read "
-            "files named inside a checkpoint: train again with this taolu, or build the network "
-            "in Python (taolu.models.spec) and pass it with model=..."
-        )
-    preprocessing = Preprocessing.from_dict(state["preprocessing"])
-    try:
-        return build_model(
-            name,
-            preprocessing.channels,
-            preprocessing.size,
-            len(state["classes"]),
-            weights=state["config"].get("weights"),
-            layers=layers if is_spec_path(name) else None,
-        )
-    except ConfigError as error:
-        raise CheckpointError(f"the network this file describes cannot be built: {error}") from None
-
-
-def restore_model(state: dict[str, Any], model: nn.Module | None = None) -> nn.Module:
-    """The checkpoint's network with its weights: rebuilt by `build_network` for built-in nets,
-    torchvision models and layer lists; a user's own nn.Module (or a factory's) must be handed
-    in as `model` (taolu never imports it by itself)."""
-    if model is None:
-        model = build_network(state)
-    try:
-        model.load_state_dict(ckpt.inference_weights(state))
-    except RuntimeError as error:
-        raise CheckpointError(f"the checkpoint's weights do not fit the model: {error}") from None
-    return model.eval()
 
 
 def expand_inputs(inputs: list[str | Path]) -> list[Path]:
@@ -192,8 +137,6 @@ def artifact_kind(path: Path) -> str:
     it) or safetensors (.safetensors, or by its header). TorchScript is decided by the name
     alone, never by what the file holds: a file runs as code only when its name says it is
     code and the caller trusts it (`trust_code`)."""
-    from taolu.model_export import FORMATS
-
     if path.is_dir():
         return CHECKPOINT
     name = path.name.lower()
@@ -208,8 +151,6 @@ def artifact_kind(path: Path) -> str:
 
 def _onnx_classifier(path: Path, device: torch.device) -> Classifier:
     import onnxruntime
-
-    from taolu.model_export import read_metadata
 
     providers = ["CPUExecutionProvider"]
     if device.type == "cuda" and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
@@ -241,8 +182,6 @@ def _torchscript_classifier(path: Path, device: torch.device, trust_code: bool) 
     read and write files like any program: it is loaded only when the caller says they trust
     it, and only after its archive and its taolu metadata have been checked."""
     import warnings
-
-    from taolu.model_export import METADATA_FILE, read_metadata
 
     refuse_code_unless_trusted(path, trust_code)
     check_archive(path, TORCHSCRIPT_ARCHIVE)
@@ -282,8 +221,6 @@ def _safetensors_classifier(
     from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
-    from taolu.model_export import read_metadata
-
     try:
         with safe_open(str(path), framework="pt") as handle:
             raw = handle.metadata()
@@ -315,8 +252,6 @@ def _safetensors_classifier(
 def refuse_code_unless_trusted(path: str | Path, trust_code: bool) -> None:
     """A TorchScript file (known by its name, *.torchscript.pt, never by what it holds) holds
     code that runs when it is loaded: load one only when the user says they trust it."""
-    from taolu.model_export import FORMATS
-
     if str(path).lower().endswith(FORMATS["torchscript"]) and not trust_code:
         raise CheckpointError(
             f"{path}: refused: a TorchScript file holds code that would run when it is loaded, "

@@ -30,37 +30,26 @@ function (importing a submodule binds it to the package attribute of its name).
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
-import json
-import logging
-import math
 import os
-import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from taolu import checkpoint as ckpt
 from taolu.data.loaders import Preprocessing
-from taolu.errors import CheckpointError, ConfigError, ExportError, TaoluError
+from taolu.errors import ConfigError, ExportError, TaoluError
+from taolu.export_format import (
+    FORMATS,
+    build_metadata,
+)
+from taolu.export_writers import first_line, write_checked
+from taolu.layout import EXPORT_DIR
+from taolu.rebuild import rebuild_network, restore_model
 
-FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "safetensors": ".safetensors"}
 TOLERANCE = 1e-4
-EXPORT_FORMAT = "taolu-export"
-EXPORT_VERSION = 1
-EXPORT_DIR = "export"
-METADATA_FILE = "taolu.json"  # the TorchScript archive's extra file holding the metadata
-INPUT_NAME = "input"
-OUTPUT_NAME = "logits"
-ONNX_OPSET = 18  # used by the fallback (TorchScript-based) ONNX exporter
-CHECK_BATCHES = (1, 8)
-EXAMPLE_BATCH = 2  # traced at 2 so that both checked batch sizes differ from it
 
 
 @dataclass(frozen=True)
@@ -83,178 +72,6 @@ class ExportResult:
             f"{self.max_abs_diff_batch1:.2e} at batch 1, {self.max_abs_diff_batch8:.2e} at "
             f"batch 8 (limit {TOLERANCE:.0e})"
         )
-
-
-class Normalized(nn.Module):
-    """The network with taolu's normalisation in front of it: takes images in 0..1."""
-
-    def __init__(self, network: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]):
-        super().__init__()
-        self.network = network
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.network((images - self.mean) / self.std)
-
-
-class FixedAdaptivePool2d(nn.Module):
-    """An adaptive max/avg pool for one known input size, as slices: the same bins as torch's
-    (start floor(i*in/out), end ceil((i+1)*in/out)), in ops every ONNX exporter handles.
-    ONNX has no adaptive max pool and no adaptive average pool whose output does not divide
-    the input; fastcnn pools 4x4 (8 px digits) to 3x3."""
-
-    def __init__(self, in_size: tuple[int, int], out_size: tuple[int, int], mode: str):
-        super().__init__()
-        self.mode = mode
-        self.rows = _bins(in_size[0], out_size[0])
-        self.cols = _bins(in_size[1], out_size[1])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = []
-        for top, bottom in self.rows:
-            cells = []
-            for left, right in self.cols:
-                cell = x[:, :, top:bottom, left:right]
-                cells.append(cell.amax(dim=(2, 3)) if self.mode == "max" else cell.mean(dim=(2, 3)))
-            rows.append(torch.stack(cells, dim=-1))
-        return torch.stack(rows, dim=-2)
-
-
-def _bins(size: int, count: int) -> list[tuple[int, int]]:
-    return [(math.floor(i * size / count), math.ceil((i + 1) * size / count)) for i in range(count)]
-
-
-def onnx_friendly(model: nn.Module, example: torch.Tensor) -> nn.Module:
-    """A copy of `model` whose adaptive 2-D pools, at the input size `example` gives them, are
-    made of slices where ONNX cannot express them (the output does not divide the input)."""
-    model = copy.deepcopy(model)
-    pools = (nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool2d)
-    sizes: dict[str, tuple[int, int]] = {}
-
-    def recorder(name: str):
-        def hook(_module: nn.Module, inputs: tuple, _output: Any) -> None:
-            sizes[name] = (int(inputs[0].shape[-2]), int(inputs[0].shape[-1]))
-
-        return hook
-
-    hooks = [
-        module.register_forward_hook(recorder(name))
-        for name, module in model.named_modules()
-        if isinstance(module, pools)
-    ]
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    for name, in_size in sizes.items():
-        pool = model.get_submodule(name)
-        if getattr(pool, "return_indices", False):
-            continue
-        wanted = (
-            pool.output_size if isinstance(pool.output_size, tuple) else (pool.output_size,) * 2
-        )
-        out_size = tuple(in_size[i] if wanted[i] is None else int(wanted[i]) for i in range(2))
-        if all(side % out == 0 for side, out in zip(in_size, out_size, strict=True)):
-            continue  # torch's own ONNX mapping handles these (global or even pooling)
-        mode = "max" if isinstance(pool, nn.AdaptiveMaxPool2d) else "avg"
-        model.set_submodule(name, FixedAdaptivePool2d(in_size, out_size, mode))
-    return model
-
-
-# --------------------------------------------------------------------------- metadata
-
-
-def build_metadata(state: dict[str, Any], *, normalized_inside: bool) -> dict[str, str]:
-    """The metadata every exported file carries (str -> str; JSON where structured)."""
-    from taolu import __version__
-
-    preprocessing = Preprocessing.from_dict(state["preprocessing"])
-    classes = [str(name) for name in state["classes"]]
-    channels, (height, width) = preprocessing.channels, preprocessing.size
-    colour = "RGB" if channels == 3 else "gray" if channels == 1 else f"{channels} channels"
-    if normalized_inside:
-        values = "0..1 (image / 255); the mean/std normalisation is inside the model"
-    else:
-        values = "(image / 255 - mean) / std with the preprocessing's mean and std"
-    described_input = {
-        "name": INPUT_NAME,
-        "dtype": "float32",
-        "layout": "NCHW",
-        "shape": ["batch", channels, height, width],
-        "colour": colour,
-        "values": values,
-        "normalized_inside": normalized_inside,
-    }
-    described_output = {
-        "name": OUTPUT_NAME,
-        "shape": ["batch", len(classes)],
-        "values": "logits; softmax gives the probabilities of the classes, in order",
-    }
-    return {
-        "format": EXPORT_FORMAT,
-        "format_version": str(EXPORT_VERSION),
-        "taolu_version": __version__,
-        "model_name": state.get("model_name") or "",
-        # A layer list travels as the list itself: predict never reads a file the export names.
-        "model_spec": json.dumps(state.get("model_spec"), ensure_ascii=False),
-        "model_class": str(state.get("model_class", "")),
-        "weights": str(state.get("config", {}).get("weights") or ""),
-        "epoch": str(state.get("epoch", "")),
-        "classes": json.dumps(classes, ensure_ascii=False),
-        "preprocessing": json.dumps(preprocessing.to_dict(), ensure_ascii=False),
-        "input": json.dumps(described_input, ensure_ascii=False),
-        "output": json.dumps(described_output, ensure_ascii=False),
-    }
-
-
-def read_metadata(metadata: Any, source: str | Path) -> dict[str, Any]:
-    """Check an exported file's metadata and decode it: {"classes", "preprocessing",
-    "model_name", "model_spec", "model_class", "weights", "normalized_inside"}; refuse a
-    foreign file, and a damaged or crafted one, with a CheckpointError."""
-    if not isinstance(metadata, dict) or metadata.get("format") != EXPORT_FORMAT:
-        raise CheckpointError(
-            f"{source}: not exported by taolu: it carries no taolu metadata (class names and "
-            "preprocessing); export the run with `taolu export`"
-        )
-    texts = ("format_version", "classes", "preprocessing", "model_name", "model_class", "weights")
-    wrong = [
-        key for key in (*texts, "model_spec", "input") if not isinstance(metadata.get(key, ""), str)
-    ]
-    if wrong:
-        raise CheckpointError(f"{source}: its taolu metadata is damaged: {wrong[0]} is not text")
-    try:
-        version = int(metadata.get("format_version", ""))
-        classes = json.loads(metadata["classes"])
-        preprocessing = Preprocessing.from_dict(json.loads(metadata["preprocessing"]))
-        model_spec = json.loads(metadata.get("model_spec") or "null")
-        described_input = json.loads(metadata.get("input") or "{}")
-    except (KeyError, ValueError, TypeError, RecursionError) as error:
-        raise CheckpointError(f"{source}: its taolu metadata is damaged: {error}") from None
-    except CheckpointError as error:
-        raise CheckpointError(f"{source}: {error}") from None
-    if version > EXPORT_VERSION:
-        raise CheckpointError(
-            f"{source}: exported by a newer taolu (export format {version}); upgrade taolu"
-        )
-    if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)):
-        raise CheckpointError(f"{source}: its taolu metadata is damaged: classes are not names")
-    if not (model_spec is None or isinstance(model_spec, list)):
-        raise CheckpointError(f"{source}: its taolu metadata is damaged: model_spec is no list")
-    if not isinstance(described_input, dict):
-        raise CheckpointError(f"{source}: its taolu metadata is damaged: input is no mapping")
-    return {
-        "classes": classes,
-        "preprocessing": preprocessing,
-        "model_name": metadata.get("model_name") or None,
-        "model_spec": model_spec,
-        "model_class": metadata.get("model_class", ""),
-        "weights": metadata.get("weights", ""),
-        "epoch": metadata.get("epoch", ""),
-        "normalized_inside": described_input.get("normalized_inside", True) is not False,
-    }
 
 
 # --------------------------------------------------------------------------- files
@@ -293,169 +110,9 @@ def _claim(temporary: Path, target: Path, run_dir: Path, format: str) -> Path:
         target = default_target(run_dir, format)
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Silence the exporters: their warnings, progress prints and torch's log records."""
-    names = ["torch", *(n for n in logging.root.manager.loggerDict if n.startswith("torch"))]
-    saved = {name: logging.getLogger(name).level for name in names}
-    for name in names:
-        logging.getLogger(name).setLevel(logging.CRITICAL)
-    try:
-        with (
-            warnings.catch_warnings(),
-            contextlib.redirect_stdout(io.StringIO()),
-            contextlib.redirect_stderr(io.StringIO()),
-        ):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for name, level in saved.items():
-            logging.getLogger(name).setLevel(level)
-
-
 def _fsync(path: Path) -> None:
     with open(path, "rb+") as handle:
         os.fsync(handle.fileno())
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
-
-
-def _max_difference(expected: torch.Tensor, got: Any) -> float:
-    got = torch.as_tensor(got).float()
-    if got.shape != expected.shape:
-        raise ExportError(
-            f"the exported model gives outputs of shape {tuple(got.shape)}, the PyTorch model "
-            f"{tuple(expected.shape)}"
-        )
-    return float((got - expected).abs().max()) if got.numel() else 0.0
-
-
-def _write_onnx(
-    wrapped: nn.Module, example: torch.Tensor, target: Path, metadata: dict[str, str]
-) -> str:
-    """Export with torch's default (torch.export-based) exporter, falling back to the
-    TorchScript-based one for a model torch.export cannot capture; returns which one wrote."""
-    import onnx
-
-    exportable = onnx_friendly(wrapped, example)
-    failures = []
-    proto = None
-    exporter = "dynamo"
-    with _quiet():
-        try:
-            program = torch.onnx.export(
-                exportable,
-                (example,),
-                None,
-                dynamo=True,
-                dynamic_shapes=({0: torch.export.Dim("batch")},),
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                verbose=False,
-            )
-            proto = program.model_proto
-        except Exception as error:  # torch.export refuses many a user's forward
-            failures.append(f"torch.export-based exporter: {_first_line(error)}")
-        if proto is None:
-            exporter = "torchscript"
-            buffer = io.BytesIO()
-            try:
-                torch.onnx.export(
-                    exportable,
-                    (example,),
-                    buffer,
-                    dynamo=False,
-                    input_names=[INPUT_NAME],
-                    output_names=[OUTPUT_NAME],
-                    dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-                    opset_version=ONNX_OPSET,
-                )
-                proto = onnx.load_from_string(buffer.getvalue())
-            except Exception as error:
-                failures.append(f"TorchScript-based exporter: {_first_line(error)}")
-    if proto is None:
-        raise ExportError("ONNX export failed; " + "; ".join(failures))
-    del proto.metadata_props[:]
-    for key, value in metadata.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    proto.doc_string = (
-        f"taolu export: input {json.loads(metadata['input'])}; output "
-        f"{json.loads(metadata['output'])}"
-    )
-    onnx.save_model(proto, str(target))
-    return exporter
-
-
-def _check_onnx(target: Path, inputs: list[torch.Tensor], expected: list[torch.Tensor]) -> list:
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3
-    session = onnxruntime.InferenceSession(str(target), options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return [
-        _max_difference(want, session.run(None, {name: x.numpy()})[0])
-        for x, want in zip(inputs, expected, strict=True)
-    ]
-
-
-def _write_torchscript(
-    wrapped: nn.Module, example: torch.Tensor, target: Path, metadata: dict[str, str]
-) -> str:
-    with _quiet(), torch.no_grad():
-        try:
-            traced = torch.jit.trace(wrapped, (example,), check_trace=False)
-        except Exception as error:
-            raise ExportError(
-                f"TorchScript export (torch.jit.trace) failed: {_first_line(error)}"
-            ) from None
-        torch.jit.save(traced, str(target), _extra_files={METADATA_FILE: json.dumps(metadata)})
-    return "trace"
-
-
-def _check_torchscript(
-    target: Path, inputs: list[torch.Tensor], expected: list[torch.Tensor]
-) -> list:
-    with _quiet():
-        loaded = torch.jit.load(str(target), map_location="cpu")
-    with torch.no_grad():
-        return [_max_difference(want, loaded(x)) for x, want in zip(inputs, expected, strict=True)]
-
-
-def _write_safetensors(network: nn.Module, target: Path, metadata: dict[str, str]) -> str:
-    from safetensors.torch import save
-
-    # Own, contiguous copies: safetensors refuses tensors that share storage (tied weights).
-    weights = {
-        key: value.detach().cpu().contiguous().clone()
-        for key, value in network.state_dict().items()
-    }
-    target.write_bytes(save(weights, metadata=metadata))
-    return "safetensors"
-
-
-def _check_safetensors(
-    target: Path,
-    fresh: nn.Module,
-    preprocessing: Preprocessing,
-    inputs: list[torch.Tensor],
-    expected: list[torch.Tensor],
-) -> list:
-    from safetensors.torch import load_file
-
-    try:
-        fresh.load_state_dict(load_file(str(target)))
-    except RuntimeError as error:
-        raise ExportError(f"the written weights do not load back: {_first_line(error)}") from None
-    reloaded = Normalized(fresh.float().eval(), preprocessing.mean, preprocessing.std).eval()
-    with torch.no_grad():
-        return [
-            _max_difference(want, reloaded(x)) for x, want in zip(inputs, expected, strict=True)
-        ]
 
 
 # --------------------------------------------------------------------------- export
@@ -464,8 +121,6 @@ def _check_safetensors(
 def _restore_for_export(state: dict[str, Any], model: nn.Module | None) -> nn.Module:
     """The checkpoint's network on the CPU in float32 eval mode (the user's own module is
     copied first, so export leaves it where it was)."""
-    from taolu.inference import restore_model
-
     if model is not None:
         model = copy.deepcopy(model)
     return restore_model(state, model).cpu().float().eval()
@@ -473,9 +128,7 @@ def _restore_for_export(state: dict[str, Any], model: nn.Module | None) -> nn.Mo
 
 def _fresh_network(state: dict[str, Any], model: nn.Module | None) -> nn.Module:
     """An untouched network of the same shape, for reloading the safetensors file into."""
-    from taolu.inference import build_network
-
-    return copy.deepcopy(model).cpu() if model is not None else build_network(state)
+    return copy.deepcopy(model).cpu() if model is not None else rebuild_network(state)
 
 
 def _check_target(target: Path, source: Path, format: str) -> None:
@@ -534,31 +187,17 @@ def export(
     preprocessing = Preprocessing.from_dict(state["preprocessing"])
     network = _restore_for_export(state, model)  # refuses a model it cannot rebuild
     fresh = _fresh_network(state, model) if format == "safetensors" else None
-    wrapped = Normalized(network, preprocessing.mean, preprocessing.std).eval()
     metadata = build_metadata(state, normalized_inside=format != "safetensors")
 
     if target is None:
         target = default_target(run_directory(source), format)
     target.parent.mkdir(parents=True, exist_ok=True)
 
-    generator = torch.Generator().manual_seed(0)
-    shape = (preprocessing.channels, *preprocessing.size)
-    example = torch.rand(EXAMPLE_BATCH, *shape, generator=generator)
-    inputs = [torch.rand(batch, *shape, generator=generator) for batch in CHECK_BATCHES]
-    with torch.no_grad():
-        expected = [wrapped(x).float() for x in inputs]
-
     temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
-        if format == "onnx":
-            exporter = _write_onnx(wrapped, example, temporary, metadata)
-            differences = _check_onnx(temporary, inputs, expected)
-        elif format == "torchscript":
-            exporter = _write_torchscript(wrapped, example, temporary, metadata)
-            differences = _check_torchscript(temporary, inputs, expected)
-        else:
-            exporter = _write_safetensors(network, temporary, metadata)
-            differences = _check_safetensors(temporary, fresh, preprocessing, inputs, expected)
+        exporter, differences = write_checked(
+            format, network, fresh, preprocessing, temporary, metadata
+        )
         _fsync(temporary)
         worst = max(differences)
         if not worst <= TOLERANCE:  # NaN fails too
@@ -576,7 +215,7 @@ def export(
     except TaoluError:
         raise
     except Exception as error:
-        raise ExportError(f"{format} export failed: {_first_line(error)}") from error
+        raise ExportError(f"{format} export failed: {first_line(error)}") from error
     finally:
         temporary.unlink(missing_ok=True)
     return ExportResult(

@@ -7,9 +7,8 @@ import time
 
 import torch
 
-from taolu.config import TrainConfig
 from taolu.data.loaders import Batches
-from taolu.data.pipeline import batch_transforms, load_training_data
+from taolu.data.pipeline import DataOptions, batch_transforms, load_training_data
 
 
 def _synchronize(device: torch.device) -> None:
@@ -17,24 +16,32 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure_delivery(config: TrainConfig, epochs: int, device: torch.device) -> dict:
+def measure_delivery(
+    data: DataOptions,
+    *,
+    batch_size: int,
+    augment: str,
+    seed: int,
+    epochs: int,
+    device: torch.device,
+) -> dict:
     """Images per second delivered per epoch. Epoch 1 includes everything before the first
     batch (listing the files, and decoding them into the cache), as a real run pays it."""
     started = time.perf_counter()
-    prepared = load_training_data(config)
+    prepared = load_training_data(data)
     bundle = prepared.bundle
     batches = Batches(
         bundle.train,
-        config.batch_size,
+        batch_size,
         device,
         shuffle=True,
         workers=prepared.workers,
         skips=prepared.skips,
     )
     train_transform, _, _ = batch_transforms(
-        config.augment, prepared, device, channels_last=device.type != "mps"
+        augment, prepared, device, channels_last=device.type != "mps"
     )
-    generator = torch.Generator().manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(seed)
     rates = []
     for _ in range(epochs):
         delivered = 0

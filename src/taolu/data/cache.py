@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from taolu.data.bundle import DataBundle, ImageTensors
 from taolu.data.decode import decode_file
 from taolu.data.loaders import SkipLog
-from taolu.data.sources import DataBundle, ImageTensors
 from taolu.errors import DataError
 
 CACHE_VERSION = 1

@@ -10,8 +10,8 @@ from typing import NamedTuple
 
 import torch
 
+from taolu.data.bundle import LISTED_MISSING, LISTED_NOT_A_FILE, FileListing
 from taolu.data.embedded import SPLIT_SEED, stratified_split
-from taolu.data.sources import LISTED_MISSING, LISTED_NOT_A_FILE, FileListing
 from taolu.errors import DataError
 
 COLUMNS = ("path", "label", "split")

@@ -6,15 +6,20 @@ Training, eval, predict and export all go through `decode_file` / `to_uint8_chw`
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import stat
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as TF
 
 from taolu.errors import DataError
@@ -52,48 +57,123 @@ def _flatten_to_rgb_or_gray(image: Image.Image) -> Image.Image:
     return image.convert("RGB")  # CMYK, YCbCr, LAB, HSV
 
 
-def open_image(
-    source: str | Path | EncodedImage, draft_size: tuple[int, int] | None = None
-) -> Image.Image:
-    """Open an image file (or an image file's bytes) as an 'L' or 'RGB' Pillow image, upright,
-    first frame only.
+class ImageRefused(DataError):
+    """An image file the policy refuses; `kind` names why, in data check's words:
+    "unreadable", "too_large", "corrupt", "truncated" or "not_an_image"."""
 
-    `draft_size` lets the JPEG decoder scale down by 1/2, 1/4 or 1/8 while decoding, as long
-    as both sides stay at least that large: several times faster for photos bound for a
-    small training size. Raises DataError naming the file for anything unreadable,
-    including images whose header claims more pixels than Pillow's decompression-bomb limit.
-    """
-    in_memory = isinstance(source, EncodedImage)
-    path = source.name if in_memory else Path(source)
+    def __init__(self, message: str, kind: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+# The first bytes of the formats whose broken headers are worth telling from "not an image".
+MAGIC_NUMBERS = {b"\xff\xd8\xff": "JPEG", b"\x89PNG": "PNG", b"GIF8": "GIF"}
+
+
+def load_upright(
+    file: BinaryIO,
+    name: str | Path,
+    draft_size: tuple[int, int] | None = None,
+    look: Callable[[Image.Image], None] | None = None,
+) -> Image.Image:
+    """The policy every reader shares (training, predict, serve and data check): open an image
+    file's bytes, refuse it from its header when it claims more pixels than the
+    decompression-bomb limit, take the first frame, decode its pixels (a truncated file is
+    refused, never padded with grey), and turn it upright by its EXIF orientation.
+
+    `look` sees the image as opened, before any pixel is decoded (data check reads the
+    format, mode and orientation there). Raises ImageRefused naming `name` and why."""
     try:
-        # A FIFO or device would block or stream forever on open(); only read regular files.
-        if not in_memory and not stat.S_ISREG(os.stat(path).st_mode):
-            raise DataError(f"{path}: not a regular file")
-        with Image.open(io.BytesIO(source.data) if in_memory else path) as image:
+        with Image.open(file) as image:
             # Pillow raises above twice its limit and only warns below; refuse both, from the
             # header, before any pixel is allocated. (No warnings filter: the cache decodes on
             # threads, and changing filters is not thread-safe.)
-            if image.width * image.height > MAX_PIXELS:
-                raise DataError(
-                    f"{path}: refused, {image.width}x{image.height} pixels is more than "
-                    f"the decompression-bomb limit of {MAX_PIXELS}"
+            if MAX_PIXELS and image.width * image.height > MAX_PIXELS:
+                raise ImageRefused(
+                    f"{name}: refused, {image.width}x{image.height} pixels is more than "
+                    f"the decompression-bomb limit of {MAX_PIXELS:,}",
+                    "too_large",
                 )
+            if look is not None:
+                look(image)
             image.seek(0)
             if draft_size is not None and image.format == "JPEG":
                 image.draft(image.mode, draft_size)
             upright = ImageOps.exif_transpose(image)
             upright.load()
-            return _flatten_to_rgb_or_gray(upright)
+            return upright
     except Image.DecompressionBombError as error:
-        raise DataError(f"{path}: refused, too many pixels ({error})") from None
+        raise ImageRefused(f"{name}: refused, too many pixels ({error})", "too_large") from None
+    except UnidentifiedImageError:
+        file.seek(0)
+        start = file.read(8)
+        kind = next((kind for magic, kind in MAGIC_NUMBERS.items() if start.startswith(magic)), "")
+        if kind:
+            raise ImageRefused(
+                f"{name}: starts like a {kind} file, but its header is broken", "corrupt"
+            ) from None
+        raise ImageRefused(f"{name}: not an image file Pillow can read", "not_an_image") from None
+    except ImageRefused:
+        raise
+    except Exception as error:  # Pillow's plugins raise many kinds for damaged data
+        kind = "truncated" if "truncated" in str(error).lower() else "corrupt"
+        raise ImageRefused(
+            f"{name}: cannot decode image ({type(error).__name__}: {error})", kind
+        ) from None
+
+
+def open_regular_file(path: str | Path) -> BinaryIO:
+    """A regular file opened for reading; a FIFO, device or folder is refused (OSError)
+    without blocking: opening a FIFO for reading would otherwise wait forever for a writer."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    descriptor = os.open(path, flags)
+    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+        os.close(descriptor)
+        raise OSError(errno.EINVAL, "not a regular file (a folder, FIFO or device)")
+    return os.fdopen(descriptor, "rb")
+
+
+@contextmanager
+def strict_pillow() -> Iterator[None]:
+    """For a whole pass over many files from one thread (data check): Pillow's
+    LOAD_TRUNCATED_IMAGES off (with it on, a cut-off file decodes silently as grey) and its
+    decompression-bomb warning silenced (load_upright refuses those images itself, by
+    name), then both restored. Global settings, so not for the training cache's threads."""
+    previous = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            yield
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = previous
+
+
+def open_image(
+    source: str | Path | EncodedImage, draft_size: tuple[int, int] | None = None
+) -> Image.Image:
+    """Open an image file (or an image file's bytes) as an 'L' or 'RGB' Pillow image, upright,
+    first frame only, by `load_upright`'s policy.
+
+    `draft_size` lets the JPEG decoder scale down by 1/2, 1/4 or 1/8 while decoding, as long
+    as both sides stay at least that large: several times faster for photos bound for a
+    small training size. Raises DataError naming the file for anything unreadable.
+    """
+    if isinstance(source, EncodedImage):
+        return _flatten_to_rgb_or_gray(
+            load_upright(io.BytesIO(source.data), source.name, draft_size)
+        )
+    path = Path(source)
+    try:
+        file = open_regular_file(path)
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise DataError(f"{path}: is a folder, not an image file") from None
-    except UnidentifiedImageError:
-        raise DataError(f"{path}: not an image file Pillow can read") from None
-    except (OSError, ValueError, SyntaxError, EOFError) as error:
-        raise DataError(f"{path}: cannot decode image ({error})") from None
+    except OSError as error:
+        raise DataError(f"{path}: {error.strerror or error}") from None
+    with file:
+        return _flatten_to_rgb_or_gray(load_upright(file, path, draft_size))
 
 
 def to_uint8_chw(image: object) -> torch.Tensor:

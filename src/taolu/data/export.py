@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from taolu.data.bundle import ImageTensors
 from taolu.data.disk_sets import DISK_DATASETS, load_disk_dataset
 from taolu.data.embedded import LOADERS
 from taolu.data.files import is_hidden
-from taolu.data.sources import ImageTensors, is_embedded, load_embedded
+from taolu.data.sources import is_embedded, load_embedded
 from taolu.errors import ConfigError, DataError
 
 # Characters no file name may hold on Linux, macOS or Windows, so the export can be copied

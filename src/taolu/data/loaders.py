@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from taolu.config import MAX_IMAGE_SIDE, RESIZE_MODES
-from taolu.data.sources import ImageTensors, Split
-from taolu.data.transforms import KEPT_FOR_EVAL, parse_transform_list
+from taolu.data.bundle import ImageTensors, Split
+from taolu.data.transform_list import KEPT_FOR_EVAL, parse_transform_list
 from taolu.errors import CheckpointError, ConfigError
 
 log = logging.getLogger("taolu")

@@ -4,13 +4,13 @@ sets, and the batch transforms. Training and `taolu data bench` both start here.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
 
-from taolu.config import TrainConfig
+from taolu.data.bundle import DataBundle, ImageTensors
 from taolu.data.cache import decode_once
 from taolu.data.loaders import (
     BatchTransform,
@@ -20,14 +20,14 @@ from taolu.data.loaders import (
     sample_images,
 )
 from taolu.data.polarity import training_background
-from taolu.data.sources import DataBundle, ImageTensors, load_data
+from taolu.data.sources import load_data
+from taolu.data.transform_list import parse_transform_list
 from taolu.data.transforms import (
     PRESETS,
     SamplePipeline,
     build_eval_pipeline,
     build_train_pipeline,
     normalization_stats,
-    parse_transform_list,
     preset_for,
 )
 from taolu.data.user_data import bundle_datasets
@@ -66,6 +66,30 @@ class TransformedSplit(Dataset):
         return (image if image is None else self.pipeline(image), *rest)
 
 
+@dataclass(frozen=True)
+class DataOptions:
+    """The options the data side reads, and nothing else: TrainConfig's fields of the same
+    names (their defaults and rules live there), handed over with `taken_from`."""
+
+    data: str
+    data_root: str
+    val_fraction: float
+    image_size: int
+    resize_mode: str
+    channels: int
+    workers: int
+    cache: str
+    cache_dir: str
+    max_bad_fraction: float
+    transforms: str | list
+    normalize: str
+
+    @classmethod
+    def taken_from(cls, options: object) -> DataOptions:
+        """The same-named fields of a TrainConfig (or any object that has them)."""
+        return cls(**{field.name: getattr(options, field.name) for field in fields(cls)})
+
+
 @dataclass
 class TrainingData:
     """Both splits ready to batch, and how they got there."""
@@ -98,7 +122,7 @@ def refuse_too_many_bad_files(
 
 
 def load_training_data(
-    config: TrainConfig,
+    config: DataOptions,
     *,
     train_data: Dataset | None = None,
     val_data: Dataset | None = None,
@@ -154,7 +178,7 @@ def load_training_data(
 
 
 def sample_pipelines(
-    config: TrainConfig, bundle: DataBundle
+    config: DataOptions, bundle: DataBundle
 ) -> tuple[SamplePipeline | None, SamplePipeline | None]:
     """(train, eval) per-sample pipelines for --transforms, or (None, None) without it."""
     option = config.transforms
@@ -187,7 +211,7 @@ def stored_eval_pipeline(preprocessing: Preprocessing) -> SamplePipeline | None:
 
 
 def measure_preprocessing(
-    config: TrainConfig,
+    config: DataOptions,
     bundle: DataBundle,
     train_pipeline: SamplePipeline | None,
     eval_pipeline: SamplePipeline | None,

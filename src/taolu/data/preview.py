@@ -16,9 +16,8 @@ from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import make_grid
 
 from taolu.atomic_file import write_atomic
-from taolu.config import TrainConfig
 from taolu.data.loaders import Batches
-from taolu.data.pipeline import TrainingData, batch_transforms, load_training_data
+from taolu.data.pipeline import DataOptions, TrainingData, batch_transforms, load_training_data
 from taolu.data.transforms import SamplePipeline
 
 GAP = 4  # white pixels between cells and around the grid
@@ -159,9 +158,9 @@ def augmented_samples(
 
 
 def preview_training_samples(
-    config: TrainConfig, count: int = 32
+    data: DataOptions, augment: str, seed: int, count: int = 32
 ) -> tuple[torch.Tensor, list[int], list[str]]:
     """What `taolu data preview` shows: augmented training samples, labels and class names."""
-    prepared = load_training_data(config)
-    images, labels = augmented_samples(prepared, config.augment, count, config.seed)
+    prepared = load_training_data(data)
+    images, labels = augmented_samples(prepared, augment, count, seed)
     return images, labels, prepared.bundle.classes

@@ -8,18 +8,20 @@ import json
 import logging
 import os
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from taolu.data.bundle import DataBundle, FileListing, ImageTensors, image_size_for
+from taolu.data.csv_list import list_csv
 from taolu.data.decode import (
     decode_file,
     fit_to_size,
     match_channels,
 )
+from taolu.data.disk_sets import DISK_DATASETS, load_disk_dataset
 from taolu.data.embedded import LOADERS, SPLIT_SEED, stratified_split
 from taolu.data.files import is_hidden, walk_folder
 from taolu.errors import ConfigError, DataError
@@ -27,50 +29,9 @@ from taolu.errors import ConfigError, DataError
 logger = logging.getLogger("taolu")
 
 VAL_FOLDER_NAMES = ("val", "valid", "validation", "test")
-# When image_size is 0 and the files differ in size (or are large), they are fitted to this.
-FALLBACK_IMAGE_SIZE = 128
 
 
-@dataclass(frozen=True)
-class ImageTensors:
-    """A split held in memory: uint8 images (N, C, H, W) and int64 labels (N,)."""
-
-    images: torch.Tensor
-    labels: torch.Tensor
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.images[index], int(self.labels[index])
-
-
-Split = ImageTensors | Dataset
-
-
-@dataclass(frozen=True)
-class DataBundle:
-    """Everything the routine needs to know about its data."""
-
-    train: Split
-    val: Split
-    classes: list[str]
-    channels: int
-    size: tuple[int, int]  # (H, W) every image is fitted to
-    digits: bool  # digit images must not be flipped
-    description: str
-    listing: FileListing | None = None  # for file-based data: what each split was made of
-    # The caller's own Datasets: what the images show is unknown, so a flip may change the
-    # class (a mirrored digit, letter or sign).
-    user_data: bool = False
-
-    @property
-    def flips_keep_classes(self) -> bool:
-        """Whether a horizontal flip keeps every image's class: known for taolu's sources
-        (photo folders, CSV lists, torchvision's photo sets), never assumed for digits or for
-        a user's Dataset (measured: flipping the seed's RGB digit arrays cost 4.6 points,
-        benchmarks/recipe_zoo.py case tudui-rgb)."""
-        return not self.digits and not self.user_data
+EMBEDDED, DISK_SET, CSV_LIST, FOLDER = "embedded", "disk set", "CSV list", "folder"
 
 
 def is_embedded(spec: str) -> bool:
@@ -79,27 +40,26 @@ def is_embedded(spec: str) -> bool:
 
 def is_named_set(spec: str) -> bool:
     """An embedded set or a torchvision set on disk: a name, not a path."""
-    return is_embedded(spec) or spec in _disk_set_names()
+    return is_embedded(spec) or spec in DISK_DATASETS
 
 
-def _disk_set_names() -> tuple[str, ...]:
-    from taolu.data import disk_sets  # imported late: it builds on this module
-
-    return tuple(disk_sets.DISK_DATASETS)
-
-
-def check_data_spec(spec: str) -> None:
-    """Refuse a --data value that names no embedded set, on-disk torchvision set, image
-    folder or CSV list."""
-    if is_embedded(spec) or spec in _disk_set_names():
-        return
+def data_kind(spec: str, data_root: str | Path | None = None) -> str:
+    """What a --data value names: EMBEDDED, DISK_SET (which needs `data_root`), CSV_LIST or
+    FOLDER; anything else is refused. The one place the kinds are told apart (training and
+    `taolu data check` both ask here). `data_root` None: not known yet, not checked."""
+    if is_embedded(spec):
+        return EMBEDDED
+    if spec in DISK_DATASETS:
+        if data_root is not None and not str(data_root):
+            raise ConfigError(f"option 'data_root': {spec} is read from disk; give --data-root")
+        return DISK_SET
     path = Path(spec).expanduser()
     if path.is_file() and path.suffix.lower() == ".csv":
-        return
+        return CSV_LIST
     if not path.exists():
         raise ConfigError(
             f"option 'data': {spec!r} is not an embedded set ({', '.join(LOADERS)}), "
-            f"a torchvision set on disk ({', '.join(_disk_set_names())}), nor an existing "
+            f"a torchvision set on disk ({', '.join(DISK_DATASETS)}), nor an existing "
             f"folder or CSV file (looked for {path.resolve()})"
         )
     if not path.is_dir():
@@ -107,6 +67,7 @@ def check_data_spec(spec: str) -> None:
             f"option 'data': {path} is a file; give a folder of class folders or a CSV list "
             "with a path,label header"
         )
+    return FOLDER
 
 
 def bundle_tensors(
@@ -122,8 +83,7 @@ def bundle_tensors(
 ) -> DataBundle:
     """In-memory splits fitted to the asked channels and size."""
     channels = channels or train.images.shape[1]
-    native = tuple(train.images.shape[-2:])
-    size = native if image_size == 0 else (image_size, image_size)
+    size = image_size_for(image_size, tuple(train.images.shape[-2:]))
 
     def fit(split: ImageTensors) -> ImageTensors:
         images = match_channels(split.images, channels)
@@ -188,23 +148,6 @@ class ImageFiles(Dataset):
 def list_image_files(folder: Path) -> list[Path]:
     """Image files under `folder`, recursively, by the rules of `walk_folder`."""
     return walk_folder(folder).images
-
-
-# Why a row of a CSV list was passed over: the data doctor files these under their own
-# heading, apart from the walk's links, loops and FIFOs.
-LISTED_MISSING = "listed in CSV but missing"
-LISTED_NOT_A_FILE = "listed in CSV but not a regular file"
-
-
-@dataclass
-class FileListing:
-    """The files of a file-based data set, split and labelled, before any is decoded."""
-
-    classes: list[str]
-    splits: dict[str, list[tuple[Path, int]]]  # "train" / "val" -> (path, label index)
-    layout: str  # how the splits were found, for messages
-    others: list[Path] = field(default_factory=list)  # non-image files met on the way
-    passed_over: list[tuple[Path, str]] = field(default_factory=list)  # (path, why)
 
 
 def _class_folders(root: Path) -> list[str]:
@@ -283,12 +226,7 @@ def bundle_files(
         raise DataError(f"{source}: no image files found for the train or the validation split")
     probed_channels, common_size = _probe([p for p, _ in train_files])
     channels = channels or probed_channels
-    if image_size:
-        size = (image_size, image_size)
-    elif common_size and max(common_size) <= FALLBACK_IMAGE_SIZE * 2:
-        size = common_size
-    else:
-        size = (FALLBACK_IMAGE_SIZE, FALLBACK_IMAGE_SIZE)
+    size = image_size_for(image_size, common_size)
     return DataBundle(
         train=ImageFiles(train_files, channels, size, resize_mode),
         val=ImageFiles(val_files, channels, size, resize_mode),
@@ -314,15 +252,11 @@ def load_data(
     """The bundle for a --data value: an embedded name, a torchvision set on disk under
     `data_root`, a CSV list or an image folder. A file-based split is read from `manifest`
     when one is given (a resumed run keeps its split even if files were added since)."""
-    check_data_spec(spec)
+    kind = data_kind(spec, data_root)
     sizing = dict(image_size=image_size, resize_mode=resize_mode, channels=channels)
-    if is_embedded(spec):
+    if kind == EMBEDDED:
         return load_embedded(spec, val_fraction=val_fraction, **sizing)
-    if spec in _disk_set_names():
-        from taolu.data.disk_sets import load_disk_dataset
-
-        if not data_root:
-            raise ConfigError(f"option 'data_root': {spec} is read from disk; give --data-root")
+    if kind == DISK_SET:
         train, val, classes = load_disk_dataset(spec, Path(data_root).expanduser())
         described = f"{spec} from {data_root} (test split for validation)"
         return bundle_tensors(
@@ -337,9 +271,7 @@ def load_data(
     base = data_base_folder(spec)
     if manifest is not None and manifest.is_file():
         listing = read_manifest(manifest, base)
-    elif path.is_file():
-        from taolu.data.csv_list import list_csv
-
+    elif kind == CSV_LIST:
         listing = list_csv(path, val_fraction)
     else:
         listing = list_folder(path, val_fraction)

@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset, Subset
 
+from taolu.data.bundle import DataBundle, image_size_for
 from taolu.data.decode import fit_to_size, match_channels, to_uint8_chw
 from taolu.data.embedded import SPLIT_SEED, stratified_split
-from taolu.data.sources import FALLBACK_IMAGE_SIZE, DataBundle
 from taolu.errors import DataError
 
 
@@ -82,12 +82,7 @@ def bundle_datasets(
     except Exception as error:
         raise DataError(f"{first._where(0)} could not be loaded: {error}") from error
     channels = channels or (1 if probe.shape[0] == 1 else 3)
-    if image_size:
-        size = (image_size, image_size)
-    elif max(probe.shape[-2:]) <= FALLBACK_IMAGE_SIZE * 2:
-        size = tuple(probe.shape[-2:])
-    else:
-        size = (FALLBACK_IMAGE_SIZE, FALLBACK_IMAGE_SIZE)
+    size = image_size_for(image_size, tuple(probe.shape[-2:]))
     labels = _labels_of(train)
     if val is None:
         if labels is not None:

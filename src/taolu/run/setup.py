@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from taolu.config import TrainConfig
+from taolu.data.bundle import DataBundle
 from taolu.data.loaders import (
     Batches,
     BatchTransform,
@@ -21,8 +22,7 @@ from taolu.data.loaders import (
     balanced_sample_weights,
     split_labels,
 )
-from taolu.data.pipeline import TrainingData, batch_transforms, load_training_data
-from taolu.data.sources import DataBundle
+from taolu.data.pipeline import DataOptions, TrainingData, batch_transforms, load_training_data
 from taolu.engine.batchnorm import slow_batchnorm
 from taolu.engine.distributed import SINGLE_PROCESS
 from taolu.engine.loop import steps_per_epoch
@@ -62,7 +62,7 @@ def prepare_data(options: TrainConfig, parts: UserParts, resume: Resume | None) 
     """The data set: file-based data is decoded once into the cache when it fits. A resumed
     run reads the split its split.json recorded and keeps its preprocessing."""
     return load_training_data(
-        options,
+        DataOptions.taken_from(options),
         train_data=parts.train_data,
         val_data=parts.val_data,
         classes=parts.classes,
