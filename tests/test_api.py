@@ -199,6 +199,22 @@ def test_evaluate_users_run_with_model_and_dataset(users_run, ant_bee):
         taolu.evaluate(users_run.run_dir, model=small_net())  # the data is not a name
 
 
+def test_evaluate_names_every_part_of_the_users_run_that_is_missing(users_run, ant_bee):
+    """One message, not a round trip per keyword: each call names what is still missing."""
+    _, val_data = ant_bee()
+    for given, missing in [
+        ({}, ["data=", "model="]),
+        ({"data": val_data}, ["model="]),
+        ({"model": small_net()}, ["data="]),
+    ]:
+        with pytest.raises(taolu.TaoluError) as raised:
+            taolu.evaluate(users_run.run_dir, **given)
+        message = str(raised.value)
+        assert [keyword for keyword in ("data=", "model=") if keyword + "..." in message] == (
+            missing
+        ), message
+
+
 def test_evaluate_builtin_run_matches_training(digits_run):
     result = taolu.evaluate(digits_run.run_dir)
     assert result["samples"] == digits_run.summary["val_samples"]

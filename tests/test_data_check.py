@@ -481,7 +481,13 @@ def test_a_csv_list_is_checked_file_by_file(tmp_path):
     assert report.classes == ["a", "b"]
     assert sum(report.counts["train"].values()) + sum(report.counts["val"].values()) == 8
     assert listed(report, "zero_byte") == {str(root / "a" / "bad0.jpg")}
-    assert listed(report, "passed_over") == {str(root / "a" / "gone.png")}
+    # A row whose file is gone has its own heading, not the walk's links, loops and FIFOs.
+    assert listed(report, "listed_missing") == {str(root / "a" / "gone.png")}
+    assert listed(report, "passed_over") == set()
+    rendered = report.render()
+    heading = CATEGORIES["listed_missing"]
+    assert heading in rendered and CATEGORIES["passed_over"] not in rendered
+    assert rendered.index(str(root / "a" / "gone.png")) > rendered.index(heading)
 
 
 # --------------------------------------------------------------------------- quarantine
@@ -557,3 +563,27 @@ def test_a_torchvision_set_on_disk_is_checked_from_its_data_root(tmp_path, capsy
         check_data("cifar10")
     assert main(["data", "check", "cifar10", "--data-root", str(tmp_path), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["classes"][0] == "airplane"
+
+
+# --------------------------------------------------------------------------- counts agree
+
+
+def test_the_runs_header_summary_and_the_doctor_count_the_same_images(tmp_path, capsys):
+    """A damaged file in the validation split is left out of the header's count as it is of
+    summary.json's (which the report shows) and of `data check`'s."""
+    import taolu
+
+    root = tmp_path / "data"
+    two_classes(root / "train", 8, [0, 0])
+    two_classes(root / "val", 3, [0, 0])
+    write_truncated_png(root / "val" / "a" / "truncated.png")
+    result = taolu.train(
+        data=str(root), epochs=1, out=str(tmp_path / "runs"), progress=False, report=False
+    )
+    header = capsys.readouterr().out.splitlines()[0]
+    summary = json.loads((Path(result.run_dir) / "summary.json").read_text())
+    report = check_data(str(root))
+    counted = [sum(report.counts[split].values()) for split in ("train", "val")]
+    assert counted == [16, 6]
+    assert [summary["train_samples"], summary["val_samples"]] == counted
+    assert " 16 train / 6 val images," in header, header

@@ -67,6 +67,19 @@ def test_pretrained_weights_fine_tune_with_gentle_sgd():
     assert not recipe.sweep_lr
 
 
+def test_the_recipe_line_on_a_handful_of_images_says_what_it_did():
+    """17 images: two batches an epoch (a partial one counts), and the epochs stop at the
+    automatic limit short of the aim, which the note says instead of a false '>= 300'."""
+    recipe = choose_recipe(TrainConfig(), set(), traits(train_images=17))
+    assert recipe.notes[0] == "batch 16: 17 images give 2 steps an epoch"
+    assert recipe.config.epochs == 100
+    assert (
+        "100 epochs: few images, so 200 steps in all "
+        "(short of 300: at most 100 epochs are chosen for you)"
+    ) in recipe.notes
+    assert not [note for note in recipe.notes if ">=" in note]
+
+
 def test_what_the_user_chose_stands():
     config = TrainConfig(optimizer="adam", lr=0.003, batch_size=8, epochs=2)
     recipe = choose_recipe(
@@ -85,7 +98,7 @@ def test_few_images_get_more_epochs_when_epochs_were_not_given():
     recipe = choose_recipe(TrainConfig(), set(), traits(train_images=144))
     assert recipe.config.batch_size == 16
     assert recipe.config.epochs == 34  # 9 steps an epoch: >= 300 in all
-    assert any("34 epochs" in note for note in recipe.notes)
+    assert "34 epochs: few images, so 306 steps in all (at least 300)" in recipe.notes
     kept = choose_recipe(TrainConfig(epochs=5), {"epochs"}, traits(train_images=144))
     assert kept.config.epochs == 5
 

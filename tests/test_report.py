@@ -53,6 +53,10 @@ ALLOWED_TAGS = {
     "img",
     "span",
     "code",
+    "div",
+    "ul",
+    "li",
+    "strong",
 }
 HOSTILE = "<script>alert(1)</script>"
 METRIC_COLUMNS = (
@@ -220,6 +224,9 @@ def test_html_embeds_the_plots_and_the_runs_values(trained):
     ):
         assert html.escape(str(value)) in text, value
     assert f"<h1>taolu run {trained.name}</h1>" in text
+    # The configuration shows what the run used where the setting left it to the run.
+    used = f'{summary["device"]} <span class="muted">(set: auto)</span>'
+    assert used in text and '8x8 <span class="muted">(set: 0)</span>' in text
     for title in ("Loss", "Accuracy", "Learning rate", "Confusion matrix", "Sample predictions"):
         assert f"<h2>{title}" in text
 
@@ -376,3 +383,52 @@ def test_report_renders_in_chromium(trained, tmp_path, chromium):
     assert not dialogs
     # Only the two pages themselves were loaded (data: URIs are not requests to anywhere).
     assert all(url.startswith(("file://", "data:")) for url in requests), requests
+
+
+def test_report_reads_on_a_phone_and_a_laptop(trained, tmp_path, chromium):
+    """At 390 px (a phone) nothing scrolls sideways and the verdict and the best accuracy are
+    on the first screen; at 1280 px the plots span the page. Screenshots stay in tmp_path."""
+    page_file = trained / "report" / "report.html"
+    for width, height in ((390, 844), (1280, 800)):
+        page = chromium.new_page(viewport={"width": width, "height": height})
+        page.goto(page_file.as_uri(), wait_until="load")
+        page.screenshot(path=str(tmp_path / f"report-{width}.png"), full_page=True)
+        overflow = page.evaluate("() => document.documentElement.scrollWidth - innerWidth")
+        assert overflow <= 0, (width, overflow)
+        bottoms = page.evaluate(
+            """() => ['.verdict', '.card'].map(
+                s => document.querySelector(s).getBoundingClientRect().bottom)"""
+        )
+        assert all(bottom <= height for bottom in bottoms), (width, bottoms)
+        plot_widths = page.evaluate(
+            "() => Array.from(document.images, i => i.getBoundingClientRect().width)"
+        )
+        assert len(plot_widths) == len(ALL_PLOTS)
+        # Every plot as wide as the page allows (margins and the section's padding take the
+        # rest of the window), and no wider than the phone's screen.
+        assert all(0.85 * width <= shown <= width for shown in plot_widths), (width, plot_widths)
+        page.close()
+    assert (tmp_path / "report-390.png").is_file() and (tmp_path / "report-1280.png").is_file()
+
+
+def test_first_screen_names_the_verdict_skipped_files_and_resolved_settings(tmp_path):
+    run = write_fake_run(tmp_path / "run", ["cat", "dog"], config={"device": "auto"})
+    summary = json.loads((run / "summary.json").read_text())
+    summary["skipped_files"] = [{"path": "data/cat/broken.png", "reason": "truncated"}]
+    summary["verdict"] = [
+        {"kind": "gap", "message": "train accuracy is far above val", "advice": "--mixup 0.2"}
+    ]
+    summary["resolved"] = {"device": "cuda:0", "image_size": "28x28"}
+    (run / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
+    text = write_report(run).read_text(encoding="utf-8")
+    overview = text[text.index('<section id="overview">') : text.index('<section id="loss">')]
+    assert "1 thing to look at" in overview and "train accuracy is far above val" in overview
+    assert "Try: --mixup 0.2" in overview and "90.00%" in overview
+    skipped = text[text.index('<section id="skipped">') :]
+    assert "data/cat/broken.png" in skipped and "truncated" in skipped
+    config = text[text.index('<section id="configuration">') :]
+    assert 'cuda:0 <span class="muted">(set: auto)</span>' in config
+    # A healthy run says so.
+    summary["verdict"] = []
+    (run / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
+    assert "Healthy" in write_report(run).read_text(encoding="utf-8")

@@ -66,6 +66,22 @@ def _refuse_user_object(value: str, what: str, keyword: str) -> None:
         )
 
 
+def _check_users_parts(saved: dict[str, Any], data: Any, model: nn.Module | None) -> None:
+    """A run trained on the user's own Dataset and/or nn.Module needs them handed back; one
+    message names every part that is missing, so the user is not sent round one at a time."""
+    wanted = []
+    if data is None and str(saved.get("data", "")).startswith(USER_PREFIX):
+        wanted.append(f"data=... (your Dataset, {saved['data'][len(USER_PREFIX) :]})")
+    if model is None and str(saved.get("model", "")).startswith(USER_PREFIX):
+        wanted.append(f"model=... (your nn.Module, {saved['model'][len(USER_PREFIX) :]})")
+    if wanted:
+        raise ConfigError(
+            "this run was trained on your own objects, which only you can hand back: pass "
+            + " and ".join(wanted)
+            + ", e.g. taolu.evaluate(run, data=MyDataset(...), model=MyNet())"
+        )
+
+
 def _check_data(spec: str) -> None:
     _refuse_user_object(spec, "Dataset", "data")
     data_kind(spec)
@@ -283,6 +299,7 @@ def evaluate(
     state = read_state(path)
     preprocessing = Preprocessing.from_dict(state.preprocessing)
     saved = state.config
+    _check_users_parts(saved, data, model)
     torch_device = pick_device(device)
     if isinstance(data, Dataset):
         split = NamedSamples(

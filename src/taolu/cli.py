@@ -588,6 +588,7 @@ def _run_export(args: argparse.Namespace) -> int:
 
 def _run_predict(args: argparse.Namespace) -> int:
     from taolu.api import predict
+    from taolu.predictions import render_predictions
 
     results = predict(
         args.run,
@@ -599,27 +600,9 @@ def _run_predict(args: argparse.Namespace) -> int:
         progress=args.progress,
         trust_code=args.trust_code,
     )
-    if args.json:
-        print(json.dumps(results, indent=2, ensure_ascii=False))
-    elif args.csv:
-        import csv
-
-        writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(["path", "rank", "class", "probability", "error"])
-        for result in results:
-            if "error" in result:
-                writer.writerow([result["path"], "", "", "", result["error"]])
-            for rank, p in enumerate(result.get("predictions", []), start=1):
-                writer.writerow([result["path"], rank, p["class"], f"{p['probability']:.6f}", ""])
-    else:
-        for result in results:
-            if "error" in result:
-                print(f"{result['path']}: error: {result['error']}")
-            else:
-                shown = ", ".join(
-                    f"{p['class']} {p['probability']:.3f}" for p in result["predictions"]
-                )
-                print(f"{result['path']}: {shown}")
+    sys.stdout.write(
+        render_predictions(results, "json" if args.json else "csv" if args.csv else "text")
+    )
     failed = sum("error" in result for result in results)
     if failed:
         print(f"taolu: {failed} of {len(results)} inputs could not be read", file=sys.stderr)

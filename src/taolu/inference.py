@@ -5,6 +5,7 @@ mean and std, and the eval transforms)."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import struct
@@ -29,6 +30,7 @@ from taolu.data.decode import (
 )
 from taolu.data.loaders import BatchTransform, Preprocessing
 from taolu.data.pipeline import stored_eval_pipeline
+from taolu.data.polarity import polarity_message, reversed_inputs
 from taolu.data.sources import list_image_files
 from taolu.data.transforms import SamplePipeline
 from taolu.engine.calibration import DEFAULT_PRECISION
@@ -38,6 +40,7 @@ from taolu.rebuild import restore_model
 from taolu.torch_files import TORCHSCRIPT as TORCHSCRIPT_ARCHIVE
 from taolu.torch_files import check_archive
 
+logger = logging.getLogger("taolu")
 # What `artifact_kind` can answer.
 CHECKPOINT, ONNX, TORCHSCRIPT, SAFETENSORS = "checkpoint", "onnx", "torchscript", "safetensors"
 
@@ -74,6 +77,8 @@ class Classifier:
     temperature: float = 1.0
     # precision ("0.95") -> confidence below which `reject_below="auto"` answers "unknown".
     reject_thresholds: dict[str, float] = field(default_factory=dict)
+    # The training images' background brightness (TrainState.background), when known.
+    background: float | None = None
 
 
 def normalizing_forward(
@@ -109,6 +114,7 @@ def checkpoint_classifier(
         },
         temperature=float(state.get("temperature", 1.0)),
         reject_thresholds=dict(state.get("reject_thresholds", {})),
+        background=state.get("background"),
     )
 
 
@@ -428,6 +434,16 @@ def reject_threshold(classifier: Classifier, reject_below: float | str | None) -
     return value
 
 
+def answered(predictions: list[dict[str, Any]], threshold: float | None) -> dict[str, Any]:
+    """A result's predictions, and with a rejection threshold its "answer": the top class,
+    or UNKNOWN when the top probability is below the threshold."""
+    if threshold is None:
+        return {"predictions": predictions}
+    top = predictions[0]
+    answer = top["class"] if top["probability"] >= threshold else UNKNOWN
+    return {"predictions": predictions, "answer": answer}
+
+
 def classify_with(
     classifier: Classifier,
     items: list[Any],
@@ -449,6 +465,7 @@ def classify_with(
     threshold = reject_threshold(classifier, reject_below)
     read = input_reader(classifier)
     results: list[dict[str, Any]] = []
+    looks, reversed_names = "", []  # inputs the other way round from the training images
     bar = _progress_bar(progress, len(items), batch_size)
     workers = threads if threads is not None else min(4, os.cpu_count() or 1)
     try:
@@ -461,17 +478,18 @@ def classify_with(
                         probabilities_of(classifier, images), classifier.classes, topk
                     )
                     for slot, predictions in zip(slots, ranked, strict=True):
-                        chunk_results[slot]["predictions"] = predictions
-                        if threshold is not None:
-                            top = predictions[0]
-                            sure = top["probability"] >= threshold
-                            chunk_results[slot]["answer"] = top["class"] if sure else UNKNOWN
+                        chunk_results[slot].update(answered(predictions, threshold))
+                    names = [chunk_results[slot]["path"] for slot in slots]
+                    found, names = reversed_inputs(classifier.background, images, names)
+                    looks, reversed_names = found or looks, reversed_names + names
                 results += chunk_results
                 if bar is not None:
                     bar.update(len(chunk))
     finally:
         if bar is not None:
             bar.close()
+    if reversed_names:
+        logger.warning(polarity_message(looks, reversed_names, len(items)))
     return results
 
 

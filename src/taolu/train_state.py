@@ -69,6 +69,9 @@ class TrainState:
     temperature: float = 1.0
     # precision ("0.95") -> the calibrated confidence below which predict may answer "unknown".
     reject_thresholds: dict[str, float] = field(default_factory=dict)
+    # The training images' background brightness 0..1 (data.polarity): predict warns about
+    # inputs the other way round. None in checkpoints from before it was kept.
+    background: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The plain dict a checkpoint file stores (tensors and plain values only)."""

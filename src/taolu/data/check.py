@@ -15,7 +15,7 @@ from typing import BinaryIO
 from PIL import Image
 
 from taolu.data import sources
-from taolu.data.bundle import FileListing
+from taolu.data.bundle import LISTED_MISSING, LISTED_NOT_A_FILE, FileListing
 from taolu.data.check_report import CATEGORIES, DataReport, Problems
 from taolu.data.csv_list import list_csv
 from taolu.data.decode import ImageRefused, load_upright, open_regular_file, strict_pillow
@@ -207,7 +207,9 @@ def _diagnose(
     _find_duplicates(listing, facts, problems)
     _find_class_problems(listing.classes, counts, folders, problems)
     problems["other_files"] = [(str(p), "no image suffix") for p in sorted(listing.others)]
-    problems["passed_over"] = [(str(p), why) for p, why in listing.passed_over]
+    listed = (LISTED_MISSING, LISTED_NOT_A_FILE)
+    for path, why in listing.passed_over:
+        problems["listed_missing" if why in listed else "passed_over"].append((str(path), why))
     readable = [item for item in facts.values() if item.problem is None]
     return DataReport(
         spec=spec,

@@ -25,6 +25,7 @@ CATEGORIES = {
     "class_missing": "classes with no folder in a split",
     "class_not_in_train": "validation folders that are not a training class: not used",
     "other_files": "no image suffix: training skips them",
+    "listed_missing": "rows of the CSV list whose file is missing or not a regular file",
     "passed_over": "not followed or not opened: links out of the root, loops, FIFOs",
 }
 BAD_CATEGORIES = ("unreadable", "zero_byte", "not_an_image", "corrupt", "truncated", "too_large")

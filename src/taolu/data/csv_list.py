@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 import torch
 
-from taolu.data.bundle import FileListing
+from taolu.data.bundle import LISTED_MISSING, LISTED_NOT_A_FILE, FileListing
 from taolu.data.embedded import SPLIT_SEED, stratified_split
 from taolu.errors import DataError
 
@@ -132,7 +132,7 @@ def list_csv(path: str | Path, val_fraction: float) -> FileListing:
         if row.path.is_file():
             listing.splits[split].append((row.path, class_index[row.label]))
         elif row.path.exists():
-            listing.passed_over.append((row.path, "listed in CSV but not a regular file"))
+            listing.passed_over.append((row.path, LISTED_NOT_A_FILE))
         else:
-            listing.passed_over.append((row.path, "listed in CSV but missing"))
+            listing.passed_over.append((row.path, LISTED_MISSING))
     return listing

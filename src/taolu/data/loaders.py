@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from taolu.config import MAX_IMAGE_SIDE, RESIZE_MODES
-from taolu.data.bundle import DeferredTensors, ImageTensors, Split
+from taolu.data.bundle import ImageTensors, Split
 from taolu.data.transform_list import KEPT_FOR_EVAL, parse_transform_list
 from taolu.errors import CheckpointError, ConfigError
 
@@ -232,8 +232,6 @@ def split_labels(split: Split) -> torch.Tensor:
     """Every label of a split (N,), read without decoding images where the split knows them:
     in-memory tensors, file lists and Datasets with torchvision's `targets`."""
     while True:
-        if isinstance(split, DeferredTensors):
-            split = split.materialize()
         if isinstance(split, ImageTensors):
             return split.labels
         targets = getattr(split, "targets", None)
@@ -324,8 +322,6 @@ class Batches:
         self, generator: torch.Generator | None = None, order: torch.Tensor | None = None
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batches in `order` (sample indices), or in a new order drawn from `generator`."""
-        if isinstance(self.split, DeferredTensors):
-            self._hold(self.split.materialize())
         if order is None:
             order = self.order(generator)
         if isinstance(self.split, ImageTensors):

@@ -19,6 +19,7 @@ from taolu.data.loaders import (
     auto_workers,
     sample_images,
 )
+from taolu.data.polarity import training_background
 from taolu.data.sources import load_data
 from taolu.data.transform_list import parse_transform_list
 from taolu.data.transforms import (
@@ -33,6 +34,7 @@ from taolu.data.user_data import bundle_datasets
 from taolu.errors import ConfigError, DataError
 
 logger = logging.getLogger("taolu")
+POLARITY_SAMPLES = 64  # training images that tell its background (data.polarity)
 
 
 TRANSFORM_PRESETS = ("auto", *PRESETS)
@@ -98,6 +100,9 @@ class TrainingData:
     workers: int  # DataLoader workers; 0 for in-memory tensors
     cache: str  # "tensors" (in memory from the start), "ram", "disk" or "off"
     per_sample: bool  # a per-sample transform pipeline replaces batch augmentation
+    # The training images' background brightness 0..1 (data.polarity), before any per-sample
+    # pipeline: kept in checkpoints so predict can warn about inputs the other way round.
+    background: float | None = None
 
 
 def refuse_too_many_bad_files(
@@ -147,6 +152,8 @@ def load_training_data(
         cache_dir = Path(config.cache_dir).expanduser() if config.cache_dir else None
         bundle, cache = decode_once(bundle, config.cache, cache_dir, workers, skips)
         refuse_too_many_bad_files(bundle, skips, config.max_bad_fraction, config.data)
+    # A few dozen images tell the background; a Dataset or uncached files decode each one.
+    background = training_background(sample_images(bundle.train, limit=POLARITY_SAMPLES))
     train_pipeline, eval_pipeline = sample_pipelines(config, bundle)
     if preprocessing is None:
         preprocessing = measure_preprocessing(config, bundle, train_pipeline, eval_pipeline)
@@ -166,6 +173,7 @@ def load_training_data(
         workers=0 if in_memory else workers,
         cache=cache,
         per_sample=train_pipeline is not None,
+        background=background,
     )
 
 

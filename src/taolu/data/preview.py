@@ -6,9 +6,8 @@ Class names are drawn with Pillow's built-in default font, so nothing is fetched
 
 from __future__ import annotations
 
+import io
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import make_grid
 
+from taolu.atomic_file import write_atomic
 from taolu.data.loaders import Batches
 from taolu.data.pipeline import DataOptions, TrainingData, batch_transforms, load_training_data
 from taolu.data.transforms import SamplePipeline
@@ -126,14 +126,9 @@ def save_preview(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     grid = preview_grid(images, labels, classes, columns=columns, scale_to=scale_to)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            grid.save(file, format="PNG")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    encoded = io.BytesIO()
+    grid.save(encoded, format="PNG")
+    write_atomic(path, encoded.getvalue())
     return path
 
 

@@ -81,9 +81,16 @@ def choose_recipe(config: TrainConfig, chosen: Collection[str], traits: Traits) 
     if "epochs" not in chosen:
         per_epoch = _steps_per_epoch(traits.train_images, batch)
         if per_epoch * config.epochs < MIN_TOTAL_STEPS:
-            epochs = min(math.ceil(MIN_TOTAL_STEPS / per_epoch), MAX_AUTO_EPOCHS)
+            wanted = math.ceil(MIN_TOTAL_STEPS / per_epoch)
+            epochs = min(wanted, MAX_AUTO_EPOCHS)
             changes["epochs"] = epochs
-            notes.append(f"{epochs} epochs: few images, so >= {per_epoch * epochs} steps in all")
+            aim = (
+                f"short of {MIN_TOTAL_STEPS}: at most {MAX_AUTO_EPOCHS} epochs are chosen for you"
+                if wanted > epochs
+                else f"at least {MIN_TOTAL_STEPS}"
+            )
+            total = per_epoch * epochs
+            notes.append(f"{epochs} epochs: few images, so {total} steps in all ({aim})")
     return Recipe(dataclasses.replace(config, **changes), notes, sweep)
 
 

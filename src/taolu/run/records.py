@@ -120,6 +120,7 @@ class Records:
             model_class=f"{type(parts.model).__module__}.{type(parts.model).__qualname__}",
             model_spec=stored_layers(parts.model),  # a layer list itself, not its file's path
             total_steps=run.optim.total_steps,
+            background=run.data.prepared.background,
         )
 
     def announce(self, resumed: bool, progress: Progress) -> None:
@@ -215,12 +216,12 @@ class Records:
             f"{self.dir.last}."
         )
 
-    def gradient_histograms(self, step: int) -> Callable[[nn.Module], None]:
-        """What logs gradient histograms at the epoch's last step, before zero_grad."""
-        return functools.partial(self.log.log_histograms, step=step, gradients=True)
+    def gradient_histograms(self, epoch: int) -> Callable[[nn.Module], None]:
+        """What logs the epoch's gradient histograms at its last step, before zero_grad."""
+        return functools.partial(self.log.log_histograms, epoch=epoch, gradients=True)
 
     def record_epoch(
-        self, epoch: int, elapsed: float, trained: EpochResult, tested: EpochResult, step: int
+        self, epoch: int, elapsed: float, trained: EpochResult, tested: EpochResult
     ) -> dict[str, Any]:
         """The epoch's history row (metrics.csv's columns, and more), logged everywhere."""
         report = tested.report
@@ -243,9 +244,9 @@ class Records:
             "train_images": trained.images,
             "per_class": report.per_class,
         }
-        self.log.log_epoch(row, step)
+        self.log.log_epoch(row)
         self.log.log_evaluation(
-            step,
+            epoch,
             self.run.data.bundle.classes,
             tested.probabilities,
             tested.labels,
@@ -298,12 +299,12 @@ class Records:
             self.log.log_hparams(
                 config_to_dict(run.config),
                 {
-                    "hparams/best_val_acc": progress.best_val_acc,
-                    "hparams/best_val_macro_f1": best_row.get(column(VAL_MACRO_F1), float("nan")),
-                    "hparams/final_val_acc": history[-1][column(VAL_ACC)],
-                    "hparams/final_val_loss": history[-1][column(VAL_LOSS)],
+                    "val_summary/best_acc": progress.best_val_acc,
+                    "val_summary/best_macro_f1": best_row.get(column(VAL_MACRO_F1), float("nan")),
+                    "val_summary/final_acc": history[-1][column(VAL_ACC)],
+                    "val_summary/final_loss": history[-1][column(VAL_LOSS)],
                 },
-                progress.step,
+                history[-1]["epoch"],
             )
         model.eval()
         return TrainResult(
@@ -349,6 +350,7 @@ class Records:
             "skipped_batches": sum(row.get("skipped_batches", 0) for row in history),
             "nan_recoveries": progress.recoveries,
             "lr_auto": self._lr_auto(),
+            "resolved": self._resolved(),
             "model": run.config.model,
             "data": bundle.description,
             "classes": list(bundle.classes),
@@ -360,6 +362,31 @@ class Records:
             "run_dir": str(self.dir.root),
             "best_checkpoint": str(self.dir.best),
             "last_checkpoint": str(self.dir.last),
+        }
+
+    def _resolved(self) -> dict[str, Any]:
+        """The options a setting leaves to the run (auto, 0, -1) as the run used them, for
+        the report's configuration table (config.yaml keeps what was asked for)."""
+        run = self.run
+        bundle, prepared = run.data.bundle, run.data.prepared
+        preprocessing = prepared.preprocessing
+        return {
+            "device": str(run.compute.device),
+            "precision": run.compute.precision.name,
+            "image_size": f"{bundle.size[0]}x{bundle.size[1]}",
+            "channels": bundle.channels,
+            "augment": run.data.augment,
+            "normalize": "mean {} std {}".format(
+                *(
+                    ", ".join(f"{value:.3f}" for value in values)
+                    for values in (preprocessing.mean, preprocessing.std)
+                )
+            ),
+            "cache": prepared.cache,
+            "workers": prepared.workers,
+            "channels_last": run.data.channels_last,
+            "optimizer": run.config.optimizer,
+            "lr": run.config.lr,
         }
 
     def _lr_auto(self) -> dict[str, Any] | None:

@@ -27,8 +27,9 @@ def write_run_report(run: Run, run_dir: Path, count: int = 32) -> None:
     is warned about; the run's results stand."""
     folder = RunDir(run_dir).report
     try:
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
+        from taolu.atomic_file import write_atomic
         from taolu.track.pictures import to_uint8
         from taolu.track.report import SAMPLES_FILE, write_report
 
@@ -44,7 +45,8 @@ def write_run_report(run: Run, run_dir: Path, count: int = 32) -> None:
             "predicted": predicted.cpu(),
             "confidence": confidence.cpu(),
         }
-        save_file(samples, str(folder / SAMPLES_FILE))
+        # safetensors' save_file makes its file 0600; bytes through write_atomic take the umask.
+        write_atomic(folder / SAMPLES_FILE, save(samples))
         write_report(run_dir)
     except Exception as error:  # plotting must never cost the user a finished run
         logger.warning("could not write the report in %s: %s", folder, error)

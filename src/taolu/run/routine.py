@@ -147,7 +147,7 @@ def train_epoch(run: Run, records: Records, progress: Progress, epoch: int) -> E
         where = f"in epoch {epoch} after {trained.stopped.first_batch} of {len(run.data.train)}"
         raise records.interrupted(where + " batches")
     if histogram_epoch(config.histograms, epoch):
-        records.log.log_histograms(run.model.model, progress.step, gradients=False)
+        records.log.log_histograms(run.model.model, epoch, gradients=False)
     return trained
 
 
@@ -172,9 +172,7 @@ def train_steps(run: Run, records: Records, progress: Progress, epoch: int) -> E
             # Under torchrun the agent owns signals: a stop there is a restart from last.pt.
             should_stop=None if run.compute.cluster.active else run.stop,
             on_step=bar,
-            inspect_gradients=records.gradient_histograms(progress.step + optim.epoch_steps)
-            if histograms
-            else None,
+            inspect_gradients=records.gradient_histograms(epoch) if histograms else None,
         )
     finally:
         bar.close()
@@ -219,7 +217,7 @@ def record_and_save(
         refuse_too_many_bad_files(
             data.bundle, data.prepared.skips, config.max_bad_fraction, config.data
         )
-    row = records.record_epoch(epoch, progress.elapsed(), trained, tested, progress.step)
+    row = records.record_epoch(epoch, progress.elapsed(), trained, tested)
     history = records.log.history
     better = progress.best_epoch == 0 or improved(
         row, history[progress.best_epoch - 1], config.monitor

@@ -1,5 +1,12 @@
 """The run directory's records: TensorBoard scalars, metrics.csv, per_class.csv and
-summary.json."""
+summary.json.
+
+TensorBoard's x axis is the optimizer step for what happens every step (train/loss, train/lr,
+train/grad_norm) and the epoch for everything recorded once an epoch (accuracy, validation
+scores, images, PR curves, histograms), so runs of different sizes line up epoch by epoch.
+Tag groups sort so that train/ and val/ come first in Time Series (it opens the first two):
+the end-of-run numbers for the HPARAMS tab are val_summary/*, histograms weights/* and
+weight_gradients/*."""
 
 from __future__ import annotations
 
@@ -14,9 +21,9 @@ from typing import Any, Self
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
+from taolu.atomic_file import write_atomic
 from taolu.layout import METRICS_NAME, PER_CLASS_NAME, SUMMARY_NAME
 from taolu.metric_names import EPOCH_SCALARS, METRIC_COLUMNS, column
-from taolu.track.atomic_file import write_atomic
 from taolu.track.pictures import RED, captioned_grid, confusion_picture
 
 logger = logging.getLogger("taolu")
@@ -90,18 +97,20 @@ class RunLog:
         finally:
             model.train(was_training)
 
-    def log_histograms(self, model: torch.nn.Module, step: int, gradients: bool) -> None:
-        """Weight histograms, or gradient histograms while the gradients are in place."""
+    def log_histograms(self, model: torch.nn.Module, epoch: int, gradients: bool) -> None:
+        """The epoch's weight histograms, or gradient histograms while the gradients are in
+        place."""
         for name, parameter in model.named_parameters():
             if gradients:
                 if parameter.grad is not None:
-                    self.writer.add_histogram(f"gradients/{name}", parameter.grad.float(), step)
+                    gradient = parameter.grad.float()
+                    self.writer.add_histogram(f"weight_gradients/{name}", gradient, epoch)
             else:
-                self.writer.add_histogram(f"weights/{name}", parameter.detach().float(), step)
+                self.writer.add_histogram(f"weights/{name}", parameter.detach().float(), epoch)
 
     def log_evaluation(
         self,
-        step: int,
+        epoch: int,
         classes: list[str],
         probabilities: torch.Tensor | None,
         labels: torch.Tensor | None,
@@ -113,25 +122,26 @@ class RunLog:
         if probabilities is not None and labels is not None:
             for index, name in enumerate(classes):
                 self.writer.add_pr_curve(
-                    f"val_pr/{name}", labels == index, probabilities[:, index], step
+                    f"val_pr/{name}", labels == index, probabilities[:, index], epoch
                 )
         if misclassified is not None:
             images, truth, guess = (part[:MISCLASSIFIED_SHOWN] for part in misclassified)
             captions = [f"{classes[t]} > {classes[g]}" for t, g in zip(truth, guess, strict=True)]
             grid = captioned_grid(images, captions, [RED] * len(captions))
-            self.writer.add_image("val/misclassified", grid, step, dataformats="HWC")
+            self.writer.add_image("val/misclassified", grid, epoch, dataformats="HWC")
         if confusion_matrix:
             picture = confusion_picture(confusion_matrix, classes)
-            self.writer.add_image("val/confusion_matrix", picture, step, dataformats="HWC")
+            self.writer.add_image("val/confusion_matrix", picture, epoch, dataformats="HWC")
 
     def log_recovery(self, recoveries: int, lr: float, step: int) -> None:
         """A NaN recovery at `step`: how many so far, and the peak lr the run now follows."""
         self.writer.add_scalar("train/nan_recoveries", recoveries, step)
         self.writer.add_scalar("train/recovered_lr", lr, step)
 
-    def log_hparams(self, options: dict[str, Any], results: dict[str, float], step: int) -> None:
+    def log_hparams(self, options: dict[str, Any], results: dict[str, float], epoch: int) -> None:
         """The run's options and final metrics for TensorBoard's HPARAMS tab, written into
-        this run's own event file (SummaryWriter.add_hparams would start a separate run)."""
+        this run's own event file (SummaryWriter.add_hparams would start a separate run); the
+        metrics as scalars at the last `epoch`."""
         from torch.utils.tensorboard.summary import hparams
 
         values = {
@@ -142,18 +152,20 @@ class RunLog:
         for summary in (experiment, start, end):
             self.writer.file_writer.add_summary(summary)
         for tag, value in results.items():
-            self.writer.add_scalar(tag, value, step)
+            self.writer.add_scalar(tag, value, epoch)
         self.writer.flush()
 
-    def log_epoch(self, row: dict[str, Any], step: int) -> None:
-        """One epoch's row: scalars to TensorBoard, then metrics.csv and per_class.csv."""
+    def log_epoch(self, row: dict[str, Any]) -> None:
+        """One epoch's row: scalars to TensorBoard at its epoch, then metrics.csv and
+        per_class.csv."""
         self.history.append(row)
+        epoch = row["epoch"]
         for key, tag in EPOCH_TAGS.items():
             if row.get(key) is not None:
-                self.writer.add_scalar(tag, row[key], step)
+                self.writer.add_scalar(tag, row[key], epoch)
         for name, scores in row.get("per_class", {}).items():
             for metric in ("precision", "recall", "f1"):
-                self.writer.add_scalar(f"val_per_class/{metric}/{name}", scores[metric], step)
+                self.writer.add_scalar(f"val_per_class/{metric}/{name}", scores[metric], epoch)
         self.writer.flush()
         self._write_csv()
 
@@ -187,7 +199,7 @@ class SilentRunLog(RunLog):
         self.run_dir = run_dir
         self.history = list(history)
 
-    def log_epoch(self, row: dict[str, Any], step: int) -> None:
+    def log_epoch(self, row: dict[str, Any]) -> None:
         self.history.append(row)
 
     def _silent(self, *args: Any, **kwargs: Any) -> None:
