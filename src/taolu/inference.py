@@ -36,6 +36,7 @@ from taolu.data.transforms import SamplePipeline
 from taolu.engine.calibration import DEFAULT_PRECISION
 from taolu.errors import CheckpointError, ConfigError, DataError
 from taolu.export_format import FORMATS, METADATA_FILE, read_metadata
+from taolu.predictions import UNKNOWN
 from taolu.rebuild import restore_model
 from taolu.torch_files import TORCHSCRIPT as TORCHSCRIPT_ARCHIVE
 from taolu.torch_files import check_archive
@@ -403,9 +404,6 @@ def _progress_bar(enabled: bool, total: int, batch_size: int):
     from tqdm import tqdm
 
     return tqdm(total=total, desc="predict", unit="img", leave=False, dynamic_ncols=True)
-
-
-UNKNOWN = "unknown"  # the answer below the rejection threshold
 
 
 def reject_threshold(classifier: Classifier, reject_below: float | str | None) -> float | None:

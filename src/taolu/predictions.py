@@ -9,13 +9,16 @@ from collections.abc import Sequence
 from typing import Any
 
 STYLES = ("text", "json", "csv")
+UNKNOWN = "unknown"  # the answer below a rejection threshold (inference.answered)
 CSV_HEADER = ["path", "rank", "class", "probability", "error"]
 
 
 def render_predictions(results: Sequence[dict[str, Any]], style: str = "text") -> str:
-    """Results of `taolu.predict` as printed: `text`, a line per input ("PATH: class p, ..."
-    or "PATH: error: why"); `json`, one JSON array holding one object per input; `csv`, a row
-    per prediction (rank 1..K) and a row with only path and error for an input that failed."""
+    """Results of `taolu.predict` as printed: `text`, a line per input ("PATH: class p, ...",
+    "PATH: unknown (class p, ...)" below a rejection threshold, or "PATH: error: why"); `json`,
+    one JSON array holding one object per input; `csv`, a row per prediction (rank 1..K) and
+    a row with only path and error for an input that failed, with an `answer` column when
+    predict was asked to reject (--reject-below)."""
     if style == "json":
         return json.dumps(list(results), indent=2, ensure_ascii=False) + "\n"
     if style == "csv":
@@ -30,17 +33,21 @@ def render_predictions(results: Sequence[dict[str, Any]], style: str = "text") -
             lines.append(f"{path}: error: {result['error'].removeprefix(f'{path}: ')}")
         else:
             shown = ", ".join(f"{p['class']} {p['probability']:.3f}" for p in result["predictions"])
-            lines.append(f"{path}: {shown}")
+            unknown = result.get("answer") == UNKNOWN
+            lines.append(f"{path}: {UNKNOWN} ({shown})" if unknown else f"{path}: {shown}")
     return "".join(line + "\n" for line in lines)
 
 
 def _csv(results: Sequence[dict[str, Any]]) -> str:
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(CSV_HEADER)
+    answers = any("answer" in result for result in results)
+    writer.writerow(CSV_HEADER + ["answer"] * answers)
     for result in results:
+        answer = [result.get("answer", "")] * answers
         if "error" in result:
-            writer.writerow([result["path"], "", "", "", result["error"]])
+            writer.writerow([result["path"], "", "", "", result["error"], *answer])
         for rank, p in enumerate(result.get("predictions", []), start=1):
-            writer.writerow([result["path"], rank, p["class"], f"{p['probability']:.6f}", ""])
+            row = [result["path"], rank, p["class"], f"{p['probability']:.6f}", ""]
+            writer.writerow(row + answer)
     return text.getvalue()

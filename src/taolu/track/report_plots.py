@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from taolu.track.report_calibration import calibration_of, draw_reliability
 from taolu.track.report_files import (
     REPORT_FOLDER,
     SAMPLES_FILE,
@@ -53,6 +54,7 @@ PLOTS = (
     ("lr", "Learning rate", "lr.png"),
     ("confusion", "Confusion matrix", "confusion_matrix.png"),
     ("per_class", "Per-class precision, recall and F1", "per_class.png"),
+    ("reliability", "Calibration: how sure, how often right", "reliability.png"),
     ("samples", "Sample predictions", "val_samples.png"),
 )
 ACCURACY_CURVES = (
@@ -84,6 +86,7 @@ def draw_plots(files: RunFiles, folder: Path) -> list[Plot]:
         "lr": lambda plot: _lr_plot(plot, files),
         "confusion": lambda plot: _confusion_plot(plot, files),
         "per_class": lambda plot: _per_class_plot(plot, files),
+        "reliability": lambda plot: _reliability_plot(plot, files),
         "samples": lambda plot: _samples_plot(plot, files, folder / SAMPLES_FILE),
     }
     from matplotlib import rc_context
@@ -346,6 +349,17 @@ def _per_class_plot(plot: Plot, files: RunFiles) -> None:
     plot.png = _png(figure)
     if count > NAMED_CLASSES:
         plot.note = INDEX_NOTE.strip()
+
+
+def _reliability_plot(plot: Plot, files: RunFiles) -> None:
+    calibration = calibration_of(files)
+    if calibration is None:
+        plot.note = "summary.json holds no calibration (a run from an older taolu, or resumed)"
+        return
+    figure = _new_figure(CURVE_WIDTH * 0.6, 6)
+    plot.note = draw_reliability(figure, calibration)
+    figure.tight_layout()
+    plot.png = _png(figure)
 
 
 def _load_samples(path: Path) -> tuple[Any, Any, Any, Any]:
