@@ -14,7 +14,7 @@ from taolu.engine.calibration import (
     calibrate,
     expected_calibration_error,
     fit_temperature,
-    threshold_for_precision,
+    threshold_keeping,
 )
 from taolu.errors import ConfigError
 from taolu.export_format import read_metadata
@@ -56,23 +56,29 @@ def test_a_calibrated_model_has_a_small_error_and_a_wrong_one_a_large_one():
     assert expected_calibration_error(sure_and_wrong, labels) == pytest.approx(1.0)
 
 
-def test_the_threshold_is_the_lowest_confidence_that_keeps_the_precision():
-    # Sorted by confidence: right, right, wrong, right, wrong.
-    confidence = torch.tensor([0.95, 0.9, 0.8, 0.7, 0.6])
+def test_the_threshold_keeps_the_stated_share_of_the_right_answers():
+    # Right answers at 0.95, 0.9, 0.7, 0.65; wrong ones at 0.8 and 0.6.
+    confidence = torch.tensor([0.95, 0.9, 0.8, 0.7, 0.65, 0.6])
     probabilities = torch.stack([confidence, 1 - confidence], dim=1)
-    labels = torch.tensor([0, 0, 1, 0, 1])
-    assert threshold_for_precision(probabilities, labels, 1.0) == pytest.approx(0.9)
-    assert threshold_for_precision(probabilities, labels, 0.75) == pytest.approx(0.7)
-    assert threshold_for_precision(probabilities, labels, 0.5) == pytest.approx(0.6)
-    all_wrong = torch.tensor([1, 1, 0, 1, 0])
-    assert threshold_for_precision(probabilities, all_wrong, 0.9) is None
+    labels = torch.tensor([0, 0, 1, 0, 0, 1])
+    assert threshold_keeping(probabilities, labels, 0.5) == pytest.approx(0.9)
+    assert threshold_keeping(probabilities, labels, 0.75) == pytest.approx(0.7)
+    assert threshold_keeping(probabilities, labels, 1.0) == pytest.approx(0.65)
+    assert threshold_keeping(probabilities, 1 - labels, 0.95) is None  # nothing right
 
 
-def test_equal_confidences_are_accepted_together():
-    probabilities = torch.tensor([[0.9, 0.1], [0.9, 0.1], [0.9, 0.1], [0.8, 0.2]])
-    labels = torch.tensor([0, 0, 1, 0])  # at 0.9: two right, one wrong
-    assert threshold_for_precision(probabilities, labels, 1.0) is None
-    assert threshold_for_precision(probabilities, labels, 0.6) == pytest.approx(0.8)
+def test_calibration_states_what_its_threshold_does_on_validation():
+    logits, labels = sampled(1.0)
+    calibration = calibrate(logits.softmax(1), labels)
+    scaled = (logits.softmax(1).log() / calibration.temperature).softmax(1)
+    confidence, predicted = scaled.max(1)
+    answered = confidence >= calibration.reject_threshold
+    right = predicted == labels
+    assert float(right[answered].double().mean()) == pytest.approx(calibration.answered_accuracy)
+    assert float(1 - answered.double().mean()) == pytest.approx(calibration.rejected_share)
+    kept = float(answered[right].double().mean())
+    assert 0.95 <= kept < 0.96  # KEPT_SHARE of the right answers, no more than a tie's worth
+    assert calibration.answered_accuracy > float(right.double().mean())
 
 
 # --------------------------------------------------------------------------- in a run
@@ -95,7 +101,8 @@ def test_a_run_stores_its_calibration_in_best_pt_and_the_summary(calibrated_run)
     assert math.isfinite(calibration["ece_before"]) and math.isfinite(calibration["ece_after"])
     # Fitted on these very outputs, the scaled error is no worse than the raw one.
     assert calibration["ece_after"] <= calibration["ece_before"] + 1e-9
-    assert state.reject_thresholds == calibration["reject_thresholds"]
+    assert state.reject_threshold == pytest.approx(calibration["reject_threshold"])
+    assert 0 < calibration["rejected_share"] < 1
 
 
 def test_predict_probabilities_are_the_logits_divided_by_the_temperature(calibrated_run, tmp_path):
@@ -165,14 +172,12 @@ def test_reject_below_answers_unknown_below_the_threshold(calibrated_run, tmp_pa
     assert {r["answer"] for r in answered} >= {"unknown"}
     everything = taolu.predict(calibrated_run.run_dir, paths, reject_below=0.0)
     assert all(r["answer"] == r["predictions"][0]["class"] for r in everything)
-    state = read_state(calibrated_run.best_checkpoint)
-    if "0.95" in state.reject_thresholds:
-        auto = taolu.predict(calibrated_run.run_dir, paths, reject_below="auto")
-        threshold = state.reject_thresholds["0.95"]
-        for result in auto:
-            top = result["predictions"][0]
-            sure = top["probability"] >= threshold
-            assert result["answer"] == (top["class"] if sure else "unknown")
+    threshold = read_state(calibrated_run.best_checkpoint).reject_threshold
+    auto = taolu.predict(calibrated_run.run_dir, paths, reject_below="auto")
+    for result in auto:
+        top = result["predictions"][0]
+        sure = top["probability"] >= threshold
+        assert result["answer"] == (top["class"] if sure else "unknown")
 
 
 @pytest.mark.parametrize("bad", [1.5, -0.1, "often"])

@@ -578,13 +578,15 @@ def write_wide_folder(root: Path) -> Path:
 
 
 def model_probabilities(run: Path, path: Path, mode: str) -> dict[str, float]:
-    """The run's model applied by hand to `path` decoded with `mode`."""
+    """The run's model applied by hand to `path` decoded with `mode` (probabilities
+    calibrated by the run's temperature, as predict reports them)."""
     state = load_checkpoint(run / "weights" / "best.pt")
     preprocessing = Preprocessing.from_dict(state["preprocessing"])
     image = decode_file(path, preprocessing.channels, preprocessing.size, mode)
     batch = BatchTransform(preprocessing, torch.device("cpu"))(image[None].float() / 255)
     with torch.no_grad():
-        values = restore_model(state)(batch).softmax(dim=1)[0].tolist()
+        logits = restore_model(state)(batch) / state.get("temperature", 1.0)
+        values = logits.softmax(dim=1)[0].tolist()
     return dict(zip(state["classes"], values, strict=True))
 
 

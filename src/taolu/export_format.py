@@ -60,7 +60,7 @@ def build_metadata(state: dict[str, Any], *, normalized_inside: bool) -> dict[st
         # Calibration (engine.calibration): softmax(logits / temperature) are the probabilities
         # taolu reports; the outputs themselves stay logits.
         "temperature": repr(float(state.get("temperature", 1.0))),
-        "reject_thresholds": json.dumps(state.get("reject_thresholds", {})),
+        "reject_threshold": json.dumps(state.get("reject_threshold")),
         "classes": json.dumps(classes, ensure_ascii=False),
         "preprocessing": json.dumps(preprocessing.to_dict(), ensure_ascii=False),
         "input": json.dumps(described_input, ensure_ascii=False),
@@ -80,7 +80,7 @@ def read_metadata(metadata: Any, source: str | Path) -> dict[str, Any]:
     texts = ("format_version", "classes", "preprocessing", "model_name", "model_class", "weights")
     wrong = [
         key
-        for key in (*texts, "model_spec", "input", "temperature", "reject_thresholds")
+        for key in (*texts, "model_spec", "input", "temperature", "reject_threshold")
         if not isinstance(metadata.get(key, ""), str)
     ]
     if wrong:
@@ -92,7 +92,7 @@ def read_metadata(metadata: Any, source: str | Path) -> dict[str, Any]:
         model_spec = json.loads(metadata.get("model_spec") or "null")
         described_input = json.loads(metadata.get("input") or "{}")
         temperature = float(metadata.get("temperature") or "1.0")
-        thresholds = json.loads(metadata.get("reject_thresholds") or "{}")
+        threshold = json.loads(metadata.get("reject_threshold") or "null")
     except (KeyError, ValueError, TypeError, RecursionError) as error:
         raise CheckpointError(f"{source}: its taolu metadata is damaged: {error}") from None
     except CheckpointError as error:
@@ -107,14 +107,12 @@ def read_metadata(metadata: Any, source: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{source}: its taolu metadata is damaged: model_spec is no list")
     if not (math.isfinite(temperature) and temperature > 0):
         raise CheckpointError(f"{source}: its taolu metadata is damaged: temperature {temperature}")
-    if not (
-        isinstance(thresholds, dict)
-        and all(
-            isinstance(value, (int, float)) and not isinstance(value, bool)
-            for value in thresholds.values()
-        )
+    if threshold is not None and not (
+        isinstance(threshold, (int, float))
+        and not isinstance(threshold, bool)
+        and 0 <= threshold <= 1
     ):
-        raise CheckpointError(f"{source}: its taolu metadata is damaged: reject_thresholds")
+        raise CheckpointError(f"{source}: its taolu metadata is damaged: reject_threshold")
     if not isinstance(described_input, dict):
         raise CheckpointError(f"{source}: its taolu metadata is damaged: input is no mapping")
     return {
@@ -127,5 +125,5 @@ def read_metadata(metadata: Any, source: str | Path) -> dict[str, Any]:
         "epoch": metadata.get("epoch", ""),
         "normalized_inside": described_input.get("normalized_inside", True) is not False,
         "temperature": temperature,
-        "reject_thresholds": {str(key): float(value) for key, value in thresholds.items()},
+        "reject_threshold": None if threshold is None else float(threshold),
     }

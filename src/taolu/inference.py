@@ -33,7 +33,7 @@ from taolu.data.pipeline import stored_eval_pipeline
 from taolu.data.polarity import polarity_message, reversed_inputs
 from taolu.data.sources import list_image_files
 from taolu.data.transforms import SamplePipeline
-from taolu.engine.calibration import DEFAULT_PRECISION
+from taolu.engine.calibration import KEPT_SHARE
 from taolu.errors import CheckpointError, ConfigError, DataError
 from taolu.export_format import FORMATS, METADATA_FILE, read_metadata
 from taolu.predictions import UNKNOWN
@@ -76,8 +76,8 @@ class Classifier:
     about: dict[str, Any] = field(default_factory=dict)
     # Temperature scaling fitted at the end of training: probabilities are softmax(logits / T).
     temperature: float = 1.0
-    # precision ("0.95") -> confidence below which `reject_below="auto"` answers "unknown".
-    reject_thresholds: dict[str, float] = field(default_factory=dict)
+    # The confidence below which `reject_below="auto"` answers "unknown" (None: not stored).
+    reject_threshold: float | None = None
     # The training images' background brightness (TrainState.background), when known.
     background: float | None = None
 
@@ -114,7 +114,7 @@ def checkpoint_classifier(
             "metrics": metrics,
         },
         temperature=float(state.get("temperature", 1.0)),
-        reject_thresholds=dict(state.get("reject_thresholds", {})),
+        reject_threshold=state.get("reject_threshold"),
         background=state.get("background"),
     )
 
@@ -184,7 +184,7 @@ def _onnx_classifier(path: Path, device: torch.device) -> Classifier:
         ONNX,
         _exported_about(metadata),
         temperature=metadata["temperature"],
-        reject_thresholds=metadata["reject_thresholds"],
+        reject_threshold=metadata["reject_threshold"],
     )
 
 
@@ -222,7 +222,7 @@ def _torchscript_classifier(path: Path, device: torch.device, trust_code: bool) 
         TORCHSCRIPT,
         _exported_about(decoded),
         temperature=decoded["temperature"],
-        reject_thresholds=decoded["reject_thresholds"],
+        reject_threshold=decoded["reject_threshold"],
     )
 
 
@@ -260,7 +260,7 @@ def _safetensors_classifier(
         SAFETENSORS,
         _exported_about(metadata),
         temperature=metadata["temperature"],
-        reject_thresholds=metadata["reject_thresholds"],
+        reject_threshold=metadata["reject_threshold"],
     )
 
 
@@ -408,19 +408,18 @@ def _progress_bar(enabled: bool, total: int, batch_size: int):
 
 def reject_threshold(classifier: Classifier, reject_below: float | str | None) -> float | None:
     """The confidence below which the answer is UNKNOWN: a number in [0, 1], or "auto", the
-    threshold stored with the run for precision DEFAULT_PRECISION on its validation split."""
+    threshold the run stored: the confidence that keeps KEPT_SHARE of its right answers on
+    the validation split."""
     if reject_below is None:
         return None
     if reject_below == "auto":
-        key = f"{DEFAULT_PRECISION:g}"
-        if key not in classifier.reject_thresholds:
+        if classifier.reject_threshold is None:
             raise ConfigError(
-                f"option 'reject_below': this model stores no threshold for precision {key} "
-                "(it was trained by an older taolu, resumed after its best epoch, or no "
-                "confidence reached that precision on its validation split); give a number "
-                "between 0 and 1 instead"
+                "option 'reject_below': this model stores no threshold (it was trained by an "
+                "older taolu, or resumed after its best epoch); give a number between 0 and 1 "
+                f"instead, e.g. a confidence that keeps {KEPT_SHARE:.0%} of known images"
             )
-        return classifier.reject_thresholds[key]
+        return classifier.reject_threshold
     try:
         value = float(reject_below)
     except (TypeError, ValueError):

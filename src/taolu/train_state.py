@@ -67,8 +67,9 @@ class TrainState:
     # Temperature scaling fitted on the validation split at the end of the run
     # (engine.calibration): predict divides the logits by it. 1.0: not fitted.
     temperature: float = 1.0
-    # precision ("0.95") -> the calibrated confidence below which predict may answer "unknown".
-    reject_thresholds: dict[str, float] = field(default_factory=dict)
+    # The calibrated confidence below which `predict --reject-below auto` answers "unknown"
+    # (engine.calibration.KEPT_SHARE of the right validation answers lie above it).
+    reject_threshold: float | None = None
     # The training images' background brightness 0..1 (data.polarity): predict warns about
     # inputs the other way round. None in checkpoints from before it was kept.
     background: float | None = None

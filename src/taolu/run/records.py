@@ -189,14 +189,14 @@ class Records:
             self.best_outputs = (tested.probabilities, tested.labels)
 
     def calibrate(self, best: TrainState) -> Calibration | None:
-        """Fit temperature scaling and the rejection thresholds on the best epoch's
+        """Fit temperature scaling and the rejection threshold on the best epoch's
         validation outputs, and store them in best.pt. None when this process never saw the
         best epoch's outputs (a run resumed after it)."""
         if self.best_outputs is None:
             return None
         calibration = calibrate(*self.best_outputs)
         best.temperature = calibration.temperature
-        best.reject_thresholds = dict(calibration.thresholds)
+        best.reject_threshold = calibration.reject_threshold
         save_state(best, self.dir.best)
         return calibration
 

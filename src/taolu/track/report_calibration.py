@@ -43,11 +43,13 @@ def draw_reliability(figure, calibration: dict[str, Any]) -> str:
     temperature = float(calibration.get("temperature", 1.0))
     before = float(calibration.get("ece_before", float("nan")))
     after = float(calibration.get("ece_after", float("nan")))
-    thresholds = calibration.get("reject_thresholds") or {}
+    threshold = calibration.get("reject_threshold")
     reject = (
-        f" predict --reject-below auto answers unknown below {float(thresholds['0.95']):.3f} "
-        "(95% precision on the validation split)."
-        if "0.95" in thresholds
+        f" predict --reject-below auto answers unknown below {float(threshold):.3f}: on the "
+        f"validation split that is {float(calibration.get('rejected_share', 0)):.1%} of the "
+        f"images, and the answers still given are right "
+        f"{float(calibration.get('answered_accuracy', 0)):.1%} of the time."
+        if isinstance(threshold, (int, float))
         else ""
     )
     return (
