@@ -64,7 +64,8 @@ def test_the_threshold_keeps_the_stated_share_of_the_right_answers():
     assert threshold_keeping(probabilities, labels, 0.5) == pytest.approx(0.9)
     assert threshold_keeping(probabilities, labels, 0.75) == pytest.approx(0.7)
     assert threshold_keeping(probabilities, labels, 1.0) == pytest.approx(0.65)
-    assert threshold_keeping(probabilities, 1 - labels, 0.95) is None  # nothing right
+    nothing_right = torch.ones(6, dtype=torch.long)  # every prediction is class 0
+    assert threshold_keeping(probabilities, nothing_right, 0.95) is None
 
 
 def test_calibration_states_what_its_threshold_does_on_validation():
