@@ -1,0 +1,179 @@
+"""What a standalone script needs to know about a run: its final options, its data (classes,
+channels, size, mean and std, augmentation) and its network, gathered the same way for a
+finished run (its checkpoint and summary.json) and for a configuration not yet trained."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from taolu.checkpoint import find_checkpoint, read_state
+from taolu.config import TrainConfig, resolve_config
+from taolu.data.loaders import Preprocessing, SkipLog
+from taolu.data.pipeline import (
+    TrainingData,
+    batch_transforms,
+    measure_preprocessing,
+    sample_pipelines,
+)
+from taolu.data.sources import DataBundle, load_data
+from taolu.engine.batchnorm import slow_batchnorm
+from taolu.engine.precision import pick_device, pick_precision
+from taolu.errors import ConfigError
+from taolu.layout import LAST_NAME, RunDir
+from taolu.models import build_model
+from taolu.run.setup import settle_recipe
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """Everything the script is written from."""
+
+    config: TrainConfig  # the final options, the recipe's choices included
+    origin: str  # which run (or configuration) the script came from, for its header
+    classes: list[str]
+    channels: int
+    size: tuple[int, int]  # (H, W) the images are fitted to
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    shift: int  # the batch augmentation's random shift, in pixels (0 = none)
+    flip: bool  # random horizontal flips
+    train_transforms: list[dict[str, Any]] | None  # --transforms: the per-sample entries
+    eval_transforms: list[dict[str, Any]] | None
+    precision: str  # fp32, bf16 or fp16, as the run computed
+    network: nn.Module  # built as taolu built it, to be written out layer by layer
+    slow_batchnorm: bool  # taolu re-measures BatchNorm statistics before each test
+    best_val_acc: float | None  # the run's, for the header; None before training
+    lr_measured: bool  # the lr came from (or, untrained, would come from) a range test
+
+
+def facts_of_run(run_dir: str | Path) -> RunFacts:
+    """The facts of a trained (or stopped) run, from its last checkpoint and summary.json."""
+    run = RunDir(Path(run_dir))
+    state = read_state(find_checkpoint(run.root, LAST_NAME))
+    config = resolve_config({k: v for k, v in state.config.items()})
+    summary = json.loads(run.summary.read_text(encoding="utf-8")) if run.summary.is_file() else {}
+    preprocessing = Preprocessing.from_dict(state.preprocessing)
+    bundle = _load_bundle(config)
+    network = _network(config, bundle, state.model_spec)
+    precision = summary.get("precision") or _precision(config)
+    lr_auto = summary.get("lr_auto")
+    return _gather(
+        config,
+        f"run {run.root}",
+        bundle,
+        preprocessing,
+        network,
+        precision,
+        best_val_acc=summary.get("best_val_acc"),
+        lr_measured=bool(lr_auto),
+    )
+
+
+def facts_of_config(config: TrainConfig, chosen: Collection[str]) -> RunFacts:
+    """The facts of a configuration before training: the data is read (not trained on), the
+    network built and the recipe settled for the options not in `chosen`, as `taolu train`
+    would; an lr the recipe leaves to a range test stays "auto"."""
+    bundle = _load_bundle(config)
+    train_pipeline, eval_pipeline = sample_pipelines(config, bundle)
+    preprocessing = measure_preprocessing(config, bundle, train_pipeline, eval_pipeline)
+    torch.manual_seed(config.seed)
+    network = _network(config, bundle, None)
+    prepared = _prepared(config, bundle, preprocessing)
+    recipe = settle_recipe(config, chosen, prepared, network, users_model=False, resumed=False)
+    return _gather(
+        recipe.config,
+        "a configuration (taolu train --eject), not yet trained",
+        bundle,
+        preprocessing,
+        network,
+        _precision(config),
+        best_val_acc=None,
+        lr_measured=recipe.sweep_lr,
+    )
+
+
+def _load_bundle(config: TrainConfig) -> DataBundle:
+    if config.data.startswith("user:") or config.model.startswith("user:"):
+        raise ConfigError(
+            f"this run trained your own Python objects ({config.data}, {config.model}); "
+            "taolu eject writes scripts for data and models taolu can name"
+        )
+    return load_data(
+        config.data,
+        val_fraction=config.val_fraction,
+        image_size=config.image_size,
+        resize_mode=config.resize_mode,
+        channels=config.channels,
+        data_root=config.data_root,
+    )
+
+
+def _network(config: TrainConfig, bundle: DataBundle, layers: list | None) -> nn.Module:
+    # Weights are not loaded: the script loads them itself; only the shapes matter here.
+    return build_model(
+        config.model,
+        bundle.channels,
+        bundle.size,
+        len(bundle.classes),
+        weights=config.weights or None,
+        layers=layers,
+    )
+
+
+def _precision(config: TrainConfig) -> str:
+    return pick_precision(config.precision, pick_device(config.device)).name
+
+
+def _prepared(
+    config: TrainConfig, bundle: DataBundle, preprocessing: Preprocessing
+) -> TrainingData:
+    """The data as the recipe and the batch transforms see it (nothing decoded)."""
+    return TrainingData(
+        bundle,
+        preprocessing,
+        SkipLog(),
+        workers=0,
+        cache="off",
+        per_sample=bool(config.transforms),
+    )
+
+
+def _gather(
+    config: TrainConfig,
+    origin: str,
+    bundle: DataBundle,
+    preprocessing: Preprocessing,
+    network: nn.Module,
+    precision: str,
+    *,
+    best_val_acc: float | None,
+    lr_measured: bool,
+) -> RunFacts:
+    prepared = _prepared(config, bundle, preprocessing)
+    train, _, _ = batch_transforms(config.augment, prepared, torch.device("cpu"), False)
+    train_pipeline, eval_pipeline = sample_pipelines(config, bundle)
+    return RunFacts(
+        config=config,
+        origin=origin,
+        classes=list(bundle.classes),
+        channels=bundle.channels,
+        size=tuple(bundle.size),
+        mean=tuple(preprocessing.mean),
+        std=tuple(preprocessing.std),
+        shift=train.shift,
+        flip=train.flip,
+        train_transforms=train_pipeline.describe() if train_pipeline else None,
+        eval_transforms=eval_pipeline.describe() if eval_pipeline else None,
+        precision=precision,
+        network=network,
+        slow_batchnorm=slow_batchnorm(network),
+        best_val_acc=best_val_acc,
+        lr_measured=lr_measured,
+    )

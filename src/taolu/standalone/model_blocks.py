@@ -1,0 +1,285 @@
+"""The script's steps 2 to 4: the network (written out, built by torchvision, or the user's
+factory), pretrained weights and freezing, the weight average, the loss, the optimizer and
+the lr schedule, each block written for the run's options only."""
+
+from __future__ import annotations
+
+import re
+
+from taolu.models import model_kind
+from taolu.models.zoo import first_conv_path
+from taolu.run.transfer import head_name
+from taolu.standalone.facts import RunFacts
+from taolu.standalone.layers import layer_call, write_network
+
+
+def attribute_path(dotted: str) -> str:
+    """ "classifier.6" -> "classifier[6]": how Python reaches a submodule by its dotted name."""
+    return re.sub(r"\.(\d+)", r"[\1]", "." + dotted).removeprefix(".")
+
+
+def model_block(facts: RunFacts) -> str:
+    """Step 2: the network, on the device; with --weights and --freeze applied."""
+    config = facts.config
+    kind = model_kind(config.model)
+    if kind == "torchvision":
+        text = _torchvision(facts)
+    elif kind == "factory":
+        module, function = config.model.split(":")
+        text = (
+            f"# Your factory, imported from your own code (--model {config.model})\n"
+            f"from {module} import {function}  # noqa: E402\n\n"
+            f"model = {function}(channels={facts.channels}, image_size={facts.size[0]}, "
+            f"classes={len(facts.classes)})\n"
+        )
+    else:
+        written = write_network(facts.network)
+        what = f"taolu's {config.model}" if kind == "builtin" else "your layer list"
+        classes = "".join(f"\n\n{source}" for source in written.classes)
+        if written.expression is None:
+            missing = ", ".join(sorted(set(written.unwritten)))
+            text = (
+                f"# {what} uses taolu's own {missing}, which has no short plain-PyTorch form: "
+                f"paste your nn.Module here (--model {config.model})\n"
+                "model = None\n"
+                'raise SystemExit("paste the network in place of model = None")\n'
+            )
+        else:
+            text = (f"{classes.strip()}\n\n\n" if classes else "") + (
+                f"# {what}, layer by layer (--model {config.model})\n"
+                f"model = {written.expression}.to(device)\n"
+            )
+    text = "# 2. Build the network model\n" + text + _freeze(facts)
+    return text if ".to(device)" in text else text + "model = model.to(device)\n"
+
+
+def _torchvision(facts: RunFacts) -> str:
+    config = facts.config
+    network, name = facts.network, config.model
+    head = head_name(network)
+    named = bool(config.weights) and not config.weights.endswith((".pt", ".pth", ".safetensors"))
+    weights = f'"{config.weights}"' if named else "None"
+    text = (
+        f"# torchvision's {name}, its head replaced for {len(facts.classes)} classes "
+        f"(--model {name})\n"
+        f'model = torchvision.models.get_model("{name}", weights={weights})'
+        + ("  # from the torch hub cache (--weights)\n" if named else "\n")
+        + f"model.{attribute_path(head)} = {layer_call(network.get_submodule(head))}\n"
+    )
+    if facts.channels == 1:
+        conv = first_conv_path(network)
+        text += (
+            f"model.{attribute_path(conv)} = {layer_call(network.get_submodule(conv))}"
+            "  # gray images: one input channel\n"
+        )
+    if config.weights and not named:
+        loader = (
+            f'load_file("{config.weights}")'
+            if config.weights.endswith(".safetensors")
+            else f'torch.load("{config.weights}", map_location="cpu", weights_only=True)'
+        )
+        text += (
+            "# Pretrained weights from a file, all but the head (--weights)\n"
+            f"state = {loader}\n"
+            'for wrapper in ("state_dict", "model"):  # files often wrap the weights\n'
+            "    state = state.get(wrapper, state) if isinstance(state.get(wrapper), dict) "
+            "else state\n"
+            f'state = {{k: v for k, v in state.items() if not k.startswith("{head}.")}}\n'
+            "model.load_state_dict(state, strict=False)\n"
+        )
+    return text
+
+
+def _freeze(facts: RunFacts) -> str:
+    config = facts.config
+    if config.freeze == "none":
+        return ""
+    if config.freeze == "backbone":
+        head = head_name(facts.network)
+        return (
+            f"# The backbone frozen: only the head, {head}, learns (--freeze backbone)\n"
+            "for name, parameter in model.named_parameters():\n"
+            f'    parameter.requires_grad_(name.startswith("{head}."))\n'
+        )
+    return (
+        f"# The first {config.freeze} parameter tensors frozen (--freeze {config.freeze})\n"
+        f"for parameter in list(model.parameters())[:{config.freeze}]:\n"
+        "    parameter.requires_grad_(False)\n"
+    )
+
+
+FROZEN_BATCHNORM = '''
+def frozen_batchnorm_eval(model):
+    """BatchNorm layers whose weights are frozen keep their pretrained statistics."""
+    for module in model.modules():
+        frozen = not any(parameter.requires_grad for parameter in module.parameters())
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and frozen:
+            module.eval()
+'''
+
+
+def ema_block(facts: RunFacts) -> str:
+    decay = facts.config.ema
+    if not decay:
+        return ""
+    return (
+        f"\n# A moving average of the weights is tested and saved; its decay warms up as "
+        f"min({decay:g}, (1 + n) / (10 + n)) (--ema {decay:g})\n"
+        "def ema_average(averaged, current, updates):\n"
+        f"    weight = 1.0 - min({decay:g}, (1 + int(updates)) / (10 + int(updates)))\n"
+        "    for mean, value in zip(averaged, current, strict=True):\n"
+        "        if mean.is_floating_point():\n"
+        "            mean.lerp_(value, weight)\n"
+        "        else:  # counters such as BatchNorm's batches seen are copied\n"
+        "            mean.copy_(value)\n\n\n"
+        "ema = AveragedModel(model, multi_avg_fn=ema_average, use_buffers=True)\n"
+    )
+
+
+def loss_block(facts: RunFacts) -> str:
+    """Step 3: cross-entropy, with label smoothing and class weights as the run had them."""
+    config = facts.config
+    smoothing = f"label_smoothing={config.label_smoothing:g}" if config.label_smoothing else ""
+    text = "\n# 3. Make the loss function: cross-entropy"
+    text += f" (--label-smoothing {config.label_smoothing:g})\n" if smoothing else "\n"
+    if config.class_weights == "auto":
+        classes = len(facts.classes)
+        weights = ", ".join(filter(None, ["weight=class_weights", smoothing]))
+        return text + (
+            "# Each class weighted by the inverse of its share of the training images "
+            "(--class-weights auto)\n"
+            f"counts = torch.bincount(train_labels, minlength={classes}).float()\n"
+            f"class_weights = len(train_labels) / ({classes} * counts.clamp(min=1))\n"
+            f"loss_fn = nn.CrossEntropyLoss({weights}).to(device)\n"
+            f"test_loss_fn = nn.CrossEntropyLoss({smoothing}).to(device)  # unweighted\n"
+        )
+    return text + f"loss_fn = nn.CrossEntropyLoss({smoothing}).to(device)\n"
+
+
+def optimizer_block(facts: RunFacts) -> str:
+    """Step 4: the optimizer (no weight decay on biases and norms) and the lr schedule."""
+    config = facts.config
+    name = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop"}
+    optimizer_class = name.get(config.optimizer, _torch_name(config.optimizer))
+    lr = config.lr
+    note = ""
+    if isinstance(lr, str) or facts.lr_measured:
+        note = "; taolu measured the lr with a range test (--lr auto)"
+        if isinstance(lr, str):
+            lr, note = 1e-3, "; --lr auto: `taolu train --lr-find` measures a better one"
+    extra = ""
+    if config.optimizer in ("sgd", "rmsprop") and config.momentum:
+        extra = f", momentum={config.momentum:g}"
+        if config.optimizer == "sgd" and config.nesterov:
+            extra += ", nesterov=True"
+    decay = f"{config.weight_decay:g}"
+    text = (
+        f"\n# 4. Make the optimizer: {optimizer_class}, lr {lr:.4g}{note} (--optimizer, --lr)\n"
+        f"# weight decay {decay} on weights, none on biases and norms (--weight-decay)\n"
+    )
+    if config.fine_tune:
+        head = head_name(facts.network)
+        text += (
+            f"# The backbone learns at {config.backbone_lr_scale:g} x lr once it joins "
+            "(--fine-tune, --backbone-lr-scale)\n"
+            "groups = [\n"
+            "    {\n"
+            '        "params": [p for n, p in model.named_parameters()\n'
+            f'                   if p.requires_grad and n.startswith("{head}.") == in_head '
+            "and (p.ndim > 1) == decays],\n"
+            f'        "lr": {lr:.4g} if in_head else {lr * config.backbone_lr_scale:.4g},\n'
+            f'        "weight_decay": {decay} if decays else 0.0,\n'
+            "    }\n"
+            "    for in_head in (False, True)\n"
+            "    for decays in (False, True)\n"
+            "]\n"
+        )
+    else:
+        text += (
+            "parameters = [p for p in model.parameters() if p.requires_grad]\n"
+            "groups = [\n"
+            f'    {{"params": [p for p in parameters if p.ndim > 1], "weight_decay": {decay}}},\n'
+            '    {"params": [p for p in parameters if p.ndim <= 1], "weight_decay": 0.0},\n'
+            "]\n"
+        )
+    text += f"optimizer = torch.optim.{optimizer_class}(groups, lr={lr:.4g}{extra})\n"
+    return text + _schedule(facts)
+
+
+def _torch_name(name: str) -> str:
+    import torch
+
+    return next(key for key in vars(torch.optim) if key.lower() == name.lower())
+
+
+def _schedule(facts: RunFacts) -> str:
+    config = facts.config
+    epochs = f"epochs = {config.epochs}  # --epochs\n"
+    steps = "len(train_dataloader)"
+    if config.accumulate > 1:
+        steps = f"math.ceil(len(train_dataloader) / {config.accumulate})"
+    if config.scheduler == "onecycle":
+        epochs += f"total_steps = epochs * {steps}\n"
+        return epochs + (
+            "# One-cycle lr, set every step: from lr/5 up for a quarter of the run, then down "
+            "(--scheduler onecycle)\n"
+            'max_lr = [group["lr"] for group in optimizer.param_groups]\n'
+            "scheduler = torch.optim.lr_scheduler.OneCycleLR(\n"
+            "    optimizer, max_lr, total_steps, pct_start=max(0.25, 1.5 / total_steps), "
+            "div_factor=5.0,\n"
+            "    cycle_momentum=False\n"
+            ")\n"
+        )
+    epochs += f"steps_per_epoch = {steps}\ntotal_steps = epochs * steps_per_epoch\n"
+    if config.scheduler == "plateau":
+        mode = "min" if config.monitor.endswith("loss") else "max"
+        note = ""
+        if config.warmup_epochs:
+            note = f"# (taolu warms up for {config.warmup_epochs:g} epochs first: not written)\n"
+        return (
+            epochs
+            + note
+            + (
+                f"# The lr x {config.lr_gamma:g} when the monitored value stalls for "
+                f"{config.plateau_patience} epochs (--scheduler plateau)\n"
+                "scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(\n"
+                f'    optimizer, mode="{mode}", factor={config.lr_gamma:g}, '
+                f"patience={config.plateau_patience}\n)\n"
+            )
+        )
+    text = epochs + f"warmup_steps = round({config.warmup_epochs:g} * steps_per_epoch)\n"
+    if config.scheduler == "step":
+        every = config.step_epochs or "max(1, math.ceil(epochs / 3))"
+        text += f"step_every = {every} * steps_per_epoch\n"
+    rule = {
+        "cosine": "progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)\n"
+        "    return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))\n",
+        "step": f"return {config.lr_gamma:g} ** ((step - warmup_steps) // step_every)\n",
+        "constant": "return 1.0\n",
+    }[config.scheduler]
+    return text + (
+        f"\n\n# The lr per step: a linear warm-up from lr/100 (--warmup-epochs), then "
+        f"{config.scheduler} (--scheduler {config.scheduler})\n"
+        "def lr_factor(step):\n"
+        "    if step < warmup_steps:\n"
+        "        return 0.01 + 0.99 * step / warmup_steps\n"
+        f"    {rule}\n\n"
+        "scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)\n"
+    )
+
+
+def mix_block(facts: RunFacts) -> str:
+    config = facts.config
+    classes = len(facts.classes)
+    chosen = []
+    if config.mixup:
+        chosen.append(f"v2.MixUp(alpha={config.mixup:g}, num_classes={classes})")
+    if config.cutmix:
+        chosen.append(f"v2.CutMix(alpha={config.cutmix:g}, num_classes={classes})")
+    if not chosen:
+        return ""
+    mix = chosen[0] if len(chosen) == 1 else f"v2.RandomChoice([{', '.join(chosen)}])"
+    return (
+        "# Batches mixed: images and their labels blended in pairs (--mixup, --cutmix)\n"
+        f"mix = {mix}\n"
+    )
