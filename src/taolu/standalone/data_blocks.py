@@ -112,7 +112,6 @@ def data_block(facts: RunFacts) -> str:
     if config.class_weights == "auto" and config.sampler != "balanced":
         sampling += f"train_labels = {train_labels}  # for --class-weights auto\n"
     return (
-        "# 1. Prepare the data set\n"
         f"{_transforms(facts)}{source}"
         f"{sampling}"
         f"test_dataloader = DataLoader(test_data, batch_size={max(config.batch_size, 256)}"
@@ -153,8 +152,7 @@ def _embedded(facts: RunFacts) -> str:
         "  # (N, C, H, W) uint8\n"
         "labels = torch.from_numpy(table[:, -1].astype(np.int64))\n"
         f"{SPLIT_PER_CLASS}{IMAGE_TENSORS}\n"
-        f"# {fraction:.0%} of each class held out for testing (--val-fraction {fraction:g})\n"
-        f"train_index, test_index = split_per_class(labels, {fraction:g})\n"
+        f"train_index, test_index = split_per_class(labels, {fraction:g})  # --val-fraction\n"
         "train_data = ImageTensors(images[train_index], labels[train_index], train_transform)\n"
         "test_data = ImageTensors(images[test_index], labels[test_index], test_transform)\n"
     )
@@ -261,8 +259,7 @@ def _transforms(facts: RunFacts) -> str:
     measured = how.get(config.normalize, "of 0 and 1")
     first = ["v2.ToImage()", *fitting, *_entries(facts.eval_transforms), *tail]
     text = (
-        f"# Images to tensors, normalised by a mean and std {measured} "
-        f"(--normalize {config.normalize})\n"
+        f"# 1. Prepare the data set; mean and std {measured} (--normalize {config.normalize})\n"
         f"normalize = {tail.pop()}\n"
         f"test_transform = {_compose([*first[:-1], 'normalize'])}"
     )

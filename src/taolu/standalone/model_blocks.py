@@ -49,7 +49,8 @@ def model_block(facts: RunFacts) -> str:
                 f"# {what}, layer by layer (--model {config.model})\n"
                 f"model = {written.expression}.to(device)\n"
             )
-    text = "# 2. Build the network model\n" + text + _freeze(facts)
+    text = re.sub(r"^# ", "# 2. Build the network model: ", text, count=1, flags=re.M)
+    text = text + _freeze(facts)
     return text if ".to(device)" in text else text + "model = model.to(device)\n"
 
 
@@ -123,15 +124,13 @@ def ema_block(facts: RunFacts) -> str:
     if not decay:
         return ""
     return (
-        f"\n# A moving average of the weights is tested and saved; its decay warms up as "
-        f"min({decay:g}, (1 + n) / (10 + n)) (--ema {decay:g})\n"
+        "\n# Tested and saved: a moving average of the weights, its decay warming up "
+        f"(--ema {decay:g})\n"
         "def ema_average(averaged, current, updates):\n"
         f"    weight = 1.0 - min({decay:g}, (1 + int(updates)) / (10 + int(updates)))\n"
-        "    for mean, value in zip(averaged, current, strict=True):\n"
-        "        if mean.is_floating_point():\n"
-        "            mean.lerp_(value, weight)\n"
-        "        else:  # counters such as BatchNorm's batches seen are copied\n"
-        "            mean.copy_(value)\n\n\n"
+        "    for mean, value in zip(averaged, current, strict=True):  # counters are copied\n"
+        "        mean.lerp_(value, weight) if mean.is_floating_point() else mean.copy_(value)\n"
+        "\n\n"
         "ema = AveragedModel(model, multi_avg_fn=ema_average, use_buffers=True)\n"
     )
 
@@ -161,12 +160,14 @@ def optimizer_block(facts: RunFacts) -> str:
     config = facts.config
     name = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop"}
     optimizer_class = name.get(config.optimizer, _torch_name(config.optimizer))
-    lr = config.lr
+    lr = _lr(facts)
     note = ""
-    if isinstance(lr, str) or facts.lr_measured:
-        note = "; taolu measured the lr with a range test (--lr auto)"
-        if isinstance(lr, str):
-            lr, note = 1e-3, "; --lr auto: `taolu train --lr-find` measures a better one"
+    if facts.lr_measured:
+        note = "\n# (taolu measured this lr with a range test: --lr auto)"
+        if isinstance(config.lr, str):
+            note = (
+                "\n# (--lr auto: taolu's range test picks the lr when it trains; 1e-3 is a start)"
+            )
     extra = ""
     if config.optimizer in ("sgd", "rmsprop") and config.momentum:
         extra = f", momentum={config.momentum:g}"
@@ -174,8 +175,8 @@ def optimizer_block(facts: RunFacts) -> str:
             extra += ", nesterov=True"
     decay = f"{config.weight_decay:g}"
     text = (
-        f"\n# 4. Make the optimizer: {optimizer_class}, lr {lr:.4g}{note} (--optimizer, --lr)\n"
-        f"# weight decay {decay} on weights, none on biases and norms (--weight-decay)\n"
+        f"\n# 4. Make the optimizer (--optimizer {config.optimizer} --lr {lr:.4g} --weight-decay "
+        f"{decay}; no decay on biases, norms){note}\n"
     )
     if config.fine_tune:
         head = head_name(facts.network)
@@ -196,14 +197,18 @@ def optimizer_block(facts: RunFacts) -> str:
         )
     else:
         text += (
-            "parameters = [p for p in model.parameters() if p.requires_grad]\n"
-            "groups = [\n"
-            f'    {{"params": [p for p in parameters if p.ndim > 1], "weight_decay": {decay}}},\n'
-            '    {"params": [p for p in parameters if p.ndim <= 1], "weight_decay": 0.0},\n'
-            "]\n"
+            "decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]\n"
+            "rest = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]\n"
+            f'groups = [{{"params": decay, "weight_decay": {decay}}}, '
+            '{"params": rest, "weight_decay": 0.0}]\n'
         )
     text += f"optimizer = torch.optim.{optimizer_class}(groups, lr={lr:.4g}{extra})\n"
     return text + _schedule(facts)
+
+
+def _lr(facts: RunFacts) -> float:
+    """The run's lr; before training, where a range test would pick it, AdamW's usual 1e-3."""
+    return facts.config.lr if not isinstance(facts.config.lr, str) else 1e-3
 
 
 def _torch_name(name: str) -> str:
@@ -220,14 +225,15 @@ def _schedule(facts: RunFacts) -> str:
         steps = f"math.ceil(len(train_dataloader) / {config.accumulate})"
     if config.scheduler == "onecycle":
         epochs += f"total_steps = epochs * {steps}\n"
+        max_lr = '[group["lr"] for group in optimizer.param_groups]'
+        if not config.fine_tune:  # one lr for every group
+            max_lr = f"{_lr(facts):.4g}"
         return epochs + (
-            "# One-cycle lr, set every step: from lr/5 up for a quarter of the run, then down "
-            "(--scheduler onecycle)\n"
-            'max_lr = [group["lr"] for group in optimizer.param_groups]\n'
+            "# One-cycle lr: up from lr/5 for a quarter of the steps, then down (--scheduler "
+            "onecycle)\n"
             "scheduler = torch.optim.lr_scheduler.OneCycleLR(\n"
-            "    optimizer, max_lr, total_steps, pct_start=max(0.25, 1.5 / total_steps), "
-            "div_factor=5.0,\n"
-            "    cycle_momentum=False\n"
+            f"    optimizer, {max_lr}, total_steps, pct_start=max(0.25, 1.5 / total_steps),\n"
+            "    div_factor=5.0, cycle_momentum=False\n"
             ")\n"
         )
     epochs += f"steps_per_epoch = {steps}\ntotal_steps = epochs * steps_per_epoch\n"

