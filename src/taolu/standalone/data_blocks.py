@@ -281,7 +281,7 @@ def _transforms(facts: RunFacts) -> str:
     kind = "shift-flip" if facts.flip else "shift"
     return text + (
         f"# Augmentation: {' and '.join(words)} (--augment {config.augment}: {kind})\n"
-        f"train_transform = v2.Compose([test_transform, {', '.join(augment)}])\n"
+        f"train_transform = {_compose(['test_transform', *augment])}"
     )
 
 

@@ -75,12 +75,13 @@ def _torchvision(facts: RunFacts) -> str:
         )
     if config.weights and not named:
         loader = (
-            f'load_file("{config.weights}")'
+            "load_file(WEIGHTS)"
             if config.weights.endswith(".safetensors")
-            else f'torch.load("{config.weights}", map_location="cpu", weights_only=True)'
+            else 'torch.load(WEIGHTS, map_location="cpu", weights_only=True)'
         )
         text += (
             "# Pretrained weights from a file, all but the head (--weights)\n"
+            f'WEIGHTS = "{config.weights}"\n'
             f"state = {loader}\n"
             'for wrapper in ("state_dict", "model"):  # files often wrap the weights\n'
             "    state = state.get(wrapper, state) if isinstance(state.get(wrapper), dict) "
@@ -183,11 +184,11 @@ def optimizer_block(facts: RunFacts) -> str:
         text += (
             f"# The backbone learns at {config.backbone_lr_scale:g} x lr once it joins "
             "(--fine-tune, --backbone-lr-scale)\n"
+            f'named = [(n.startswith("{head}."), p.ndim > 1, p) '
+            "for n, p in model.named_parameters() if p.requires_grad]\n"
             "groups = [\n"
             "    {\n"
-            '        "params": [p for n, p in model.named_parameters()\n'
-            f'                   if p.requires_grad and n.startswith("{head}.") == in_head '
-            "and (p.ndim > 1) == decays],\n"
+            '        "params": [p for h, d, p in named if (h, d) == (in_head, decays)],\n'
             f'        "lr": {lr:.4g} if in_head else {lr * config.backbone_lr_scale:.4g},\n'
             f'        "weight_decay": {decay} if decays else 0.0,\n'
             "    }\n"
@@ -225,9 +226,10 @@ def _schedule(facts: RunFacts) -> str:
         steps = f"math.ceil(len(train_dataloader) / {config.accumulate})"
     if config.scheduler == "onecycle":
         epochs += f"total_steps = epochs * {steps}\n"
-        max_lr = '[group["lr"] for group in optimizer.param_groups]'
-        if not config.fine_tune:  # one lr for every group
-            max_lr = f"{_lr(facts):.4g}"
+        max_lr = f"{_lr(facts):.4g}"
+        if config.fine_tune:  # the head's lr and the backbone's
+            epochs += 'max_lr = [group["lr"] for group in optimizer.param_groups]\n'
+            max_lr = "max_lr"
         return epochs + (
             "# One-cycle lr: up from lr/5 for a quarter of the steps, then down (--scheduler "
             "onecycle)\n"

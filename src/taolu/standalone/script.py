@@ -117,10 +117,9 @@ def _indented(text: str, spaces: int) -> str:
 def _loop(facts: RunFacts) -> str:
     """Steps 5 to 7 in a loop over the epochs."""
     return (
-        "\n# 5. Train and 6. test, epoch by epoch; TensorBoard logs in logs/ "
-        "(`tensorboard --logdir logs`)\n"
-        + (FROZEN_BATCHNORM + "\n\n" if _frozen(facts) else "")
-        + 'writer = SummaryWriter("logs")\n'
+        (FROZEN_BATCHNORM + "\n\n" if _frozen(facts) else "")
+        + "\n# 5. Train and 6. test, epoch by epoch; TensorBoard logs in logs/ "
+        "(`tensorboard --logdir logs`)\n" + 'writer = SummaryWriter("logs")\n'
         "total_train_step = 0\n"
         "best_val_acc = 0.0\n"
         + _early_stop_state(facts)
@@ -238,21 +237,21 @@ def _test(facts: RunFacts) -> str:
 
 
 def _early_stop_state(facts: RunFacts) -> str:
-    return "best_epoch = 0\n" if facts.config.patience else ""
+    config = facts.config
+    text = "best_epoch = 0\n" if config.patience else ""
+    return text + ('best_test_loss = float("inf")\n' if config.monitor.endswith("loss") else "")
 
 
 def _save(facts: RunFacts) -> str:
     config = facts.config
     if config.monitor.endswith("loss"):
-        better = "best_test_loss is None or test_loss < best_test_loss"
+        better = "test_loss < best_test_loss"
         keep = "best_val_acc, best_test_loss = val_acc, test_loss\n"
-        prefix = "best_test_loss = None if epoch == 0 else best_test_loss\n"
     else:
-        better, keep, prefix = "val_acc > best_val_acc", "best_val_acc = val_acc\n", ""
+        better, keep = "val_acc > best_val_acc", "best_val_acc = val_acc\n"
     text = (
         f"# 7. Save the best weights (--monitor {config.monitor})\n"
-        + prefix
-        + f"if {better}:\n"
+        f"if {better}:\n"
         + _indented(keep, 4)
         + ("    best_epoch = epoch\n" if config.patience else "")
         + '    torch.save(tested.state_dict(), "best.pt")\n'

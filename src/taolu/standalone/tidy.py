@@ -29,10 +29,13 @@ def _fit(line: str) -> list[str]:
     if stripped.startswith("#"):
         words = stripped.lstrip("#").strip()
         width = WIDTH - len(indent) - 2
-        return [f"{indent}# {part}" for part in textwrap.wrap(words, width)]
+        parts = textwrap.wrap(words, width, break_long_words=False, break_on_hyphens=False)
+        return [f"{indent}# {part}" for part in parts]
     code, marker, comment = line.partition("  # ")
     if marker:
         return [*_fit(f"{indent}# {comment}"), code]
+    if '"' in line:  # a long path or name in a string, which cannot be cut
+        return [f"{line}  # noqa: E501"]
     return [line]
 
 
