@@ -38,6 +38,7 @@ class RunFacts:
     config: TrainConfig  # the final options, the recipe's choices included
     origin: str  # which run (or configuration) the script came from, for its header
     classes: list[str]
+    train_images: int
     channels: int
     size: tuple[int, int]  # (H, W) the images are fitted to
     mean: tuple[float, ...]
@@ -163,6 +164,7 @@ def _gather(
         config=config,
         origin=origin,
         classes=list(bundle.classes),
+        train_images=len(bundle.train),
         channels=bundle.channels,
         size=tuple(bundle.size),
         mean=tuple(preprocessing.mean),

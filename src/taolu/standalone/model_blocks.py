@@ -224,7 +224,9 @@ def _schedule(facts: RunFacts) -> str:
     steps = "len(train_dataloader)"
     if config.accumulate > 1:
         steps = f"math.ceil(len(train_dataloader) / {config.accumulate})"
-    if config.scheduler == "onecycle":
+    batches = -(-facts.train_images // config.batch_size)
+    total = config.epochs * -(-batches // config.accumulate)
+    if config.scheduler == "onecycle" and total >= 2:
         epochs += f"total_steps = epochs * {steps}\n"
         max_lr = f"{_lr(facts):.4g}"
         if config.fine_tune:  # the head's lr and the backbone's
@@ -234,9 +236,14 @@ def _schedule(facts: RunFacts) -> str:
             "# One-cycle lr: up from lr/5 for a quarter of the steps, then down (--scheduler "
             "onecycle)\n"
             "scheduler = torch.optim.lr_scheduler.OneCycleLR(\n"
-            f"    optimizer, {max_lr}, total_steps, pct_start=max(0.25, 1.5 / total_steps),\n"
-            "    div_factor=5.0, cycle_momentum=False\n"
+            f"    optimizer, {max_lr}, total_steps, pct_start={max(0.25, 1.5 / total):.4g}, "
+            "div_factor=5.0, cycle_momentum=False\n"
             ")\n"
+        )
+    if config.scheduler == "onecycle":  # a single step has no cycle to follow
+        return epochs + (
+            "# The lr stays as it is: one step is too few for --scheduler onecycle\n"
+            "scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)\n"
         )
     epochs += f"steps_per_epoch = {steps}\ntotal_steps = epochs * steps_per_epoch\n"
     if config.scheduler == "plateau":
