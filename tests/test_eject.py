@@ -273,3 +273,24 @@ def test_train_eject_writes_without_training(cli_main, tmp_path):
     assert code == 0 and out.is_file()
     assert not (tmp_path / "runs").exists()  # nothing trained, no run directory
     assert "epochs = 2  # --epochs" in out.read_text()
+
+
+def test_own_module_and_dataset_get_marked_places_to_paste(tmp_path, array_dataset, easy_images):
+    images, labels = easy_images(32, seed=0, size=8)
+    own_net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 2))
+    result = taolu.train(
+        model=own_net,
+        data=array_dataset(images[:24], labels[:24]),
+        val_data=array_dataset(images[24:], labels[24:]),
+        classes=["ant", "bee"],
+        epochs=1,
+        freeze="backbone",
+        out=str(tmp_path / "runs"),
+        **QUICK,
+    )
+    text = taolu.eject(result.run_dir).read_text()
+    compile(text, "eject.py", "exec")
+    lint(Path(result.run_dir) / "eject.py")
+    assert "your own nn.Module, Sequential" in text and "model = None  # <- paste" in text
+    assert "your own Dataset, ArrayDataset" in text and "train_data = None  # <- paste" in text
+    assert "--freeze backbone" in text  # said, though not written for a net taolu cannot see

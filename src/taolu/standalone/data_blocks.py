@@ -122,6 +122,15 @@ def data_block(facts: RunFacts) -> str:
 def _source(facts: RunFacts) -> tuple[str, str]:
     """(the code that makes train_data and test_data, an expression for the train labels)."""
     config = facts.config
+    if facts.own_data:
+        return (
+            f"# your own Dataset, {facts.own_data}, which taolu cannot write out: paste it and "
+            "build both splits with the transforms above, as you did for taolu.train(data=...)\n"
+            "train_data = None  # <- paste: YourDataset(..., transform=train_transform)\n"
+            "test_data = None  # <- paste: YourDataset(..., transform=test_transform)\n"
+            "if train_data is None or test_data is None:\n"
+            '    raise SystemExit("paste your Dataset where step 1 says so")\n'
+        ), "torch.tensor([int(label) for _, label in train_data])"
     if is_embedded(config.data):
         return _embedded(facts), "train_data.labels"
     if config.data in TORCHVISION_SETS:
@@ -299,6 +308,8 @@ def _fitting(facts: RunFacts) -> list[str]:
     config = facts.config
     steps = []
     files = not is_embedded(config.data) and config.data not in TORCHVISION_SETS
+    if facts.own_data:  # whatever size your Dataset gives, fitted to the run's
+        return [f"v2.Resize(({facts.size[0]}, {facts.size[1]}))"]
     gray_source = is_embedded(config.data) or config.data in GRAY_SETS
     if not files and facts.channels != (1 if gray_source else 3):  # Pillow converts files
         steps.append("v2.Grayscale()" if facts.channels == 1 else "v2.RGB()")

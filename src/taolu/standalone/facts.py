@@ -22,13 +22,16 @@ from taolu.data.pipeline import (
     measure_preprocessing,
     sample_pipelines,
 )
-from taolu.data.sources import DataBundle, load_data
+from taolu.data.sources import DataBundle, ImageTensors, load_data
 from taolu.engine.batchnorm import slow_batchnorm
 from taolu.engine.precision import pick_device, pick_precision
 from taolu.errors import ConfigError
 from taolu.layout import LAST_NAME, RunDir
 from taolu.models import build_model
 from taolu.run.setup import settle_recipe
+from taolu.run.transfer import head_name
+
+USER_PREFIX = "user:"  # how config.yaml names the caller's own objects (api.USER_PREFIX)
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,10 @@ class RunFacts:
     train_transforms: list[dict[str, Any]] | None  # --transforms: the per-sample entries
     eval_transforms: list[dict[str, Any]] | None
     precision: str  # fp32, bf16 or fp16, as the run computed
-    network: nn.Module  # built as taolu built it, to be written out layer by layer
+    network: nn.Module | None  # built as taolu built it; None for the caller's own module
+    head: str | None  # the classifier head's dotted name, where taolu can tell it
+    own_model: str | None  # the caller's nn.Module class (taolu.train(model=...)), if any
+    own_data: str | None  # the caller's Dataset class (taolu.train(data=...)), if any
     slow_batchnorm: bool  # taolu re-measures BatchNorm statistics before each test
     best_val_acc: float | None  # the run's, for the header; None before training
     lr_measured: bool  # the lr came from (or, untrained, would come from) a range test
@@ -61,8 +67,13 @@ def facts_of_run(run_dir: str | Path) -> RunFacts:
     config = resolve_config({k: v for k, v in state.config.items()})
     summary = json.loads(run.summary.read_text(encoding="utf-8")) if run.summary.is_file() else {}
     preprocessing = Preprocessing.from_dict(state.preprocessing)
-    bundle = _load_bundle(config)
-    network = _network(config, bundle, state.model_spec)
+    if config.data.startswith(USER_PREFIX):  # the caller's Datasets: only what the run kept
+        bundle = _stand_in_bundle(state.classes, preprocessing)
+    else:
+        bundle = _load_bundle(config)
+    network = None
+    if not config.model.startswith(USER_PREFIX):
+        network = _network(config, bundle, state.model_spec)
     precision = summary.get("precision") or _precision(config)
     lr_auto = summary.get("lr_auto")
     return _gather(
@@ -74,6 +85,7 @@ def facts_of_run(run_dir: str | Path) -> RunFacts:
         precision,
         best_val_acc=summary.get("best_val_acc"),
         lr_measured=bool(lr_auto),
+        train_images=summary.get("train_samples"),
     )
 
 
@@ -101,11 +113,6 @@ def facts_of_config(config: TrainConfig, chosen: Collection[str]) -> RunFacts:
 
 
 def _load_bundle(config: TrainConfig) -> DataBundle:
-    if config.data.startswith("user:") or config.model.startswith("user:"):
-        raise ConfigError(
-            f"this run trained your own Python objects ({config.data}, {config.model}); "
-            "taolu eject writes scripts for data and models taolu can name"
-        )
     return load_data(
         config.data,
         val_fraction=config.val_fraction,
@@ -113,6 +120,23 @@ def _load_bundle(config: TrainConfig) -> DataBundle:
         resize_mode=config.resize_mode,
         channels=config.channels,
         data_root=config.data_root,
+    )
+
+
+def _stand_in_bundle(classes: list[str], preprocessing: Preprocessing) -> DataBundle:
+    """What the run recorded of the caller's own Datasets, in place of the data: the classes,
+    the image size and channels."""
+    channels, size = preprocessing.channels, preprocessing.size
+    empty = ImageTensors(torch.zeros(0, channels, *size, dtype=torch.uint8), torch.zeros(0))
+    return DataBundle(
+        train=empty,
+        val=empty,
+        classes=list(classes),
+        channels=channels,
+        size=size,
+        digits=False,
+        description="your own Datasets",
+        user_data=True,
     )
 
 
@@ -151,11 +175,12 @@ def _gather(
     origin: str,
     bundle: DataBundle,
     preprocessing: Preprocessing,
-    network: nn.Module,
+    network: nn.Module | None,
     precision: str,
     *,
     best_val_acc: float | None,
     lr_measured: bool,
+    train_images: int | None = None,
 ) -> RunFacts:
     prepared = _prepared(config, bundle, preprocessing)
     train, _, _ = batch_transforms(config.augment, prepared, torch.device("cpu"), False)
@@ -164,7 +189,7 @@ def _gather(
         config=config,
         origin=origin,
         classes=list(bundle.classes),
-        train_images=len(bundle.train),
+        train_images=train_images or len(bundle.train),
         channels=bundle.channels,
         size=tuple(bundle.size),
         mean=tuple(preprocessing.mean),
@@ -175,7 +200,19 @@ def _gather(
         eval_transforms=eval_pipeline.describe() if eval_pipeline else None,
         precision=precision,
         network=network,
-        slow_batchnorm=slow_batchnorm(network),
+        head=_head(network),
+        own_model=config.model.removeprefix(USER_PREFIX) if network is None else None,
+        own_data=config.data.removeprefix(USER_PREFIX) if bundle.user_data else None,
+        slow_batchnorm=network is not None and slow_batchnorm(network),
         best_val_acc=best_val_acc,
         lr_measured=lr_measured,
     )
+
+
+def _head(network: nn.Module | None) -> str | None:
+    if network is None:
+        return None
+    try:
+        return head_name(network)
+    except ConfigError:  # no Linear layer: nothing for --freeze backbone to spare
+        return None

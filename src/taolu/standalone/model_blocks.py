@@ -8,7 +8,6 @@ import re
 
 from taolu.models import model_kind
 from taolu.models.zoo import first_conv_path
-from taolu.run.transfer import head_name
 from taolu.standalone.facts import RunFacts
 from taolu.standalone.layers import layer_call, write_network
 
@@ -21,8 +20,16 @@ def attribute_path(dotted: str) -> str:
 def model_block(facts: RunFacts) -> str:
     """Step 2: the network, on the device; with --weights and --freeze applied."""
     config = facts.config
-    kind = model_kind(config.model)
-    if kind == "torchvision":
+    kind = "own" if facts.own_model else model_kind(config.model)
+    if kind == "own":
+        text = (
+            f"# your own nn.Module, {facts.own_model}, which taolu cannot write out: paste its "
+            "class above and build it here, as you did for taolu.train(model=...)\n"
+            "model = None  # <- paste: model = YourNet(...)\n"
+            "if model is None:\n"
+            '    raise SystemExit("paste your nn.Module where step 2 says so")\n'
+        )
+    elif kind == "torchvision":
         text = _torchvision(facts)
     elif kind == "factory":
         module, function = config.model.split(":")
@@ -56,8 +63,7 @@ def model_block(facts: RunFacts) -> str:
 
 def _torchvision(facts: RunFacts) -> str:
     config = facts.config
-    network, name = facts.network, config.model
-    head = head_name(network)
+    network, name, head = facts.network, config.model, facts.head
     named = bool(config.weights) and not config.weights.endswith((".pt", ".pth", ".safetensors"))
     weights = f'"{config.weights}"' if named else "None"
     text = (
@@ -96,8 +102,10 @@ def _freeze(facts: RunFacts) -> str:
     config = facts.config
     if config.freeze == "none":
         return ""
+    if config.freeze == "backbone" and facts.head is None:
+        return "# (--freeze backbone: freeze every parameter but your net's head's here)\n"
     if config.freeze == "backbone":
-        head = head_name(facts.network)
+        head = facts.head
         return (
             f"# The backbone frozen: only the head, {head}, learns (--freeze backbone)\n"
             "for name, parameter in model.named_parameters():\n"
@@ -179,8 +187,10 @@ def optimizer_block(facts: RunFacts) -> str:
         f"\n# 4. Make the optimizer (--optimizer {config.optimizer} --lr {lr:.4g} --weight-decay "
         f"{decay}; no decay on biases, norms){note}\n"
     )
-    if config.fine_tune:
-        head = head_name(facts.network)
+    if config.fine_tune and facts.head is None:
+        text += "# (--fine-tune: your net's head alone first, then all of it: not written out)\n"
+    if config.fine_tune and facts.head is not None:
+        head = facts.head
         text += (
             f"# The backbone learns at {config.backbone_lr_scale:g} x lr once it joins "
             "(--fine-tune, --backbone-lr-scale)\n"

@@ -71,7 +71,8 @@ def _header(facts: RunFacts) -> str:
         f"eject` (taolu {taolu.__version__}); it needs {needs}. Each comment names the taolu "
         f"option a block came from. Not written out: {NOT_WRITTEN}."
     )
-    return '"""' + "\n".join(textwrap.wrap(intro, 96)) + '"""\n'
+    lines = textwrap.wrap(intro, 96, break_long_words=False, break_on_hyphens=False)
+    return '"""' + "\n".join(lines) + '"""\n'
 
 
 def _imports(body: str) -> str:
@@ -135,17 +136,19 @@ def _loop(facts: RunFacts) -> str:
 
 
 def _frozen(facts: RunFacts) -> bool:
-    return facts.config.freeze != "none" or bool(facts.config.fine_tune)
+    """Whether some parameters may be frozen while training (and their BatchNorm kept still)."""
+    config = facts.config
+    return config.freeze != "none" or (bool(config.fine_tune) and facts.head is not None)
 
 
 def _train(facts: RunFacts) -> str:
     config = facts.config
     text = ""
-    if config.fine_tune:
+    if config.fine_tune and facts.head is not None:
         text += (
             f"# The first {config.fine_tune} epochs train the head alone (--fine-tune)\n"
             "for name, parameter in model.named_parameters():\n"
-            f'    parameter.requires_grad_(name.startswith("{_head(facts)}.") '
+            f'    parameter.requires_grad_(name.startswith("{facts.head}.") '
             f"or epoch >= {config.fine_tune})\n"
         )
     text += "model.train()\n"
@@ -192,12 +195,6 @@ def _train(facts: RunFacts) -> str:
         '    writer.add_scalar("train_loss", loss.item(), total_train_step)\n'
     )
     return text + _indented(step, 4)
-
-
-def _head(facts: RunFacts) -> str:
-    from taolu.run.transfer import head_name
-
-    return head_name(facts.network)
 
 
 def _test(facts: RunFacts) -> str:
