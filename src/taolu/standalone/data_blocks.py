@@ -191,10 +191,11 @@ def _torchvision_set(facts: RunFacts) -> tuple[str, str]:
 
 def _folder(path: Path, fraction: float) -> str:
     val = next((name for name in VAL_FOLDER_NAMES if (path / name).is_dir()), None)
+    suffixes = ", ".join(f'"{suffix}"' for suffix in IMAGE_SUFFIXES)
     head = (
         f"# An image folder: one subfolder per class (--data {path})\n"
         f'DATA = Path("{path}")\n'
-        f"IMAGE_SUFFIXES = {IMAGE_SUFFIXES!r}\n"
+        f"IMAGE_SUFFIXES = ({suffixes})\n"
     )
     if (path / "train").is_dir() and val is not None:
         return (
@@ -284,7 +285,9 @@ def _transforms(facts: RunFacts) -> str:
     if facts.flip:
         augment.append("v2.RandomHorizontalFlip()")
     if not augment:
-        return text + "train_transform = test_transform  # no augmentation (--augment none)\n"
+        return text + (
+            f"train_transform = test_transform  # no augmentation (--augment {config.augment})\n"
+        )
     words = [f"random shifts of up to {facts.shift} px, filled with the mean"] * bool(facts.shift)
     words += ["random horizontal flips"] * facts.flip
     kind = "shift-flip" if facts.flip else "shift"

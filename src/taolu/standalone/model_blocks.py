@@ -170,6 +170,7 @@ def optimizer_block(facts: RunFacts) -> str:
     name = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop"}
     optimizer_class = name.get(config.optimizer, _torch_name(config.optimizer))
     lr = _lr(facts)
+    shown_lr = config.lr if isinstance(config.lr, str) else f"{lr:.4g}"
     note = ""
     if facts.lr_measured:
         note = "\n# (taolu measured this lr with a range test: --lr auto)"
@@ -184,7 +185,7 @@ def optimizer_block(facts: RunFacts) -> str:
             extra += ", nesterov=True"
     decay = f"{config.weight_decay:g}"
     text = (
-        f"\n# 4. Make the optimizer (--optimizer {config.optimizer} --lr {lr:.4g} --weight-decay "
+        f"\n# 4. Make the optimizer (--optimizer {config.optimizer} --lr {shown_lr} --weight-decay "
         f"{decay}; no decay on biases, norms){note}\n"
     )
     if config.fine_tune and facts.head is None:
