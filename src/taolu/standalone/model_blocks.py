@@ -93,8 +93,11 @@ def _torchvision(facts: RunFacts) -> str:
             "    state = state.get(wrapper, state) if isinstance(state.get(wrapper), dict) "
             "else state\n"
             f'state = {{k: v for k, v in state.items() if not k.startswith("{head}.")}}\n'
-            "model.load_state_dict(state, strict=False)\n"
         )
+        if facts.channels == 1:  # the RGB kernels summed: a gray image answers as before
+            conv = first_conv_path(network) + ".weight"
+            text += f'state["{conv}"] = state["{conv}"].sum(dim=1, keepdim=True)\n'
+        text += "model.load_state_dict(state, strict=False)\n"
     return text
 
 
