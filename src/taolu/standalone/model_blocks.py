@@ -48,8 +48,9 @@ def model_block(facts: RunFacts) -> str:
             text = (
                 f"# {what} uses taolu's own {missing}, which has no short plain-PyTorch form: "
                 f"paste your nn.Module here (--model {config.model})\n"
-                "model = None\n"
-                'raise SystemExit("paste the network in place of model = None")\n'
+                "model = None  # <- paste: model = YourNet(...)\n"
+                "if model is None:\n"
+                '    raise SystemExit("paste your nn.Module where step 2 says so")\n'
             )
         else:
             text = (f"{classes.strip()}\n\n\n" if classes else "") + (
