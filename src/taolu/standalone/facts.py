@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from taolu.checkpoint import find_checkpoint, read_state
-from taolu.config import TrainConfig, resolve_config
+from taolu.config import FIELDS, TrainConfig, resolve_config
 from taolu.data.loaders import Preprocessing, SkipLog
 from taolu.data.pipeline import (
     TrainingData,
@@ -64,7 +64,7 @@ def facts_of_run(run_dir: str | Path) -> RunFacts:
     """The facts of a trained (or stopped) run, from its last checkpoint and summary.json."""
     run = RunDir(Path(run_dir))
     state = read_state(find_checkpoint(run.root, LAST_NAME))
-    config = resolve_config({k: v for k, v in state.config.items()})
+    config = resolve_config({k: v for k, v in state.config.items() if k in FIELDS})
     summary = json.loads(run.summary.read_text(encoding="utf-8")) if run.summary.is_file() else {}
     preprocessing = Preprocessing.from_dict(state.preprocessing)
     if config.data.startswith(USER_PREFIX):  # the caller's Datasets: only what the run kept
