@@ -277,7 +277,13 @@ def _schedule(facts: RunFacts) -> str:
                 f"patience={config.plateau_patience}\n)\n"
             )
         )
-    text = epochs + f"warmup_steps = round({config.warmup_epochs:g} * steps_per_epoch)\n"
+    return epochs + _lambda_schedule(facts)
+
+
+def _lambda_schedule(facts: RunFacts) -> str:
+    """A linear warm-up, then cosine, step or constant, as one LambdaLR factor per step."""
+    config = facts.config
+    text = f"warmup_steps = round({config.warmup_epochs:g} * steps_per_epoch)\n"
     if config.scheduler == "step":
         every = config.step_epochs or "max(1, math.ceil(epochs / 3))"
         text += f"step_every = {every} * steps_per_epoch\n"
