@@ -162,10 +162,18 @@ def write_csv_list(folder: Path, make_class_folder) -> Path:
     return folder / "list.csv"
 
 
-def variants(tmp_path: Path, image_folder: Path, make_class_folder) -> dict[str, dict]:
-    """Options for each kind of model and data and the main options, on tiny data."""
-    weights = tmp_path / "resnet18.pth"
+@pytest.fixture(scope="session")
+def resnet18_weights(tmp_path_factory) -> Path:
+    """A plain state dict file for --weights, as torch.save writes one."""
+    weights = tmp_path_factory.mktemp("weights") / "resnet18.pth"
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
+    return weights
+
+
+def variants(
+    tmp_path: Path, image_folder: Path, make_class_folder, weights: Path
+) -> dict[str, dict]:
+    """Options for each kind of model and data and the main options, on tiny data."""
     return {
         **{name: {"model": name} for name in ("fastcnn", "tudui", "lenet5", "resnet9")},
         "layer-list": {"model": str(write_layer_list(tmp_path / "net.yaml"))},
@@ -197,10 +205,12 @@ def variants(tmp_path: Path, image_folder: Path, make_class_folder) -> dict[str,
 
 
 def test_every_model_source_and_option_renders_compiles_and_lints(
-    tmp_path, image_folder, make_class_folder
+    tmp_path, image_folder, make_class_folder, resnet18_weights
 ):
     scripts = {}
-    for name, options in variants(tmp_path, image_folder, make_class_folder).items():
+    for name, options in variants(
+        tmp_path, image_folder, make_class_folder, resnet18_weights
+    ).items():
         chosen = {"data": "digits", "epochs": 1, **options}
         script = eject_from_options(None, chosen, {}, tmp_path / f"{name.replace('-', '_')}.py")
         text = script.read_text()
@@ -234,12 +244,11 @@ def test_every_model_source_and_option_renders_compiles_and_lints(
 
 
 @pytest.mark.parametrize("name", ["folder", "csv", "layer-list", "frozen-weights"])
-def test_ejected_scripts_of_other_sources_run(tmp_path, image_folder, make_class_folder, name):
-    options = {
-        "data": "digits",
-        "epochs": 1,
-        **variants(tmp_path, image_folder, make_class_folder)[name],
-    }
+def test_ejected_scripts_of_other_sources_run(
+    tmp_path, image_folder, make_class_folder, resnet18_weights, name
+):
+    chosen = variants(tmp_path, image_folder, make_class_folder, resnet18_weights)[name]
+    options = {"data": "digits", "epochs": 1, **chosen}
     (tmp_path / "work").mkdir()
     script = eject_from_options(None, options, {}, tmp_path / "work" / "run.py")
     done = run_script(script, without_taolu(tmp_path))

@@ -505,6 +505,9 @@ def _run_train(args: argparse.Namespace) -> int:
     if args.eject:
         from taolu.api import eject_from_options
 
+        if args.resume:
+            raise ConfigError("--eject writes options before training; for a run: taolu eject RUN")
+
         written = eject_from_options(
             args.config, options, parse_set_items(args.set_items), args.eject
         )
