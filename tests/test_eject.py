@@ -15,6 +15,7 @@ import pytest
 import torch
 import torchvision
 import yaml
+from test_disk_sets import write_cifar10_root, write_mnist_root
 
 import taolu
 from taolu.api import eject_from_options
@@ -174,11 +175,15 @@ def variants(
     tmp_path: Path, image_folder: Path, make_class_folder, weights: Path
 ) -> dict[str, dict]:
     """Options for each kind of model and data and the main options, on tiny data."""
+    write_mnist_root(tmp_path / "sets", "MNIST")
+    write_cifar10_root(tmp_path / "sets")
     return {
         **{name: {"model": name} for name in ("fastcnn", "tudui", "lenet5", "resnet9")},
         "layer-list": {"model": str(write_layer_list(tmp_path / "net.yaml"))},
         "folder": {"data": str(image_folder), "image_size": 16},
         "csv": {"data": str(write_csv_list(tmp_path / "csvdata", make_class_folder))},
+        "mnist-on-disk": {"data": "mnist", "data_root": str(tmp_path / "sets")},
+        "cifar10-on-disk": {"data": "cifar10", "data_root": str(tmp_path / "sets")},
         "mixup-cutmix": {"mixup": 0.2, "cutmix": 1.0},
         "no-ema": {"ema": 0.0},
         "cosine": {"scheduler": "cosine", "warmup_epochs": 1},
@@ -221,6 +226,8 @@ def test_every_model_source_and_option_renders_compiles_and_lints(
     assert "class Residual(nn.Module)" in scripts["resnet9"]
     assert "nn.Conv2d(1, 8, kernel_size=3, padding=1)" in scripts["layer-list"]
     assert "ImageFiles(" in scripts["folder"] and "csv.DictReader" in scripts["csv"]
+    assert "torchvision.datasets.MNIST(DATA_ROOT, train=True" in scripts["mnist-on-disk"]
+    assert "v2.RandomHorizontalFlip()" in scripts["cifar10-on-disk"]
     assert "v2.RandomChoice([v2.MixUp(alpha=0.2" in scripts["mixup-cutmix"]
     assert "AveragedModel" not in scripts["no-ema"]
     assert "math.cos" in scripts["cosine"] and "step_every = 1 *" in scripts["step"]
@@ -243,7 +250,7 @@ def test_every_model_source_and_option_renders_compiles_and_lints(
     assert "frozen_batchnorm_eval(model)" in scripts["fine-tune"]
 
 
-@pytest.mark.parametrize("name", ["folder", "csv", "layer-list", "frozen-weights"])
+@pytest.mark.parametrize("name", ["folder", "csv", "mnist-on-disk", "layer-list", "frozen-weights"])
 def test_ejected_scripts_of_other_sources_run(
     tmp_path, image_folder, make_class_folder, resnet18_weights, name
 ):
