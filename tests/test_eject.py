@@ -242,7 +242,7 @@ def test_every_model_source_and_option_renders_compiles_and_lints(
     assert "autocast" not in scripts["accumulate-clip"]
     assert "v2.RandomAffine(" in scripts["transforms"]
     frozen = scripts["frozen-weights"]
-    assert 'torchvision.models.get_model("resnet18", weights=None)' in frozen
+    assert "torchvision.models.resnet18(weights=None)" in frozen
     assert "model.fc = nn.Linear(in_features=512, out_features=10)" in frozen
     assert "weights_only=True" in frozen and 'parameter.requires_grad_(name.startswith("fc."))' in (
         frozen

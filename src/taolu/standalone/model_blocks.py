@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 
 from taolu.models import model_kind
+from taolu.models.zoo import _builder_options as builder_options
 from taolu.models.zoo import first_conv_path
 from taolu.standalone.facts import RunFacts
 from taolu.standalone.layers import layer_call, write_network
@@ -67,10 +68,18 @@ def _torchvision(facts: RunFacts) -> str:
     network, name, head = facts.network, config.model, facts.head
     named = bool(config.weights) and not config.weights.endswith((".pt", ".pth", ".safetensors"))
     weights = f'"{config.weights}"' if named else "None"
+    # what makes the net fit its weight files (googlenet's transform_input, a ViT's size)
+    options = "".join(
+        f", {key}={value!r}"
+        for key, value in builder_options(name, config.weights if named else None).items()
+    )
+    arguments = f"weights={weights}{options}"
+    if len(arguments) > 60:
+        arguments = f"\n    {arguments}\n"
     text = (
         f"# torchvision's {name}, its head replaced for {len(facts.classes)} classes "
         f"(--model {name})\n"
-        f'model = torchvision.models.get_model("{name}", weights={weights})'
+        f"model = torchvision.models.{name}({arguments})"
         + ("  # from the torch hub cache (--weights)\n" if named else "\n")
         + f"model.{attribute_path(head)} = {layer_call(network.get_submodule(head))}\n"
     )
