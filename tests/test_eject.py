@@ -19,6 +19,9 @@ from test_disk_sets import write_cifar10_root, write_mnist_root
 
 import taolu
 from taolu.api import eject_from_options
+from taolu.models.nets import BUILTIN_MODELS
+from taolu.models.spec import build_from_spec
+from taolu.standalone.layers import write_network
 
 # The names the tutorial uses, which the script keeps.
 TUTORIAL_NAMES = (
@@ -224,7 +227,7 @@ def test_every_model_source_and_option_renders_compiles_and_lints(
         scripts[name] = text
     lint(*tmp_path.glob("*.py"))
     assert "class Residual(nn.Module)" in scripts["resnet9"]
-    assert "nn.Conv2d(1, 8, kernel_size=3, padding=1)" in scripts["layer-list"]
+    assert "nn.Conv2d(1, 8, 3, padding=1)" in scripts["layer-list"]
     assert "ImageFiles(" in scripts["folder"] and "csv.DictReader" in scripts["csv"]
     assert "torchvision.datasets.MNIST(DATA_ROOT, train=True" in scripts["mnist-on-disk"]
     assert "v2.RandomHorizontalFlip()" in scripts["cifar10-on-disk"]
@@ -243,7 +246,7 @@ def test_every_model_source_and_option_renders_compiles_and_lints(
     assert "v2.RandomAffine(" in scripts["transforms"]
     frozen = scripts["frozen-weights"]
     assert "torchvision.models.resnet18(weights=None)" in frozen
-    assert "model.fc = nn.Linear(in_features=512, out_features=10)" in frozen
+    assert "model.fc = nn.Linear(512, 10)" in frozen
     assert "weights_only=True" in frozen and 'parameter.requires_grad_(name.startswith("fc."))' in (
         frozen
     )
@@ -310,3 +313,31 @@ def test_own_module_and_dataset_get_marked_places_to_paste(tmp_path, array_datas
     assert "your own nn.Module, Sequential" in text and "model = None  # <- paste" in text
     assert "your own Dataset, ArrayDataset" in text and "train_data = None  # <- paste" in text
     assert "--freeze backbone" in text  # said, though not written for a net taolu cannot see
+
+
+@pytest.mark.parametrize("name", sorted(BUILTIN_MODELS))
+def test_written_networks_rebuild_layer_for_layer(name, tmp_path):
+    """The written expression builds the same layers, with the same shapes, as taolu built."""
+    nets = [BUILTIN_MODELS[name](3, (32, 32), 10)]
+    if name == "fastcnn":  # and a layer list of other torch.nn layers
+        layers = [
+            {"Conv2d": {"out_channels": 8, "kernel_size": 5, "stride": 2}},
+            {"BatchNorm2d": {"momentum": 0.01}},
+            {"LeakyReLU": 0.2},
+            {"AvgPool2d": 2},
+            {"Dropout": 0.3},
+            "Flatten",
+            {"Linear": {"out_features": 32, "bias": False}},
+            "GELU",
+            {"Linear": {"out_features": "classes"}},
+        ]
+        nets.append(build_from_spec(layers, 3, (32, 32), 10))
+    for net in nets:
+        written = write_network(net)
+        scope = {"nn": torch.nn, "torch": torch}
+        for source in written.classes:
+            exec(source, scope)
+        rebuilt = eval(written.expression, scope)
+        assert str(rebuilt) == str(torch.nn.Sequential(*net))
+        shapes = [tuple(t.shape) for t in net.state_dict().values()]
+        assert [tuple(t.shape) for t in rebuilt.state_dict().values()] == shapes

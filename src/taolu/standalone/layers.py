@@ -62,8 +62,27 @@ def layer_call(module: nn.Module) -> str | None:
     arguments = _split_arguments(module.extra_repr())
     if arguments is None or _built_repr(layer_class, arguments) != module.extra_repr():
         return None
-    arguments = _pared(layer_class, arguments, module.extra_repr())
+    arguments = _positional(layer_class, _pared(layer_class, arguments, module.extra_repr()))
+    if _built_repr(layer_class, arguments) != module.extra_repr():
+        return None
     return f"nn.{layer_class.__name__}({', '.join(arguments)})"
+
+
+def _positional(layer_class: type, arguments: list[str]) -> list[str]:
+    """Leading keyword arguments for required parameters written by position, as the
+    tutorial writes them: nn.Conv2d(1, 32, 3, padding=1), nn.Linear(1152, 10)."""
+    required = [
+        name
+        for name, parameter in inspect.signature(layer_class).parameters.items()
+        if parameter.default is inspect.Parameter.empty
+        and parameter.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+    ]
+    written = []
+    for index, argument in enumerate(arguments):
+        key, equals, value = argument.partition("=")
+        in_order = len(written) == index and index < len(required) and key == required[index]
+        written.append(value if equals and in_order else argument)
+    return written
 
 
 def _pared(layer_class: type, arguments: list[str], wanted: str) -> list[str]:
