@@ -4,6 +4,7 @@ linted; short ones run, where `import taolu` fails, and reach the run's accuracy
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -19,9 +20,12 @@ from test_disk_sets import write_cifar10_root, write_mnist_root
 
 import taolu
 from taolu.api import eject_from_options
+from taolu.config import resolve_config
 from taolu.models.nets import BUILTIN_MODELS
 from taolu.models.spec import build_from_spec
+from taolu.standalone.facts import facts_of_config
 from taolu.standalone.layers import write_network
+from taolu.standalone.script import render_script
 
 # The names the tutorial uses, which the script keeps.
 TUTORIAL_NAMES = (
@@ -341,3 +345,16 @@ def test_written_networks_rebuild_layer_for_layer(name, tmp_path):
         assert str(rebuilt) == str(torch.nn.Sequential(*net))
         shapes = [tuple(t.shape) for t in net.state_dict().values()]
         assert [tuple(t.shape) for t in rebuilt.state_dict().values()] == shapes
+
+
+def test_fp16_runs_get_a_grad_scaler(tmp_path):
+    """A run that computed in fp16 (on a GPU) is written with a GradScaler around backward()."""
+    config = resolve_config({"data": "digits", "accumulate": 2, "clip_grad": 1.0})
+    facts = dataclasses.replace(facts_of_config(config, set()), precision="fp16")
+    script = tmp_path / "fp16.py"
+    script.write_text(render_script(facts))
+    lint(script)
+    text = script.read_text()
+    assert "scaler = torch.amp.GradScaler()" in text
+    assert "scaler.scale(loss / 2).backward()" in text and "scaler.unscale_(optimizer)" in text
+    assert "dtype=torch.float16" in text

@@ -28,7 +28,7 @@ IMPORTS = (
     ("math", None, r"\bmath\."),
     ("pathlib", "Path", r"\bPath\("),
     ("", None, ""),
-    ("numpy", "np", r"\bnp\."),
+    ("numpy as np", None, r"\bnp\."),
     ("torch", None, r"\btorch\."),
     ("torchvision", None, r"\btorchvision\."),
     ("PIL", "Image", r"\bImage\.open"),
@@ -85,8 +85,6 @@ def _imports(body: str) -> str:
             plain, from_imports = groups[-1]
             if name is None:
                 plain.append(f"import {module}")
-            elif name == "np":
-                plain.append("import numpy as np")
             else:
                 from_imports.setdefault(module, []).append(name)
     blocks = []
@@ -117,11 +115,14 @@ def _indented(text: str, spaces: int) -> str:
 
 def _loop(facts: RunFacts) -> str:
     """Steps 5 to 7 in a loop over the epochs."""
+    scaler = "scaler = torch.amp.GradScaler()  # --precision fp16\n"
     return (
         (FROZEN_BATCHNORM + "\n\n" if _frozen(facts) else "")
         + "\n# 5. Train and 6. test, epoch by epoch; TensorBoard logs in logs/ "
-        "(`tensorboard --logdir logs`)\n" + 'writer = SummaryWriter("logs")\n'
-        "total_train_step = 0\n"
+        "(`tensorboard --logdir logs`)\n"
+        + 'writer = SummaryWriter("logs")\n'
+        + (scaler if facts.precision == "fp16" else "")
+        + "total_train_step = 0\n"
         "best_val_acc = 0.0\n"
         + _early_stop_state(facts)
         + "for epoch in range(epochs):\n"
@@ -169,32 +170,42 @@ def _train(facts: RunFacts) -> str:
         step += f"with {autocast}:  # --precision {facts.precision}\n" + _indented(forward, 4)
     else:
         step += forward
+    return text + _indented(step + _backward_and_step(facts), 4)
+
+
+def _backward_and_step(facts: RunFacts) -> str:
+    """backward() (scaled under fp16, added up under --accumulate), clipping, step()."""
+    config, window = facts.config, facts.config.accumulate
+    scaled = facts.precision == "fp16"  # fp16 gradients underflow without a GradScaler
+    loss = f"loss / {window}" if window > 1 else "loss"
+    backward = f"scaler.scale({loss}).backward()" if scaled else f"({loss}).backward()"
+    backward = backward.replace("(loss).", "loss.")
     if window > 1:
-        step += (
-            f"(loss / {window}).backward()  # gradients of {window} batches add up "
-            "(--accumulate)\n"
+        step = (
+            f"{backward}  # gradients of {window} batches add up (--accumulate)\n"
             f"if (batch + 1) % {window} and batch + 1 < len(train_dataloader):\n"
             "    continue\n"
         )
     else:
-        step += "optimizer.zero_grad()\nloss.backward()\n"
+        step = f"optimizer.zero_grad()\n{backward}\n"
     if config.clip_grad:
+        if scaled:
+            step += "scaler.unscale_(optimizer)\n"
         step += (
             f"nn.utils.clip_grad_norm_(model.parameters(), {config.clip_grad:g})  # --clip-grad\n"
         )
-    step += "optimizer.step()\n"
+    step += "scaler.step(optimizer)\nscaler.update()\n" if scaled else "optimizer.step()\n"
     if window > 1:
         step += "optimizer.zero_grad()\n"
     if config.scheduler != "plateau":
         step += "scheduler.step()\n"
     if config.ema:
         step += "ema.update_parameters(model)\n"
-    step += (
+    return step + (
         "total_train_step += 1\n"
         "if total_train_step % 100 == 0:\n"
         '    writer.add_scalar("train_loss", loss.item(), total_train_step)\n'
     )
-    return text + _indented(step, 4)
 
 
 def _test(facts: RunFacts) -> str:
