@@ -190,6 +190,14 @@ def variants(
         "folder": {"data": str(image_folder), "image_size": 16},
         "csv": {"data": str(write_csv_list(tmp_path / "csvdata", make_class_folder))},
         "mnist-on-disk": {"data": "mnist", "data_root": str(tmp_path / "sets")},
+        "pad-histograms": {
+            "data": str(image_folder),
+            "resize_mode": "pad",
+            "image_size": 16,
+            "histograms": 1,
+            "deterministic": True,
+            "monitor": "val/macro_f1",
+        },
         "cifar10-on-disk": {"data": "cifar10", "data_root": str(tmp_path / "sets")},
         "mixup-cutmix": {"mixup": 0.2, "cutmix": 1.0},
         "no-ema": {"ema": 0.0},
@@ -235,6 +243,9 @@ def test_every_model_source_and_option_renders_compiles_and_lints(
     assert "ImageFiles(" in scripts["folder"] and "csv.DictReader" in scripts["csv"]
     assert "torchvision.datasets.MNIST(DATA_ROOT, train=True" in scripts["mnist-on-disk"]
     assert "v2.RandomHorizontalFlip()" in scripts["cifar10-on-disk"]
+    pad = scripts["pad-histograms"]  # options without a short plain form are named
+    assert "--resize-mode pad" in pad and "writer.add_histogram(" in pad
+    assert "torch.use_deterministic_algorithms(True)" in pad and "--monitor val/macro_f1:" in pad
     assert "v2.RandomChoice([v2.MixUp(alpha=0.2" in scripts["mixup-cutmix"]
     assert "AveragedModel" not in scripts["no-ema"]
     assert "math.cos" in scripts["cosine"] and "step_every = 1 *" in scripts["step"]

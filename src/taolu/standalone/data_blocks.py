@@ -300,9 +300,10 @@ def _transforms(facts: RunFacts) -> str:
 def _compose(steps: list[str]) -> str:
     """A v2.Compose call: on one line when it fits, else one step a line."""
     line = f"v2.Compose([{', '.join(steps)}])"
-    if len(line) <= 80:
+    if len(line) <= 80 and "#" not in line:
         return line + "\n"
-    inner = "".join(f"        {step},\n" for step in steps)
+    calls = [step.partition("  # ") for step in steps]  # a step may carry a comment
+    inner = "".join(f"        {call},{marker}{comment}\n" for call, marker, comment in calls)
     return f"v2.Compose(\n    [\n{inner}    ]\n)\n"
 
 
@@ -322,6 +323,8 @@ def _fitting(facts: RunFacts) -> list[str]:
             steps += [f"v2.Resize({min(facts.size)})", f"v2.CenterCrop({size})"]
         else:  # squash; --resize-mode pad has no one-step transform, squash comes closest
             steps.append(f"v2.Resize({size})")
+            if config.resize_mode == "pad":
+                steps[-1] += "  # (taolu padded to the size: --resize-mode pad)"
     return steps
 
 

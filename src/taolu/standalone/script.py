@@ -97,10 +97,13 @@ def _imports(body: str) -> str:
 
 def _setup(facts: RunFacts) -> str:
     config = facts.config
-    return (
+    text = (
         f"torch.manual_seed({config.seed})  # --seed: initial weights, batch order, augmentation\n"
         'device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # --device\n'
     )
+    if config.deterministic:
+        text += "torch.use_deterministic_algorithms(True)  # --deterministic\n"
+    return text
 
 
 def _autocast(facts: RunFacts) -> str | None:
@@ -252,17 +255,24 @@ def _early_stop_state(facts: RunFacts) -> str:
 
 def _save(facts: RunFacts) -> str:
     config = facts.config
+    note = ""
+    if config.monitor not in ("val/acc", "val/loss"):
+        note = f"# (--monitor {config.monitor}: taolu's metric; here the best accuracy is kept)\n"
     if config.monitor.endswith("loss"):
         better = "test_loss < best_test_loss"
         keep = "best_val_acc, best_test_loss = val_acc, test_loss\n"
     else:
         better, keep = "val_acc > best_val_acc", "best_val_acc = val_acc\n"
     text = (
-        f"# 7. Save the best weights (--monitor {config.monitor})\n"
-        f"if {better}:\n"
-        + _indented(keep, 4)
-        + ("    best_epoch = epoch\n" if config.patience else "")
-        + '    torch.save(tested.state_dict(), "best.pt")\n'
+        _histograms(facts)
+        + note
+        + (
+            f"# 7. Save the best weights (--monitor {config.monitor})\n"
+            f"if {better}:\n"
+            + _indented(keep, 4)
+            + ("    best_epoch = epoch\n" if config.patience else "")
+            + '    torch.save(tested.state_dict(), "best.pt")\n'
+        )
     )
     if config.patience:
         text += (
@@ -272,3 +282,14 @@ def _save(facts: RunFacts) -> str:
             "    break\n"
         )
     return text
+
+
+def _histograms(facts: RunFacts) -> str:
+    every = facts.config.histograms
+    if not every:
+        return ""
+    return (
+        f"if (epoch + 1) % {every} == 0:  # weight histograms (--histograms {every})\n"
+        "    for name, parameter in model.named_parameters():\n"
+        "        writer.add_histogram(name, parameter, epoch + 1)\n"
+    )
