@@ -6,6 +6,7 @@ taolu.evaluate(result.run_dir)
 taolu.predict(result.run_dir, ["digit.png"], topk=3)
 taolu.export(result.run_dir, format="onnx")
 taolu.serve(result.run_dir, port=8000)
+taolu.eject(result.run_dir)  # the run as a plain PyTorch script
 """
 
 import importlib
@@ -29,6 +30,7 @@ _LAZY = {
     "train": "taolu.api",
     "evaluate": "taolu.api",
     "predict": "taolu.api",
+    "eject": "taolu.api",
     "export": "taolu.model_export",
     "serve": "taolu.serving",
     "TrainResult": "taolu.run.records",
@@ -57,6 +59,7 @@ __all__ = [
     "TrainResult",
     "TrainingError",
     "TrainingInterrupted",
+    "eject",
     "evaluate",
     "export",
     "predict",

@@ -1,4 +1,5 @@
-"""The Python API: `train`, `evaluate` and `predict`, taking the same options as the CLI."""
+"""The Python API: `train`, `evaluate`, `predict` and `eject`, taking the same options as the
+CLI."""
 
 from __future__ import annotations
 
@@ -407,3 +408,27 @@ def predict(
         progress=progress,
         reject_below=reject_below,
     )
+
+
+def eject(run: str | Path, out: str | Path | None = None) -> Path:
+    """Write the run in `run` as one standalone plain PyTorch + torchvision script (to `out`,
+    default RUN/eject.py) that runs without taolu; returns the script's path."""
+    from taolu.standalone import eject_run
+
+    return eject_run(run, out)
+
+
+def eject_from_options(
+    config_file: str | Path | None,
+    options: Mapping[str, Any],
+    set_options: Mapping[str, Any],
+    out: str | Path,
+) -> Path:
+    """`taolu train --eject FILE.py`: the options resolved as for training, written out as the
+    script instead of trained; returns its path."""
+    from taolu.standalone import eject_config
+
+    named = {**(read_config_file(config_file) if config_file else {}), **options}
+    named.update(set_options or {})
+    resolved = build_train_config(config_file, options, set_options)
+    return eject_config(resolved, set(named), out)

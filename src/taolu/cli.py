@@ -126,7 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="train with N processes on this machine (DDP): the same as "
         "torchrun --standalone --nproc_per_node=N -m taolu train ...",
     )
+    train.add_argument(
+        "--eject",
+        metavar="FILE.py",
+        help="instead of training, write these options as a standalone plain PyTorch script",
+    )
     _add_config_flags(train)
+    _add_eject_command(commands)
 
     evaluate = commands.add_parser(
         "eval",
@@ -508,9 +514,45 @@ def _run_train(args: argparse.Namespace) -> int:
         return _launch_with_torchrun(args.argv, args.nproc)
 
     options = {name: getattr(args, name) for name in FIELDS if hasattr(args, name)}
+    if args.eject:
+        from taolu.api import eject_from_options
+
+        if args.resume:
+            raise ConfigError("--eject writes options before training; for a run: taolu eject RUN")
+
+        written = eject_from_options(
+            args.config, options, parse_set_items(args.set_items), args.eject
+        )
+        return _say_ejected(written)
     train_from_options(
         args.config, options, parse_set_items(args.set_items), resume=args.resume or None
     )
+    return 0
+
+
+# --- taolu eject: a run as a standalone plain PyTorch script (issue 16) ---
+def _add_eject_command(commands: Any) -> None:
+    eject = commands.add_parser(
+        "eject",
+        help="write a run as one standalone plain PyTorch script",
+        description="Write the run in RUN as one plain PyTorch + torchvision script in the "
+        "tutorial's order (Dataset, transforms, DataLoader, model, loss, optimizer, train and "
+        "test loop, TensorBoard, torch.save) that runs without taolu. `taolu train --eject "
+        "FILE.py ...` does the same for options not yet trained.",
+    )
+    eject.add_argument("run", metavar="RUN", help="a run directory")
+    eject.add_argument("--out", metavar="FILE.py", help="where to write it; default RUN/eject.py")
+
+
+def _run_eject(args: argparse.Namespace) -> int:
+    from taolu.api import eject
+
+    return _say_ejected(eject(args.run, args.out))
+
+
+def _say_ejected(path: Path) -> int:
+    lines = len(path.read_text(encoding="utf-8").splitlines())
+    print(f"taolu: wrote {path} ({lines} lines); run it with: python {path}")
     return 0
 
 
@@ -658,6 +700,7 @@ def main(argv: list[str] | None = None) -> int:
         "serve": _run_serve,
         "report": _run_report,
         "export": _run_export,
+        "eject": _run_eject,
     }
     _show_warnings_plainly()
     try:

@@ -21,6 +21,7 @@ REPORT_FOLDER = "report"
 LR_FIND_CSV = "lr_find.csv"
 LR_FIND_PLOT = "lr_find.png"
 EXPORT_DIR = "export"
+EJECT_NAME = "eject.py"  # `taolu eject`: the run as a standalone plain PyTorch script
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,10 @@ class RunDir:
     @property
     def report(self) -> Path:
         return self.root / REPORT_FOLDER
+
+    @property
+    def eject(self) -> Path:
+        return self.root / EJECT_NAME
 
 
 def check_run_place(out: str, name: str) -> None:
