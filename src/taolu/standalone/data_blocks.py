@@ -12,7 +12,7 @@ from taolu.data.csv_list import SPLIT_NAMES
 from taolu.data.disk_sets import DISK_DATASETS
 from taolu.data.files import IMAGE_SUFFIXES
 from taolu.data.sources import VAL_FOLDER_NAMES, is_embedded
-from taolu.data.transforms import NOT_RUN
+from taolu.data.transform_list import NOT_RUN
 from taolu.standalone.facts import RunFacts
 
 # torchvision's Dataset class for each set taolu reads from its on-disk files, and how its

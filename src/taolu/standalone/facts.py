@@ -15,14 +15,16 @@ from torch import nn
 
 from taolu.checkpoint import find_checkpoint, read_state
 from taolu.config import FIELDS, TrainConfig, resolve_config
+from taolu.data.bundle import DataBundle, ImageTensors
 from taolu.data.loaders import Preprocessing, SkipLog
 from taolu.data.pipeline import (
+    DataOptions,
     TrainingData,
     batch_transforms,
     measure_preprocessing,
     sample_pipelines,
 )
-from taolu.data.sources import DataBundle, ImageTensors, load_data
+from taolu.data.sources import load_data
 from taolu.engine.batchnorm import slow_batchnorm
 from taolu.engine.precision import pick_device, pick_precision
 from taolu.errors import ConfigError
@@ -94,8 +96,9 @@ def facts_of_config(config: TrainConfig, chosen: Collection[str]) -> RunFacts:
     network built and the recipe settled for the options not in `chosen`, as `taolu train`
     would; an lr the recipe leaves to a range test stays "auto"."""
     bundle = _load_bundle(config)
-    train_pipeline, eval_pipeline = sample_pipelines(config, bundle)
-    preprocessing = measure_preprocessing(config, bundle, train_pipeline, eval_pipeline)
+    data = DataOptions.taken_from(config)
+    train_pipeline, eval_pipeline = sample_pipelines(data, bundle)
+    preprocessing = measure_preprocessing(data, bundle, train_pipeline, eval_pipeline)
     torch.manual_seed(config.seed)
     network = _network(config, bundle, None)
     prepared = _prepared(config, bundle, preprocessing)
@@ -184,7 +187,7 @@ def _gather(
 ) -> RunFacts:
     prepared = _prepared(config, bundle, preprocessing)
     train, _, _ = batch_transforms(config.augment, prepared, torch.device("cpu"), False)
-    train_pipeline, eval_pipeline = sample_pipelines(config, bundle)
+    train_pipeline, eval_pipeline = sample_pipelines(DataOptions.taken_from(config), bundle)
     return RunFacts(
         config=config,
         origin=origin,
