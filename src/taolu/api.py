@@ -27,6 +27,7 @@ from taolu.data.user_data import NamedSamples
 from taolu.engine.loop import evaluate as evaluate_batches
 from taolu.engine.optim import build_loss, check_optimizer_name
 from taolu.engine.precision import check_device_name, pick_device, pick_precision
+from taolu.engine.tta import ViewAveraged
 from taolu.errors import ConfigError, DataError
 from taolu.inference import classify_with, expand_inputs, load_classifier
 from taolu.layout import LAST_NAME, RunDir, check_run_place
@@ -293,9 +294,11 @@ def evaluate(
     device: str = "auto",
     batch_size: int = 256,
     checkpoint: str = "best",
+    tta: bool = False,
 ) -> dict[str, Any]:
     """Loss and accuracy of a run's checkpoint (`best` or `last`) on the run's validation
-    split, or on `data`. Writes nothing."""
+    split, or on `data`; with `tta`, each image's probabilities averaged over the flips and
+    shifts the run trained with. Writes nothing."""
     path = find_checkpoint(run_or_checkpoint, f"{checkpoint}.pt")
     state = read_state(path)
     preprocessing = Preprocessing.from_dict(state.preprocessing)
@@ -339,6 +342,9 @@ def evaluate(
         split = TransformedSplit(split, pipeline)
     # rebuild.restore_model still reads the checkpoint as a dict
     restored = restore_model(state.to_dict(), model).to(torch_device)
+    if tta:
+        seen = state.augmentation
+        restored = ViewAveraged(restored, seen.get("flip", False), seen.get("shift", 0))
     precision = pick_precision(saved["precision"], torch_device)
     batches = Batches(split, batch_size, torch_device, shuffle=False)
     result = evaluate_batches(
@@ -358,6 +364,7 @@ def evaluate(
         "acc": result.acc,
         **(report.scalars if report is not None else {}),
         "epoch": state.epoch,
+        "tta": tta,
         "per_class": report.per_class if report is not None else {},
         "confusion_matrix": report.confusion_matrix if report is not None else [],
     }
@@ -375,6 +382,7 @@ def predict(
     progress: bool = False,
     trust_code: bool = False,
     reject_below: float | str | None = None,
+    tta: bool = False,
 ) -> list[dict[str, Any]]:
     """Top-k classes for each input: image files, folders (searched recursively), or
     in-memory images (PIL, numpy, tensor). A file that cannot be read gets {"path", "error"}
@@ -387,7 +395,8 @@ def predict(
     is more than a batch. `reject_below` (a probability, or "auto": the threshold the run
     chose on its validation split for 95% precision) adds "answer" to each result: the top
     class, or "unknown" when the model is less sure than that. Probabilities are calibrated
-    by the temperature the run fitted on its validation split."""
+    by the temperature the run fitted on its validation split. `tta` averages each image's
+    probabilities over the flips and shifts the run trained with (one forward pass each)."""
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
     classifier = load_classifier(
@@ -407,6 +416,7 @@ def predict(
         batch_size=batch_size,
         progress=progress,
         reject_below=reject_below,
+        tta=tta,
     )
 
 

@@ -13,6 +13,10 @@ from typing import Any
 from taolu.data.loaders import Preprocessing
 from taolu.errors import CheckpointError
 
+# The metadata entries that hold JSON (or a number) as text, besides `texts` below.
+JSON_TEXTS = ("model_spec", "input", "temperature", "reject_threshold", "augmentation")
+MAX_TTA_SHIFT = 64  # pixels; training shifts by about a 14th of the side (2 px at 28 px)
+
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "safetensors": ".safetensors"}
 EXPORT_FORMAT = "taolu-export"
 EXPORT_VERSION = 1
@@ -61,6 +65,8 @@ def build_metadata(state: dict[str, Any], *, normalized_inside: bool) -> dict[st
         # taolu reports; the outputs themselves stay logits.
         "temperature": repr(float(state.get("temperature", 1.0))),
         "reject_threshold": json.dumps(state.get("reject_threshold")),
+        # The views test-time augmentation may show: {"flip": bool, "shift": pixels}.
+        "augmentation": json.dumps(state.get("augmentation") or {}),
         "classes": json.dumps(classes, ensure_ascii=False),
         "preprocessing": json.dumps(preprocessing.to_dict(), ensure_ascii=False),
         "input": json.dumps(described_input, ensure_ascii=False),
@@ -80,7 +86,14 @@ def read_metadata(metadata: Any, source: str | Path) -> dict[str, Any]:
     texts = ("format_version", "classes", "preprocessing", "model_name", "model_class", "weights")
     wrong = [
         key
-        for key in (*texts, "model_spec", "input", "temperature", "reject_threshold")
+        for key in (
+            *texts,
+            "model_spec",
+            "input",
+            "temperature",
+            "reject_threshold",
+            "augmentation",
+        )
         if not isinstance(metadata.get(key, ""), str)
     ]
     if wrong:
@@ -93,6 +106,7 @@ def read_metadata(metadata: Any, source: str | Path) -> dict[str, Any]:
         described_input = json.loads(metadata.get("input") or "{}")
         temperature = float(metadata.get("temperature") or "1.0")
         threshold = json.loads(metadata.get("reject_threshold") or "null")
+        augmentation = json.loads(metadata.get("augmentation") or "{}")
     except (KeyError, ValueError, TypeError, RecursionError) as error:
         raise CheckpointError(f"{source}: its taolu metadata is damaged: {error}") from None
     except CheckpointError as error:
@@ -113,6 +127,13 @@ def read_metadata(metadata: Any, source: str | Path) -> dict[str, Any]:
         and 0 <= threshold <= 1
     ):
         raise CheckpointError(f"{source}: its taolu metadata is damaged: reject_threshold")
+    if not (
+        isinstance(augmentation, dict)
+        and isinstance(augmentation.get("flip", False), bool)
+        and type(augmentation.get("shift", 0)) is int
+        and 0 <= augmentation.get("shift", 0) <= MAX_TTA_SHIFT
+    ):
+        raise CheckpointError(f"{source}: its taolu metadata is damaged: augmentation")
     if not isinstance(described_input, dict):
         raise CheckpointError(f"{source}: its taolu metadata is damaged: input is no mapping")
     return {
@@ -126,4 +147,8 @@ def read_metadata(metadata: Any, source: str | Path) -> dict[str, Any]:
         "normalized_inside": described_input.get("normalized_inside", True) is not False,
         "temperature": temperature,
         "reject_threshold": None if threshold is None else float(threshold),
+        "augmentation": {
+            "flip": augmentation.get("flip", False),
+            "shift": augmentation.get("shift", 0),
+        },
     }

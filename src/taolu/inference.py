@@ -34,6 +34,7 @@ from taolu.data.polarity import polarity_message, reversed_inputs
 from taolu.data.sources import list_image_files
 from taolu.data.transforms import SamplePipeline
 from taolu.engine.calibration import KEPT_SHARE
+from taolu.engine.tta import views
 from taolu.errors import CheckpointError, ConfigError, DataError
 from taolu.export_format import FORMATS, METADATA_FILE, read_metadata
 from taolu.predictions import UNKNOWN
@@ -78,6 +79,8 @@ class Classifier:
     temperature: float = 1.0
     # The confidence below which `reject_below="auto"` answers "unknown" (None: not stored).
     reject_threshold: float | None = None
+    # The run's batch augmentation, {"flip", "shift"}: the views `tta` averages over.
+    augmentation: dict[str, Any] = field(default_factory=dict)
     # The training images' background brightness (TrainState.background), when known.
     background: float | None = None
 
@@ -115,6 +118,7 @@ def checkpoint_classifier(
         },
         temperature=float(state.get("temperature", 1.0)),
         reject_threshold=state.get("reject_threshold"),
+        augmentation=dict(state.get("augmentation") or {}),
         background=state.get("background"),
     )
 
@@ -185,6 +189,7 @@ def _onnx_classifier(path: Path, device: torch.device) -> Classifier:
         _exported_about(metadata),
         temperature=metadata["temperature"],
         reject_threshold=metadata["reject_threshold"],
+        augmentation=metadata["augmentation"],
     )
 
 
@@ -223,6 +228,7 @@ def _torchscript_classifier(path: Path, device: torch.device, trust_code: bool) 
         _exported_about(decoded),
         temperature=decoded["temperature"],
         reject_threshold=decoded["reject_threshold"],
+        augmentation=decoded["augmentation"],
     )
 
 
@@ -261,6 +267,7 @@ def _safetensors_classifier(
         _exported_about(metadata),
         temperature=metadata["temperature"],
         reject_threshold=metadata["reject_threshold"],
+        augmentation=metadata["augmentation"],
     )
 
 
@@ -348,13 +355,24 @@ def input_reader(
 
 
 @torch.no_grad()
-def probabilities_of(classifier: Classifier, images: list[torch.Tensor]) -> torch.Tensor:
+def probabilities_of(
+    classifier: Classifier, images: list[torch.Tensor], tta: bool = False
+) -> torch.Tensor:
     """Class probabilities (N, classes) on the CPU for images as `input_reader` gives them,
-    in one forward pass."""
+    in one forward pass; with `tta`, the mean over the views the run trained with (engine.tta:
+    a mirror image where it flipped, shifts by the pixels it shifted, the edge filled with
+    the mean as in training)."""
     batch = torch.stack(
         [image.float() / 255 if image.dtype == torch.uint8 else image for image in images]
     ).to(classifier.device)
-    return (classifier.forward(batch).float() / classifier.temperature).softmax(dim=1).cpu()
+    seen = [batch]
+    if tta:
+        augmentation = classifier.augmentation
+        mean = torch.tensor(classifier.preprocessing.mean, device=batch.device).view(1, -1, 1, 1)
+        flip, shift = bool(augmentation.get("flip")), int(augmentation.get("shift", 0))
+        seen = views(batch, flip, shift, fill=mean)
+    scaled = [classifier.forward(view).float() / classifier.temperature for view in seen]
+    return torch.stack([logits.softmax(dim=1) for logits in scaled]).mean(0).cpu()
 
 
 def top_classes(
@@ -450,11 +468,13 @@ def classify_with(
     progress: bool = False,
     threads: int | None = None,
     reject_below: float | str | None = None,
+    tta: bool = False,
 ) -> list[dict[str, Any]]:
     """One result per item, in order: {"path", "predictions": [{"class", "probability"}]}
     or {"path", "error"} for an item that could not be read; one bad item stops nothing.
     With `reject_below` (a probability, or "auto": see `reject_threshold`), each result also
     has "answer": the top class, or "unknown" when its probability is below the threshold.
+    `tta` averages each image's probabilities over the run's augmentation views.
     Files are decoded on `threads` threads (Pillow releases the GIL), a batch at a time."""
     if batch_size < 1:
         raise ConfigError(f"option 'batch_size': must be at least 1, got {batch_size}")
@@ -472,7 +492,7 @@ def classify_with(
                 chunk_results, images, slots = sort_read_inputs(chunk, pool.map(read, chunk), start)
                 if images:
                     ranked = top_classes(
-                        probabilities_of(classifier, images), classifier.classes, topk
+                        probabilities_of(classifier, images, tta), classifier.classes, topk
                     )
                     for slot, predictions in zip(slots, ranked, strict=True):
                         chunk_results[slot].update(answered(predictions, threshold))

@@ -70,6 +70,9 @@ class TrainState:
     # The calibrated confidence below which `predict --reject-below auto` answers "unknown"
     # (engine.calibration.KEPT_SHARE of the right validation answers lie above it).
     reject_threshold: float | None = None
+    # The batch augmentation the run trained with, {"flip": bool, "shift": pixels}: the views
+    # test-time augmentation may show (engine.tta). Empty in checkpoints from before.
+    augmentation: dict[str, Any] = field(default_factory=dict)
     # The training images' background brightness 0..1 (data.polarity): predict warns about
     # inputs the other way round. None in checkpoints from before it was kept.
     background: float | None = None

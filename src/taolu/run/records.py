@@ -121,6 +121,10 @@ class Records:
             model_spec=stored_layers(parts.model),  # a layer list itself, not its file's path
             total_steps=run.optim.total_steps,
             background=run.data.prepared.background,
+            augmentation={
+                "flip": bool(run.data.train_transform.flip),
+                "shift": int(run.data.train_transform.shift),
+            },
         )
 
     def announce(self, resumed: bool, progress: Progress) -> None:
