@@ -1,6 +1,7 @@
 """The `taolu` command: argv -> options -> a call into the Python API. No training logic here.
 
-One module per group of commands; each adds its parsers and sets the function that runs them.
+One module per group of commands; each adds its parsers (with one example each, shown by a
+bare `taolu`) and sets the function that runs them as `handler`.
 """
 
 from __future__ import annotations
@@ -13,16 +14,48 @@ from taolu.cli.data import add_data_commands
 from taolu.cli.evaluation import add_eval_command, add_predict_command
 from taolu.cli.models import add_models_command
 from taolu.cli.outcome import add_outcome_commands
+from taolu.cli.parsing import CommandParser
 from taolu.cli.train import add_train_command
 from taolu.errors import TaoluError, TrainingInterrupted
 
 
+class _PrintVersion(argparse.Action):
+    """--version: taolu's and the versions a bug report needs, read without importing torch."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:  # noqa: ANN001
+        from importlib.metadata import PackageNotFoundError, version
+
+        from taolu import __version__
+
+        parts = [f"Python {sys.version.split()[0]}"]
+        for package in ("torch", "torchvision"):
+            try:
+                parts.append(f"{package} {version(package)}")
+            except PackageNotFoundError:
+                parts.append(f"{package} not installed")
+        print(f"taolu {__version__} ({', '.join(parts)})")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="taolu",
+        usage="%(prog)s COMMAND [OPTION ...]   (taolu COMMAND --help: its options)",
         description="taolu (套路): the complete PyTorch training routine for image classifiers.",
+        # Raw text: each command's help line is followed by its example on the next line.
+        formatter_class=argparse.RawTextHelpFormatter,
     )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.add_argument("--version", action=_PrintVersion, help="print the versions and exit")
+    commands = parser.add_subparsers(
+        title="commands",
+        dest="command",
+        metavar="COMMAND",
+        parser_class=CommandParser,
+        prog="taolu",  # else each command's name would start with the usage line above
+    )
     commands.required = True
     add_train_command(commands)
     add_eval_command(commands)
@@ -35,7 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    if not argv:  # a bare `taolu` asks what it can do
+        parser.print_help()
+        return 0
+    args = parser.parse_args(argv)
     args.argv = argv
     show_warnings_plainly()
     try:

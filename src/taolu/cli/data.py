@@ -13,7 +13,11 @@ from taolu.errors import ConfigError
 
 
 def add_data_commands(commands: argparse._SubParsersAction) -> None:
-    data = commands.add_parser("data", help="look at data before training: check, preview, ...")
+    data = commands.add_parser(
+        "data",
+        help="look at data before training: check, export, preview, bench\n"
+        "  taolu data check ~/photos",
+    )
     data.set_defaults(handler=run_data)
     actions = data.add_subparsers(dest="data_command", metavar="ACTION")
     actions.required = True
@@ -57,6 +61,7 @@ def add_data_commands(commands: argparse._SubParsersAction) -> None:
     preview = actions.add_parser(
         "preview",
         help="a PNG grid of augmented training samples with their labels",
+        usage="%(prog)s SPEC [--output PNG] [--count N] [DATA OPTION ...]",
     )
     preview.add_argument("data", metavar="SPEC")
     preview.add_argument(
@@ -70,6 +75,7 @@ def add_data_commands(commands: argparse._SubParsersAction) -> None:
     bench = actions.add_parser(
         "bench",
         help="images/s the data path delivers per epoch",
+        usage="%(prog)s SPEC [--epochs N] [--json] [DATA OPTION ...]",
         description="Images per second delivered as normalised, augmented batches on the "
         "device, per epoch; epoch 1 includes listing and decoding into the cache.",
     )

@@ -25,7 +25,7 @@ def _add_checkpoint_arguments(parser: argparse.ArgumentParser, batch_size: int) 
 def add_eval_command(commands: argparse._SubParsersAction) -> None:
     evaluate = commands.add_parser(
         "eval",
-        help="evaluate a checkpoint on a validation split",
+        help="evaluate a checkpoint on a validation split\n  taolu eval runs/train",
         description="Loss and accuracy of a run's best checkpoint on the validation split it "
         "was trained with, or on --data. Writes nothing.",
     )
@@ -38,7 +38,7 @@ def add_eval_command(commands: argparse._SubParsersAction) -> None:
 def add_predict_command(commands: argparse._SubParsersAction) -> None:
     predict = commands.add_parser(
         "predict",
-        help="classify image files",
+        help="classify image files\n  taolu predict runs/train digit.png",
         description="Top-k classes for image files and folders (searched recursively), with "
         "the model's own preprocessing. RUN_OR_CKPT may also be a file `taolu export` wrote: "
         ".onnx, .safetensors or .torchscript.pt (TorchScript holds code: loaded only with "

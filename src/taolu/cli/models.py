@@ -10,7 +10,7 @@ from taolu.errors import ConfigError
 def add_models_command(commands: argparse._SubParsersAction) -> None:
     models = commands.add_parser(
         "models",
-        help="list trainable models, or show one layer by layer",
+        help="list trainable models, or show one layer by layer\n  taolu models show resnet18",
         description="Without NAME: every model with its parameters, default input size and "
         "whether pretrained weights are in the local torch hub cache. With `show NAME`: each "
         "layer's output shape and parameters, and FLOPs per image.",

@@ -13,7 +13,7 @@ def add_outcome_commands(commands: argparse._SubParsersAction) -> None:
     """Look at runs, report on one, export its model, serve it."""
     board = commands.add_parser(
         "board",
-        help="start TensorBoard on a folder of runs (127.0.0.1 only)",
+        help="start TensorBoard on a folder of runs (127.0.0.1 only)\n  taolu board runs",
         description="Serve TensorBoard for RUNS_DIR on 127.0.0.1 (other interfaces only with "
         "--host), on --port or the next free port after it; Ctrl-C stops it.",
     )
@@ -23,7 +23,7 @@ def add_outcome_commands(commands: argparse._SubParsersAction) -> None:
 
     report = commands.add_parser(
         "report",
-        help="(re)write a run's report: PNG plots and report.html",
+        help="(re)write a run's report: PNG plots and report.html\n  taolu report runs/train",
         description="Write RUN/report/: loss, accuracy and lr plots, the normalised confusion "
         "matrix, per-class precision/recall/F1, sample predictions and a self-contained "
         "report.html. Training writes it too; this regenerates it.",
@@ -32,7 +32,8 @@ def add_outcome_commands(commands: argparse._SubParsersAction) -> None:
 
     export = commands.add_parser(
         "export",
-        help="export a trained model to ONNX, TorchScript or safetensors",
+        help="export a trained model to ONNX, TorchScript or safetensors\n"
+        "  taolu export runs/train --format onnx",
         description="Write the model of RUN_OR_CKPT as ONNX (dynamic batch, class names and "
         "preprocessing in its metadata), TorchScript or safetensors, and check its outputs "
         "against the PyTorch model at batch 1 and 8.",
@@ -50,7 +51,8 @@ def _add_serve_command(commands: argparse._SubParsersAction) -> None:
 
     serve = commands.add_parser(
         "serve",
-        help="serve a trained model: a web page and an HTTP API (127.0.0.1 only)",
+        help="serve a trained model: a web page and an HTTP API (127.0.0.1 only)\n"
+        "  taolu serve runs/train --port 8000",
         description="Serve the model of RUN_CKPT_OR_EXPORT (a run, a checkpoint, or a file "
         "`taolu export` wrote) on 127.0.0.1 (other interfaces only with --host), on --port or "
         "the next free port after it: the page at /, POST /predict (multipart, images in "

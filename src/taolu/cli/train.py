@@ -23,7 +23,10 @@ Precedence: defaults < --config file < named flags < --set key=value."""
 def add_train_command(commands: argparse._SubParsersAction) -> None:
     train = commands.add_parser(
         "train",
-        help="train a classifier",
+        help="train a classifier\n  taolu train --data ~/photos --epochs 20",
+        # The options are listed below by group; a usage line of all ~60 would bury them.
+        usage="%(prog)s [--data SET_OR_FOLDER] [--model NAME_OR_FILE] [--epochs N] "
+        "[--config FILE.yaml] [--set KEY=VALUE] [--resume RUN_DIR] [OPTION ...]",
         epilog=TRAIN_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Prepare the data, build the model, make the loss and optimizer, train, "

@@ -23,7 +23,7 @@ from taolu.data.decode import (
 )
 from taolu.data.embedded import LOADERS, SPLIT_SEED, stratified_split
 from taolu.data.files import is_hidden, walk_folder
-from taolu.errors import ConfigError, DataError
+from taolu.errors import ConfigError, DataError, did_you_mean
 
 logger = logging.getLogger("taolu")
 
@@ -120,10 +120,12 @@ def check_data_spec(spec: str) -> None:
     if path.is_file() and path.suffix.lower() == ".csv":
         return
     if not path.exists():
+        hint = did_you_mean(spec, (*LOADERS, *_disk_set_names()))
         raise ConfigError(
-            f"option 'data': {spec!r} is not an embedded set ({', '.join(LOADERS)}), "
-            f"a torchvision set on disk ({', '.join(_disk_set_names())}), nor an existing "
-            f"folder or CSV file (looked for {path.resolve()})"
+            f"option 'data': {spec!r} {'(' + hint + ') ' if hint else ''}is not an embedded "
+            f"set ({', '.join(LOADERS)}), a torchvision set on disk "
+            f"({', '.join(_disk_set_names())}), nor an existing folder or CSV file (looked for "
+            f"{path.resolve()})"
         )
     if not path.is_dir():
         raise ConfigError(

@@ -1,0 +1,97 @@
+"""How long the `taolu` commands take to start, against importing torch and torchvision.
+
+Targets (issue 14), each a difference measured in this one run:
+  taolu eval RUN, taolu predict RUN IMAGE, taolu models, taolu models show NAME
+      add <= 1.5 s to `python -c "import torch, torchvision"`;
+  the default `taolu train` spends <= 4 s outside its training loop in all: the process's
+      wall time from launch to exit, less the loop's own clock (summary.json's train_seconds,
+      which runs from the first epoch's first step to the last epoch's checkpoint).
+Run:  .venv/bin/python benchmarks/startup.py [--repeats 3]
+Each command is a fresh process, timed from launch to exit; the baseline and the short
+commands take the median of --repeats runs, interleaved so that a busy machine slows all
+of them alike. The default train runs once (about 30 s); its run is what eval and predict use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TARGET_ADDED_SECONDS = 1.5
+TARGET_TRAIN_OUTSIDE_SECONDS = 4.0
+BASELINE = "import torch, torchvision"
+
+
+def timed(command: list[str], folder: Path) -> float:
+    """Seconds from launch to exit of `python COMMAND...` in `folder`; a failure stops here."""
+    started = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, *command], cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    seconds = time.perf_counter() - started
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr.decode()[-2000:]}")
+    return seconds
+
+
+def write_image(path: Path) -> None:
+    """A 28x28 gray PNG (a white stroke on black, like the MNIST digits)."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("L", (28, 28), 0)
+    ImageDraw.Draw(image).line([(14, 4), (14, 24)], fill=255, width=3)
+    image.save(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--model", default="resnet18", help="NAME for `taolu models show`")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as name:
+        folder = Path(name)
+        train_wall = timed(["-m", "taolu", "train", "--no-progress"], folder)
+        run = folder / "runs" / "train"
+        summary = json.loads((run / "summary.json").read_text())
+        train_outside = train_wall - summary["train_seconds"]
+        image = folder / "digit.png"
+        write_image(image)
+        commands = {
+            "baseline": ["-c", BASELINE],
+            "taolu eval RUN": ["-m", "taolu", "eval", str(run)],
+            "taolu predict RUN IMAGE": ["-m", "taolu", "predict", str(run), str(image)],
+            "taolu models": ["-m", "taolu", "models"],
+            f"taolu models show {args.model}": ["-m", "taolu", "models", "show", args.model],
+        }
+        seconds: dict[str, list[float]] = {label: [] for label in commands}
+        for _ in range(args.repeats):
+            for label, command in commands.items():
+                seconds[label].append(timed(command, folder))
+    median = {label: statistics.median(values) for label, values in seconds.items()}
+    baseline = median.pop("baseline")
+    print(
+        f"{os.cpu_count()} cores, median of {args.repeats}; python -c {BASELINE!r}: "
+        f"{baseline:.2f} s"
+    )
+    print(f"{'command':<30} {'wall':>7} {'added':>7}  target")
+    for label, wall in median.items():
+        added = wall - baseline
+        verdict = "ok" if added <= TARGET_ADDED_SECONDS else "MISSED"
+        print(f"{label:<30} {wall:>6.2f}s {added:>+6.2f}s  <= {TARGET_ADDED_SECONDS} s {verdict}")
+    verdict = "ok" if train_outside <= TARGET_TRAIN_OUTSIDE_SECONDS else "MISSED"
+    print(
+        f"{'taolu train (default)':<30} {train_wall:>6.2f}s  of which {train_outside:.2f} s "
+        f"outside the training loop ({summary['train_seconds']:.2f} s in it)  "
+        f"<= {TARGET_TRAIN_OUTSIDE_SECONDS} s {verdict}"
+    )
+
+
+if __name__ == "__main__":
+    main()
