@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any, Self
 
 import torch
-from torch.utils.tensorboard import SummaryWriter
 
 from taolu.layout import METRICS_NAME, PER_CLASS_NAME, SUMMARY_NAME
 from taolu.metric_names import EPOCH_SCALARS, METRIC_COLUMNS, column
@@ -49,6 +48,10 @@ class RunLog:
     def __init__(self, run_dir: Path, history: list[dict[str, float]], resume_step: int | None):
         self.run_dir = run_dir
         self.history = list(history)
+        # Imported here: tensorboard takes ~0.4 s to import, which eval and predict (which
+        # import this module through the API) never need.
+        from torch.utils.tensorboard import SummaryWriter
+
         # purge_step makes TensorBoard ignore events at or after it from earlier sessions,
         # so steps replayed after a resume are not shown twice.
         self.writer = SummaryWriter(
