@@ -13,12 +13,15 @@ def _add_checkpoint_arguments(parser: argparse.ArgumentParser, batch_size: int) 
     parser.add_argument(
         "--checkpoint",
         choices=("best", "last"),
+        metavar="best|last",
         default="best",
         help="which checkpoint of a run directory (default: best)",
     )
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument(
-        "--batch-size", type=int, default=batch_size, help=f"(default: {batch_size})"
+        "--device", default="auto", metavar="auto|cpu|cuda[:N]|mps", help="(default: auto)"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=batch_size, metavar="N", help=f"(default: {batch_size})"
     )
 
 
@@ -31,7 +34,9 @@ def add_eval_command(commands: argparse._SubParsersAction) -> None:
     )
     evaluate.set_defaults(handler=run_eval)
     _add_checkpoint_arguments(evaluate, batch_size=256)
-    evaluate.add_argument("--data", help="evaluate on this data's validation split instead")
+    evaluate.add_argument(
+        "--data", metavar="SET_OR_FOLDER", help="evaluate on this data's validation split instead"
+    )
     evaluate.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -48,7 +53,9 @@ def add_predict_command(commands: argparse._SubParsersAction) -> None:
     predict.set_defaults(handler=run_predict)
     _add_checkpoint_arguments(predict, batch_size=64)
     predict.add_argument("inputs", metavar="FILES_OR_DIRS", nargs="+")
-    predict.add_argument("--topk", type=int, default=5, help="classes shown per image (default: 5)")
+    predict.add_argument(
+        "--topk", type=int, default=5, metavar="K", help="classes shown per image (default: 5)"
+    )
     output = predict.add_mutually_exclusive_group()
     output.add_argument(
         "--json",

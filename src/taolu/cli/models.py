@@ -17,20 +17,29 @@ def add_models_command(commands: argparse._SubParsersAction) -> None:
         "torch hub cache. With `show NAME`: each layer's output shape and parameters, and "
         "FLOPs per image.",
     )
-    models.add_argument("action", nargs="?", choices=("show",), help="show one model")
+    models.add_argument(
+        "action", nargs="?", choices=("show",), metavar="show", help="show one model"
+    )
     models.add_argument("name", nargs="?", metavar="NAME")
     models.add_argument(
-        "--image-size", type=int, default=0, help="input side for show (default: the model's own)"
+        "--image-size",
+        type=int,
+        default=0,
+        metavar="PIXELS",
+        help="input side for show (default: the model's own)",
     )
     models.add_argument(
         "--channels",
         type=int,
         default=0,
         choices=(0, 1, 3),
+        metavar="0|1|3",
         help="input channels for show (default: 0, the model's own: 1 for fastcnn and lenet5, "
         "else 3)",
     )
-    models.add_argument("--classes", type=int, default=10, help="outputs (default: 10)")
+    models.add_argument(
+        "--classes", type=int, default=10, metavar="N", help="outputs (default: 10)"
+    )
     models.set_defaults(handler=run_models)
 
 

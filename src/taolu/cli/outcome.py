@@ -61,7 +61,9 @@ def _add_serve_command(commands: argparse._SubParsersAction) -> None:
     )
     serve.set_defaults(handler=run_serve)
     serve.add_argument("run", metavar="RUN_CKPT_OR_EXPORT")
-    serve.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    serve.add_argument(
+        "--checkpoint", choices=("best", "last"), default="best", metavar="best|last"
+    )
     serve.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     serve.add_argument("--host", default="127.0.0.1", help="interface (default: 127.0.0.1)")
     serve.add_argument(
@@ -100,6 +102,7 @@ def _add_export_arguments(export: argparse.ArgumentParser) -> None:
     export.add_argument(
         "--checkpoint",
         choices=("best", "last"),
+        metavar="best|last",
         default="best",
         help="which checkpoint of a run directory (default: best)",
     )
