@@ -63,6 +63,8 @@ def _option(
 class TrainConfig:
     """Every option of a training run. Frozen: derived values live in locals, never here."""
 
+    # The sections below are the file's; each field's `group` places it in --help and the
+    # README (workers, for one, is listed under hardware).
     # --- data ---
     data: str = _option(
         "mnist5k",
