@@ -29,6 +29,7 @@ ALL_PLOTS = (
     "lr.png",
     "confusion_matrix.png",
     "per_class.png",
+    "reliability.png",
     "val_samples.png",
 )
 # What report.html may contain: no script, no link, no iframe, no object, ever.
@@ -280,9 +281,10 @@ def test_missing_inputs_are_skipped_with_a_note(tmp_path):
     text = page.read_text(encoding="utf-8")
     for name in ("loss.png", "accuracy.png", "lr.png"):
         assert_png(folder / name)
-    for name in ("confusion_matrix.png", "per_class.png", "val_samples.png"):
+    for name in ("confusion_matrix.png", "per_class.png", "reliability.png", "val_samples.png"):
         assert not (folder / name).exists(), name
-    assert text.count("Not drawn") == 3
+    assert text.count("Not drawn") == 4
+    assert "summary.json holds no calibration" in text
     assert "there is no summary.json" in text
     assert "val_samples.safetensors could not be used" in text
     assert "metrics.csv&#x27;s lr column" in text  # no event files: per-epoch lr

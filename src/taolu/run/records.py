@@ -108,6 +108,7 @@ class Records:
     def __init__(self, run: Run, root: Path, log: RunLog, lr_choice: LrChoice | None = None):
         self.run, self.dir, self.log = run, RunDir(root), log
         self.lr_choice = lr_choice
+        self.unpublished: tuple[dict[str, Any], EpochResult] | None = None
         # The best epoch's validation probabilities and labels (rank 0): calibration's input.
         self.best_outputs: tuple[torch.Tensor, torch.Tensor] | None = None
         bundle, parts = run.data.bundle, run.model
@@ -186,6 +187,7 @@ class Records:
             if improved:
                 copy_checkpoint(self.dir.last, self.dir.best)
         barrier(self.run.compute.cluster)
+        self.publish_epoch()
 
     def keep_best_outputs(self, tested: EpochResult) -> None:
         """Hold on to a new best epoch's validation probabilities for `calibrate`."""
@@ -227,7 +229,8 @@ class Records:
     def record_epoch(
         self, epoch: int, elapsed: float, trained: EpochResult, tested: EpochResult
     ) -> dict[str, Any]:
-        """The epoch's history row (metrics.csv's columns, and more), logged everywhere."""
+        """The epoch's history row (metrics.csv's columns, and more), in the history and the
+        CSVs; TensorBoard gets it from `publish_epoch` once the checkpoint is saved."""
         report = tested.report
         metrics = {
             TRAIN_LOSS: trained.loss,
@@ -249,15 +252,25 @@ class Records:
             "per_class": report.per_class,
         }
         self.log.log_epoch(row)
+        self.unpublished = (row, tested)  # TensorBoard's, once the checkpoint is saved
+        return row
+
+    def publish_epoch(self) -> None:
+        """The recorded epoch's scalars and pictures to TensorBoard, after its checkpoint:
+        an epoch TensorBoard shows is one a resume never repeats."""
+        if self.unpublished is None:
+            return
+        row, tested = self.unpublished
+        self.unpublished = None
+        self.log.log_epoch_scalars(row)
         self.log.log_evaluation(
-            epoch,
+            row["epoch"],
             self.run.data.bundle.classes,
             tested.probabilities,
             tested.labels,
             tested.misclassified,
-            report.confusion_matrix,
+            tested.report.confusion_matrix,
         )
-        return row
 
     def log_start(self) -> None:
         """A fresh run's augmented samples and model graph in TensorBoard."""

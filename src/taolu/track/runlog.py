@@ -163,9 +163,16 @@ class RunLog:
         self.writer.flush()
 
     def log_epoch(self, row: dict[str, Any]) -> None:
-        """One epoch's row: scalars to TensorBoard at its epoch, then metrics.csv and
-        per_class.csv."""
+        """One epoch's row into the history, metrics.csv and per_class.csv (rewritten whole,
+        so a resume that drops an epoch drops its row); TensorBoard hears of it through
+        `log_epoch_scalars`, once its checkpoint is safe."""
         self.history.append(row)
+        self._write_csv()
+
+    def log_epoch_scalars(self, row: dict[str, Any]) -> None:
+        """One epoch's scalars to TensorBoard at its epoch. Called only after the epoch's
+        checkpoint is written: TensorBoard's purge on resume works on the step axis, so an
+        epoch-axis point logged before a crash would stay beside the resumed one."""
         epoch = row["epoch"]
         for key, tag in EPOCH_TAGS.items():
             if row.get(key) is not None:
@@ -174,7 +181,6 @@ class RunLog:
             for metric in ("precision", "recall", "f1"):
                 self.writer.add_scalar(f"val_per_class/{metric}/{name}", scores[metric], epoch)
         self.writer.flush()
-        self._write_csv()
 
     def _write_csv(self) -> None:
         metric_rows = [{key: row.get(key) for key in METRIC_COLUMNS} for row in self.history]
@@ -212,5 +218,5 @@ class SilentRunLog(RunLog):
     def _silent(self, *args: Any, **kwargs: Any) -> None:
         return None
 
-    log_samples = log_steps = log_graph = log_histograms = _silent
+    log_samples = log_steps = log_graph = log_histograms = log_epoch_scalars = _silent
     log_evaluation = log_hparams = log_recovery = write_summary = close = _silent
