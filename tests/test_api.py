@@ -331,3 +331,30 @@ def test_import_taolu_leaves_torch_for_later():
 
     check = "import sys, taolu, taolu.cli; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", check], check=True)
+
+
+def test_heavy_libraries_wait_until_a_run_needs_them(tmp_path):
+    """A run of taolu's own net on in-memory digits needs neither torchvision (its import
+    pulls in torch._dynamo), nor torchmetrics, nor matplotlib without a report; evaluating it
+    needs no TensorBoard either. Each is imported where it is used, so a command starts fast."""
+    import subprocess
+    import sys
+
+    def run_checked(code: str, heavy: set[str]) -> None:
+        check = (
+            f"import sys, taolu\n{code}\n"
+            f"loaded = {sorted(heavy)!r} and set({sorted(heavy)!r}) & set(sys.modules)\n"
+            "assert not loaded, f'imported: {loaded}'\n"
+        )
+        result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[-2000:]
+
+    run_checked(
+        f"taolu.train(data='digits', epochs=1, out={str(tmp_path)!r}, name='run', "
+        "verbose=False, progress=False, report=False)",
+        {"torchvision", "torchmetrics", "matplotlib"},
+    )
+    run_checked(
+        f"taolu.evaluate({str(tmp_path / 'run')!r})",
+        {"torchvision", "torchmetrics", "matplotlib", "tensorboard"},
+    )

@@ -316,6 +316,15 @@ def normalised(text: str) -> str:
     return re.sub(r"\s+", "", text)
 
 
+def default_as_written(value: object) -> str:
+    """A default as the README's table and --help write it."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return "empty" if value == "" else str(value)
+
+
 def assert_lists_every_option(help_text: str) -> None:
     options_part = help_text.split("options:", 1)[1]
     starts = {}
@@ -328,7 +337,7 @@ def assert_lists_every_option(help_text: str) -> None:
     for index, name in enumerate(order):
         end = starts[order[index + 1]] if index + 1 < len(order) else len(options_part)
         entry = normalised(options_part[starts[name] : end])
-        default = normalised(f"(default: {FIELDS[name].default!r})")
+        default = normalised(f"(default: {default_as_written(FIELDS[name].default)})")
         assert default in entry, (name, entry)
 
 

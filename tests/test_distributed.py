@@ -65,6 +65,9 @@ def test_distributed_evaluation_counts_every_sample_once(ddp_run):
     single = taolu.evaluate(run_dir, device="cpu")  # one process, the same weights
     assert single["samples"] == DIGITS_VAL
     assert single["acc"] == pytest.approx(summary["best_val_acc"], abs=1e-12)
+    # The class metrics come from the confusion matrices of both processes, added up.
+    assert single["confusion_matrix"] == summary["confusion_matrix"]
+    assert single["macro_f1"] == pytest.approx(summary["best_metrics"]["val_macro_f1"])
 
 
 def test_sync_bn_and_lr_find_are_refused_where_they_cannot_work(tmp_path, quiet):

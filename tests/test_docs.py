@@ -75,3 +75,23 @@ def test_every_training_option_is_in_the_readme_table():
         assert rows, f"{flag} is missing from the README's option table"
         if field.type in ("int", "float") and not isinstance(field.default, bool):
             assert f"`{field.default:g}`" in rows[0], f"{flag}: default {field.default}"
+
+
+def test_the_readme_groups_the_options_as_train_help_does():
+    """Each option sits under its group's heading (config.OPTION_GROUPS), in that order."""
+    from taolu.config import FIELDS, OPTION_GROUPS
+
+    text = README.read_text(encoding="utf-8")
+    headings = {
+        group: text.find(f"**{group.capitalize()}**: {description}.")
+        for group, description in OPTION_GROUPS.items()
+    }
+    assert all(place >= 0 for place in headings.values()), headings
+    assert list(headings.values()) == sorted(headings.values())
+    last_table = text.find("| option", list(headings.values())[-1])
+    ends = [*list(headings.values())[1:], text.find("\n\n", last_table)]
+    spans = dict(zip(headings, zip(headings.values(), ends, strict=True), strict=True))
+    for name, spec in FIELDS.items():
+        start, end = spans[spec.metadata["group"]]
+        row = f"| `--{name.replace('_', '-')}`"
+        assert row in text[start:end], f"{row} is not under {spec.metadata['group']}"

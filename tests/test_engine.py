@@ -383,6 +383,52 @@ def test_per_class_metrics_land_in_summary_csv_and_tensorboard(digits_run):
     assert "val_per_class/f1/3" in tags
 
 
+@pytest.mark.parametrize("absent_class", [False, True])
+def test_class_metrics_agree_with_scikit_learn(absent_class):
+    """Per-class precision/recall/F1 (0 where undefined), macro-F1 and balanced accuracy over
+    the classes that occur or are predicted, top-5: scikit-learn's figures, batch by batch."""
+    from sklearn import metrics as reference
+
+    from taolu.engine.metrics import ClassMetrics
+
+    generator = torch.Generator().manual_seed(3)
+    labels = torch.randint(0, 7, (300,), generator=generator)
+    if absent_class:  # class 6 never occurs and is never predicted; class 5 is only predicted
+        labels[labels >= 5] = 0
+    logits = torch.randn(300, 7, generator=generator) + 2.0 * nn.functional.one_hot(labels, 7)
+    if absent_class:
+        logits[:, 6] = -100.0
+        logits[:10, 5] = 100.0
+    names = [f"c{index}" for index in range(7)]
+    metrics = ClassMetrics(names, torch.device("cpu"))
+    for start in range(0, 300, 64):
+        metrics.update(logits[start : start + 64], labels[start : start + 64])
+    report = metrics.report()
+
+    predicted = logits.argmax(1).numpy()
+    truth = labels.numpy()
+    precision, recall, f1, support = reference.precision_recall_fscore_support(
+        truth, predicted, labels=range(7), zero_division=0
+    )
+    for index, name in enumerate(names):
+        scores = report.per_class[name]
+        assert scores["precision"] == pytest.approx(precision[index])
+        assert scores["recall"] == pytest.approx(recall[index])
+        assert scores["f1"] == pytest.approx(f1[index])
+        assert scores["support"] == support[index]
+    # Without `labels`, scikit-learn averages over the classes that occur or are predicted.
+    expected_f1 = reference.f1_score(truth, predicted, average="macro", zero_division=0)
+    assert report.scalars["macro_f1"] == pytest.approx(expected_f1)
+    expected_recall = reference.recall_score(truth, predicted, average="macro", zero_division=0)
+    assert report.scalars["balanced_acc"] == pytest.approx(expected_recall)
+    expected_top5 = reference.top_k_accuracy_score(truth, logits.numpy(), k=5, labels=range(7))
+    assert report.scalars["top5_acc"] == pytest.approx(expected_top5)
+    assert (
+        report.confusion_matrix
+        == reference.confusion_matrix(truth, predicted, labels=range(7)).tolist()
+    )
+
+
 def test_top5_is_left_out_below_five_classes_and_cannot_be_monitored(tmp_path, quiet, image_folder):
     result = taolu.train(data=str(image_folder), epochs=1, out=str(tmp_path), **quiet)
     assert "val_top5_acc" not in result.summary["best_metrics"]

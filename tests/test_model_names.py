@@ -90,9 +90,23 @@ def test_models_show_prints_layers_and_flops(capsys):
     assert main(["models", "show", "tudui", "--image-size", "32"]) == 0
     shown = capsys.readouterr().out
     assert "Conv2d" in shown and "(1, 64)" in shown  # the Linear 64 layer's output
-    assert "FLOPs per image: forward" in shown
-    forward, step = re.search(r"forward ([\d,]+), training step ([\d,]+)", shown).groups()
-    assert 0 < int(forward.replace(",", "")) < int(step.replace(",", ""))
+    forward, step = re.search(
+        r"FLOPs per image: forward ([\d.]+) MFLOPs, training step ([\d.]+) MFLOPs", shown
+    ).groups()
+    assert 0 < float(forward) < float(step)
+
+
+def test_models_show_writes_flops_as_people_do(capsys):
+    # resnet18 at 224 px: 1.81 G multiply-adds (torchvision's own figure) = 3.63 GFLOPs.
+    assert main(["models", "show", "resnet18", "--classes", "1000"]) == 0
+    shown = capsys.readouterr().out
+    assert "FLOPs per image: forward 3.63 GFLOPs, training step " in shown
+    assert "3,627,132,928" not in shown
+
+
+def listed_counts(text: str) -> dict[str, int]:
+    rows = re.findall(r"^(\w+)\s+(?:built-in|torchvision)\s+([\d,]+)\s", text, re.MULTILINE)
+    return {name: int(count.replace(",", "")) for name, count in rows}
 
 
 def test_models_lists_builtins_and_torchvision(capsys):
@@ -100,3 +114,38 @@ def test_models_lists_builtins_and_torchvision(capsys):
     listed = capsys.readouterr().out
     for name in ("fastcnn", "tudui", "resnet9", "resnet18", "vgg16", "vit_b_16"):
         assert f"\n{name} " in listed
+
+
+def test_models_marks_recommended_models_per_situation(capsys):
+    assert main(["models"]) == 0
+    listed = capsys.readouterr().out
+    recommended = listed.split("recommended:")[1]
+    for situation in ("tiny data", "photos + weights", "CPU speed"):
+        line = re.search(rf"^  {re.escape(situation)}:\s+(.+)$", recommended, re.MULTILINE)
+        assert line, situation
+        names = re.findall(r"(\w+)(?: \(ImageNet top-1 [\d.]+%\))?(?:,|$)", line[1])
+        assert names, line[0]
+        for name in names:
+            row = re.search(rf"^{name}\s.*$", listed, re.MULTILINE)
+            assert row and situation in row[0], (situation, name)
+
+
+def test_models_says_which_head_it_counts_and_show_agrees_or_says_why(capsys):
+    assert main(["models"]) == 0
+    listed_text = capsys.readouterr().out
+    assert "1000-class ImageNet head" in listed_text and "10-class head" in listed_text
+    listed = listed_counts(listed_text)
+    # A built-in net at its own input and 10 classes: the same count in both.
+    assert main(["models", "show", "fastcnn"]) == 0
+    shown = capsys.readouterr().out
+    assert f"parameters {listed['fastcnn']:,} with a 10-class head\n" in shown
+    # A torchvision model for 10 classes: a different count, and the reason.
+    assert main(["models", "show", "resnet18"]) == 0
+    shown = capsys.readouterr().out
+    count = int(re.search(r"parameters ([\d,]+) with a 10-class head", shown)[1].replace(",", ""))
+    assert count != listed["resnet18"]
+    assert f"`taolu models` lists {listed['resnet18']:,}: a 1000-class head" in shown
+    # ... and with the 1000-class head, the count torchvision publishes.
+    assert main(["models", "show", "resnet18", "--classes", "1000"]) == 0
+    shown = capsys.readouterr().out
+    assert f"parameters {listed['resnet18']:,} with a 1000-class head\n" in shown

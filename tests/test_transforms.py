@@ -489,6 +489,15 @@ def test_grid_tensor_is_a_three_channel_unit_range_grid():
     assert grid_tensor(solid_images(1, (0,)), columns=4).shape == (3, 28, 28)
 
 
+@pytest.mark.parametrize("count", [2, 5, 8, 13])
+def test_grid_tensor_lays_images_out_as_torchvisions_make_grid(count):
+    from torchvision.utils import make_grid
+
+    images = torch.randint(0, 256, (count, 3, 6, 9), dtype=torch.uint8)
+    expected = make_grid(images.float().div(255.0), nrow=4, padding=2, pad_value=1.0)
+    assert torch.equal(grid_tensor(images, columns=4), expected)
+
+
 def test_sample_augmented_is_reproducible_from_its_seed():
     pipeline = build_train_pipeline(None, preset="objects", size=(32, 32), channels=3)
     images = torch.stack([random_image(3, 32, 32, seed) for seed in range(5)])

@@ -102,10 +102,11 @@ def _weights_defaults(config: TrainConfig, given: set[str]) -> TrainConfig:
     trained at, ImageNet's mean and std, three channels, resize-then-crop. Applied where the
     user did not choose otherwise, before the config is frozen, so config.yaml shows it."""
     from taolu.models import model_kind
-    from taolu.models.zoo import weights_preprocessing
 
     if not config.weights or model_kind(config.model) != "torchvision":
         return config
+    from taolu.models.zoo import weights_preprocessing  # torchvision: only when it is used
+
     preprocessing = weights_preprocessing(config.model, config.weights) or {}
     defaults = {
         "image_size": preprocessing.get("size"),

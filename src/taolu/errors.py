@@ -1,5 +1,8 @@
 """The errors taolu raises for bad input: each message names the thing at fault and the fix."""
 
+import difflib
+from collections.abc import Iterable
+
 
 class TaoluError(Exception):
     """Base of every error that is the input's fault; the CLI prints it without a traceback."""
@@ -43,3 +46,10 @@ def shown(value: object) -> str:
     brief.maxlevel, brief.maxlist, brief.maxdict, brief.maxtuple = 3, 6, 6, 6
     brief.maxstring, brief.maxother, brief.maxlong = 80, 60, 40
     return brief.repr(value)
+
+
+def did_you_mean(word: str, known: Iterable[str]) -> str:
+    """'did you mean X?' for the known word that `word` most likely misspells ('resnet-18':
+    resnet18), or '' when none is close."""
+    close = difflib.get_close_matches(word, [str(name) for name in known], n=1)
+    return f"did you mean {close[0]}?" if close else ""

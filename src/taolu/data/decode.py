@@ -20,7 +20,6 @@ from typing import BinaryIO
 import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
-from torchvision.transforms.v2 import functional as TF
 
 from taolu.errors import DataError
 
@@ -216,6 +215,8 @@ def match_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
     if channels == 3 and have == 1:
         return image.expand(*image.shape[:-3], 3, -1, -1).contiguous()
     if channels == 1 and have == 3:
+        from torchvision.transforms.v2 import functional as TF  # see fit_to_size
+
         return TF.rgb_to_grayscale(image, num_output_channels=1)
     raise DataError(f"cannot turn an image with {have} channels into {channels}")
 
@@ -226,6 +227,10 @@ def fit_to_size(image: torch.Tensor, size: tuple[int, int], mode: str) -> torch.
     height, width = image.shape[-2:]
     if (height, width) == tuple(size):
         return image
+    # Imported on first use: torchvision takes ~2 s to import (it pulls in torch._dynamo),
+    # which a run on in-memory tensors at their own size, like the default one, never needs.
+    from torchvision.transforms.v2 import functional as TF
+
     if mode == "squash":
         return TF.resize(image, list(size), antialias=True)
     scale_of = max if mode == "crop" else min

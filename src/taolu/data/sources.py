@@ -24,7 +24,7 @@ from taolu.data.decode import (
 from taolu.data.disk_sets import DISK_DATASETS, load_disk_dataset
 from taolu.data.embedded import LOADERS, SPLIT_SEED, stratified_split
 from taolu.data.files import is_hidden, walk_folder
-from taolu.errors import ConfigError, DataError
+from taolu.errors import ConfigError, DataError, did_you_mean
 
 logger = logging.getLogger("taolu")
 
@@ -57,10 +57,12 @@ def data_kind(spec: str, data_root: str | Path | None = None) -> str:
     if path.is_file() and path.suffix.lower() == ".csv":
         return CSV_LIST
     if not path.exists():
+        hint = did_you_mean(spec, (*LOADERS, *DISK_DATASETS))
         raise ConfigError(
-            f"option 'data': {spec!r} is not an embedded set ({', '.join(LOADERS)}), "
-            f"a torchvision set on disk ({', '.join(DISK_DATASETS)}), nor an existing "
-            f"folder or CSV file (looked for {path.resolve()})"
+            f"option 'data': {spec!r} {'(' + hint + ') ' if hint else ''}is not an embedded "
+            f"set ({', '.join(LOADERS)}), a torchvision set on disk "
+            f"({', '.join(DISK_DATASETS)}), nor an existing folder or CSV file (looked for "
+            f"{path.resolve()})"
         )
     if not path.is_dir():
         raise ConfigError(

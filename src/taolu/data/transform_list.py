@@ -11,13 +11,14 @@ import inspect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
-
-from torchvision.transforms import v2
+from typing import TYPE_CHECKING, Any
 
 from taolu.config import MAX_IMAGE_SIDE
 from taolu.errors import ConfigError, shown
 from taolu.plain import is_plain
+
+if TYPE_CHECKING:  # torchvision is imported where a transform is built (see transform_class)
+    from torchvision.transforms import v2
 
 OPTION = "transforms"  # the config option that holds a user's list, as messages name it
 
@@ -31,12 +32,8 @@ RANDOM_WARPS = ("RandomRotation", "RandomAffine", "RandomPerspective")
 RANDOM_COLOUR = ("ColorJitter", "GaussianBlur", "RandomGrayscale", "RandomErasing")
 POLICIES = ("AutoAugment", "RandAugment", "TrivialAugmentWide")
 # The allow-list: only these names are looked up, never an arbitrary attribute of torchvision.
-# ToTensor maps to its v2 replacement, ToImage: v2.ToTensor is deprecated.
 RANDOM = RANDOM_GEOMETRY + RANDOM_WARPS + RANDOM_COLOUR + POLICIES
-TRANSFORM_NAMES: dict[str, type[v2.Transform]] = {
-    name: v2.ToImage if name == "ToTensor" else getattr(v2, name)
-    for name in (*CONVERSIONS, "Compose", *DETERMINISTIC, *RANDOM)
-}
+TRANSFORM_NAMES = (*CONVERSIONS, "Compose", *DETERMINISTIC, *RANDOM)
 NOT_RUN = frozenset(CONVERSIONS) | {"Normalize"}  # never run on a sample
 KEPT_FOR_EVAL = frozenset(CONVERSIONS + DETERMINISTIC)
 # Spellings copied from code (`transforms.ToTensor`, `v2.RandomCrop`) name the same entry.
@@ -46,6 +43,18 @@ MAX_ENTRIES = 64  # entries once Compose is flattened
 MAX_COMPOSE = 4  # Compose inside Compose
 ARGUMENT_DEPTH = 3  # lists and mappings inside an argument
 SIZE_ARGUMENTS = ("size", "max_size", "padding", "kernel_size")  # pixels, <= MAX_IMAGE_SIDE
+
+
+def transform_class(name: str) -> type[v2.Transform]:
+    """torchvision's v2 class for an allowed name. torchvision is imported here, on first
+    use: it takes ~2 s to import (it pulls in torch._dynamo), which runs without per-sample
+    transforms, like the default one, never need."""
+    from torchvision.transforms import v2
+
+    if name not in TRANSFORM_NAMES:
+        raise KeyError(name)
+    # ToTensor maps to its v2 replacement, ToImage: v2.ToTensor is deprecated.
+    return v2.ToImage if name == "ToTensor" else getattr(v2, name)
 
 
 @dataclass(frozen=True)
@@ -61,13 +70,15 @@ class TransformEntry:
         if self.name == "AutoAugment" and isinstance(args.get("policy"), str):
             # YAML can only give the policy's name; torchvision wants its enum.
             args["policy"] = _auto_augment_policy(args["policy"])
-        return TRANSFORM_NAMES[self.name](**args)
+        return transform_class(self.name)(**args)
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "args": copy.deepcopy(self.args)}
 
 
 def _auto_augment_policy(name: str) -> v2.AutoAugmentPolicy:
+    from torchvision.transforms import v2
+
     try:
         return v2.AutoAugmentPolicy(name)
     except ValueError:
@@ -190,7 +201,7 @@ def _check_sizes(args: dict, where: str) -> None:
 
 
 def _check_argument_names(name: str, args: dict, where: str) -> None:
-    takes = list(inspect.signature(TRANSFORM_NAMES[name]).parameters)
+    takes = list(inspect.signature(transform_class(name)).parameters)
     for argument in args:
         if argument not in takes:
             close = difflib.get_close_matches(argument, takes, n=1)

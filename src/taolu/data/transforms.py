@@ -11,7 +11,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from torchvision import tv_tensors
 
 from taolu.data.decode import fit_to_size, match_channels
 from taolu.data.transform_list import (
@@ -72,6 +71,8 @@ class SamplePipeline:
             return self._apply(image)
 
     def _apply(self, image: torch.Tensor) -> torch.Tensor:
+        from torchvision import tv_tensors
+
         if image.is_floating_point():  # 0..1, as ToTensor gives it
             image = image.mul(255).round_().clamp_(0, 255).to(torch.uint8)
         image = tv_tensors.Image(match_channels(image.as_subclass(torch.Tensor), self.channels))

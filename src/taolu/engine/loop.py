@@ -237,7 +237,7 @@ def evaluate(
     misclassified images (TensorBoard).
 
     Under DDP each process evaluates its own share of the split (no sample twice, none
-    padded in); the sums and torchmetrics' counts are added across processes, and rank 0
+    padded in); the sums and the confusion matrix are added across processes, and rank 0
     receives every probability."""
     model.eval()
     device = transform.mean.device
@@ -276,7 +276,7 @@ def evaluate(
         acc=float(correct) / max(seen, 1),
         images=seen,
         seconds=time.perf_counter() - started,
-        report=metrics.report() if metrics is not None and seen else None,
+        report=metrics.report(cluster) if metrics is not None and seen else None,
     )
     if keep_outputs:
         shares = gather_to_main(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from torch import nn
 
-from taolu.errors import ConfigError
+from taolu.errors import ConfigError, did_you_mean
 from taolu.models.nets import BUILTIN_MODELS
 
 FACTORY_PATTERN = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
@@ -30,8 +30,10 @@ def model_kind(name: str) -> str:
         return "factory"
     if zoo.is_torchvision_model(name):
         return "torchvision"
+    hint = did_you_mean(name, (*BUILTIN_MODELS, *zoo.torchvision_classifiers()))
     raise ConfigError(
-        f"option 'model': unknown model {name!r}; known models: the built-in nets "
+        f"option 'model': unknown model {name!r}; {hint + ' ' if hint else ''}known models: "
+        "the built-in nets "
         f"({', '.join(BUILTIN_MODELS)}), any torchvision classifier (see `taolu models`), a "
         "YAML/JSON layer list (*.yaml, *.json), or package.module:factory"
     )

@@ -9,13 +9,17 @@ from collections.abc import Callable
 from torch import nn
 
 from taolu.errors import ConfigError
-from taolu.models.zoo import freeze, head_path, load_weights, set_frozen_batchnorm_eval
 
 logger = logging.getLogger("taolu")
+
+# models.zoo is imported inside each function: it imports torchvision (~2 s, with
+# torch._dynamo), which only transfer learning needs, not a run of taolu's own nets.
 
 
 def head_name(model: nn.Module) -> str:
     """The classifier head's dotted name: torchvision's per family, else the last Linear."""
+    from taolu.models.zoo import head_path
+
     try:
         return head_path(model)
     except (ValueError, KeyError, AttributeError):
@@ -30,6 +34,8 @@ def head_name(model: nn.Module) -> str:
 def freeze_parameters(model: nn.Module, mode: str) -> Callable[[nn.Module], None]:
     """Freeze per --freeze; returns what keeps frozen BatchNorm layers in eval mode (their
     running statistics belong to the pretrained weights) each time training mode is set."""
+    from taolu.models.zoo import freeze, set_frozen_batchnorm_eval
+
     frozen = freeze(model, mode, head_name(model))
     logger.debug("froze %d parameter tensors (--freeze %s)", len(frozen), mode)
     return set_frozen_batchnorm_eval
@@ -50,6 +56,8 @@ def prepare_transfer(
     training mode, the head's name when --fine-tune trains it alone first)."""
     after_train_mode = None
     if not resumed and weights:
+        from taolu.models.zoo import load_weights
+
         report = load_weights(model, weights, model_name, head=head_name(model))
         if verbose:
             print(report.render(), flush=True)
@@ -57,6 +65,8 @@ def prepare_transfer(
         after_train_mode = freeze_parameters(model, freeze_mode)
     if not fine_tune:
         return after_train_mode, None
+    from taolu.models.zoo import set_frozen_batchnorm_eval
+
     return set_frozen_batchnorm_eval, head_name(model)
 
 
@@ -66,4 +76,6 @@ def train_backbone(model: nn.Module, head: str, trainable: bool, freeze_mode: st
         if not (name == head or name.startswith(head + ".")):
             parameter.requires_grad_(trainable)
     if freeze_mode != "none":
+        from taolu.models.zoo import freeze
+
         freeze(model, freeze_mode, head)
