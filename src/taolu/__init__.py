@@ -7,6 +7,7 @@ taolu.predict(result.run_dir, ["digit.png"], topk=3)
 taolu.export(result.run_dir, format="onnx")
 taolu.serve(result.run_dir, port=8000)
 taolu.eject(result.run_dir)  # the run as a plain PyTorch script
+taolu.inspect(result.run_dir)  # its worst mistakes and the classes it confuses
 """
 
 import importlib
@@ -31,6 +32,7 @@ _LAZY = {
     "evaluate": "taolu.api",
     "predict": "taolu.api",
     "eject": "taolu.api",
+    "inspect": "taolu.api",
     "export": "taolu.model_export",
     "serve": "taolu.serving",
     "TrainResult": "taolu.run.records",
@@ -62,6 +64,7 @@ __all__ = [
     "eject",
     "evaluate",
     "export",
+    "inspect",
     "predict",
     "serve",
     "train",

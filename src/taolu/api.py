@@ -443,3 +443,13 @@ def eject_from_options(
     named.update(set_options or {})
     resolved = build_train_config(config_file, options, set_options)
     return eject_config(resolved, set(named), out)
+
+
+def inspect(run: str | Path, top: int = 20) -> dict[str, Any]:
+    """What a run's best model gets wrong on its validation split, from the run's
+    val_predictions.csv: {"images", "wrong", "top_losses": the `top` images with the highest
+    loss (path, true, predicted, probability, true_probability, loss), "confused_pairs": each
+    (true, predicted) pair with its count and paths, the most frequent first}."""
+    from taolu.inspection import inspect_run
+
+    return inspect_run(run, top)

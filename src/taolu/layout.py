@@ -21,6 +21,7 @@ REPORT_FOLDER = "report"
 LR_FIND_CSV = "lr_find.csv"
 LR_FIND_PLOT = "lr_find.png"
 EXPORT_DIR = "export"
+VAL_PREDICTIONS_NAME = "val_predictions.csv"  # the best model on each validation image
 EJECT_NAME = "eject.py"  # `taolu eject`: the run as a standalone plain PyTorch script
 
 
@@ -61,6 +62,10 @@ class RunDir:
     @property
     def report(self) -> Path:
         return self.root / REPORT_FOLDER
+
+    @property
+    def val_predictions(self) -> Path:
+        return self.root / VAL_PREDICTIONS_NAME
 
     @property
     def eject(self) -> Path:

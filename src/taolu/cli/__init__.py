@@ -13,6 +13,7 @@ from taolu.cli.console import plain_message, show_warnings_plainly
 from taolu.cli.data import add_data_commands
 from taolu.cli.eject import add_eject_command
 from taolu.cli.evaluation import add_eval_command, add_predict_command
+from taolu.cli.inspection import add_inspect_command
 from taolu.cli.models import add_models_command
 from taolu.cli.outcome import add_outcome_commands
 from taolu.cli.parsing import CommandParser
@@ -64,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_commands(commands)
     add_outcome_commands(commands)
     add_models_command(commands)
+    add_inspect_command(commands)
     add_eject_command(commands)
     return parser
 

@@ -27,10 +27,12 @@ def image_size_for(asked: int, found: tuple[int, int] | None) -> tuple[int, int]
 
 @dataclass(frozen=True)
 class ImageTensors:
-    """A split held in memory: uint8 images (N, C, H, W) and int64 labels (N,)."""
+    """A split held in memory: uint8 images (N, C, H, W) and int64 labels (N,); `names`, the
+    file each image was decoded from, when it came from files."""
 
     images: torch.Tensor
     labels: torch.Tensor
+    names: tuple[str, ...] | None = None
 
     def __len__(self) -> int:
         return len(self.labels)

@@ -114,10 +114,14 @@ def _compact(images: torch.Tensor, decoded: list[bool]) -> list[int]:
 
 
 def _pack(
-    images: torch.Tensor, labels: list[int], kept: list[int], skipped: list[tuple[str, str]]
+    images: torch.Tensor,
+    files: list[tuple[Path, int]],
+    kept: list[int],
+    skipped: list[tuple[str, str]],
 ) -> DecodedSplit:
-    label_tensor = torch.tensor([labels[i] for i in kept], dtype=torch.long)
-    return DecodedSplit(ImageTensors(images[: len(kept)], label_tensor), kept, skipped)
+    label_tensor = torch.tensor([files[i][1] for i in kept], dtype=torch.long)
+    names = tuple(str(files[i][0]) for i in kept)
+    return DecodedSplit(ImageTensors(images[: len(kept)], label_tensor, names), kept, skipped)
 
 
 def decode_to_ram(
@@ -130,7 +134,7 @@ def decode_to_ram(
     images = torch.empty((len(files), channels, *size), dtype=torch.uint8)
     paths = [path for path, _ in files]
     decoded, skipped = _decode_into(images, paths, channels, size, resize_mode, workers)
-    return _pack(images, [label for _, label in files], _compact(images, decoded), skipped)
+    return _pack(images, files, _compact(images, decoded), skipped)
 
 
 def cache_key(
@@ -170,8 +174,7 @@ def decode_to_disk(
             # Copy-on-write mapping: pages are read lazily, nothing is ever written back.
             array = np.memmap(data_path, dtype=np.uint8, mode="c", shape=shape)
             skipped = [tuple(item) for item in meta["skipped"]]
-            labels = [label for _, label in files]
-            return _pack(torch.from_numpy(array), labels, meta["kept"], skipped), True
+            return _pack(torch.from_numpy(array), files, meta["kept"], skipped), True
     temporary = data_path.with_name(f".{data_path.name}.{os.getpid()}.tmp")
     try:
         array = np.memmap(temporary, dtype=np.uint8, mode="w+", shape=shape)
@@ -193,7 +196,7 @@ def decode_to_disk(
     meta_temporary = meta_path.with_name(f".{meta_path.name}.tmp")
     meta_temporary.write_text(json.dumps(meta), encoding="utf-8")
     os.replace(meta_temporary, meta_path)
-    return _pack(images, [label for _, label in files], kept, skipped), False
+    return _pack(images, files, kept, skipped), False
 
 
 def decode_once(

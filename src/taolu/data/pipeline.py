@@ -20,7 +20,7 @@ from taolu.data.loaders import (
     sample_images,
 )
 from taolu.data.polarity import training_background
-from taolu.data.sources import load_data
+from taolu.data.sources import ImageFiles, load_data
 from taolu.data.transform_list import parse_transform_list
 from taolu.data.transforms import (
     PRESETS,
@@ -30,7 +30,7 @@ from taolu.data.transforms import (
     normalization_stats,
     preset_for,
 )
-from taolu.data.user_data import bundle_datasets
+from taolu.data.user_data import NamedSamples, bundle_datasets
 from taolu.errors import ConfigError, DataError
 
 logger = logging.getLogger("taolu")
@@ -103,6 +103,24 @@ class TrainingData:
     # The training images' background brightness 0..1 (data.polarity), before any per-sample
     # pipeline: kept in checkpoints so predict can warn about inputs the other way round.
     background: float | None = None
+
+
+def split_names(split: Dataset, skips: SkipLog) -> list[str]:
+    """What each sample of `split` is called, in the order evaluation meets it (the files
+    that could not be decoded left out, as the batches leave them out): its file for file
+    data, `Name[index]` in the user's own Dataset, `#index` in an embedded or on-disk set's
+    validation split."""
+    while isinstance(split, TransformedSplit):
+        split = split.split
+    if isinstance(split, ImageTensors):
+        return (
+            list(split.names) if split.names is not None else [f"#{i}" for i in range(len(split))]
+        )
+    if isinstance(split, ImageFiles):
+        return [str(path) for path, _ in split.files if str(path) not in skips.reasons]
+    if isinstance(split, NamedSamples):
+        return [split.where(index) for index in range(len(split))]
+    return [f"#{i}" for i in range(len(split))]
 
 
 def refuse_too_many_bad_files(

@@ -25,7 +25,7 @@ class NamedSamples(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def _where(self, index: int) -> str:
+    def where(self, index: int) -> str:
         dataset = self.dataset
         while isinstance(dataset, Subset):  # name the sample in the user's own Dataset
             index, dataset = dataset.indices[index], dataset.dataset
@@ -44,10 +44,10 @@ class NamedSamples(Dataset):
             tensor = match_channels(to_uint8_chw(image), self.channels)
             return fit_to_size(tensor, self.size, self.resize_mode), int(label)
         except DataError as error:
-            raise DataError(f"{self._where(index)}: {error}") from None
+            raise DataError(f"{self.where(index)}: {error}") from None
         except Exception as error:  # the user's code: name the sample, keep the cause
             raise DataError(
-                f"{self._where(index)} could not be loaded: {type(error).__name__}: {error}"
+                f"{self.where(index)} could not be loaded: {type(error).__name__}: {error}"
             ) from error
 
 
@@ -80,7 +80,7 @@ def bundle_datasets(
     try:
         probe = to_uint8_chw(train[0][0])
     except Exception as error:
-        raise DataError(f"{first._where(0)} could not be loaded: {error}") from error
+        raise DataError(f"{first.where(0)} could not be loaded: {error}") from error
     channels = channels or (1 if probe.shape[0] == 1 else 3)
     size = image_size_for(image_size, tuple(probe.shape[-2:]))
     labels = _labels_of(train)

@@ -18,6 +18,7 @@ from torch import nn
 
 from taolu.checkpoint import copy_checkpoint, read_state, save_state
 from taolu.config import config_to_dict, write_config
+from taolu.data.pipeline import split_names
 from taolu.data.preview import augmented_samples, grid_tensor
 from taolu.data.sources import data_base_folder, write_manifest
 from taolu.engine.calibration import Calibration, calibrate
@@ -26,6 +27,7 @@ from taolu.engine.loop import EpochResult, EpochStart
 from taolu.engine.lr_find import write_lr_sweep
 from taolu.engine.step import Stepper
 from taolu.errors import TrainingInterrupted
+from taolu.inspection import write_val_predictions
 from taolu.layout import LR_FIND_CSV, LR_FIND_PLOT, RunDir, new_run_dir
 from taolu.metric_names import (
     CLASS_SCALARS,
@@ -206,6 +208,27 @@ class Records:
         save_state(best, self.dir.best)
         return calibration
 
+    def write_val_predictions(self, temperature: float) -> None:
+        """val_predictions.csv: the best epoch's prediction for every validation image by
+        name (calibrated). Single-process runs only: under DDP the gathered outputs come
+        in the processes' order, not the split's."""
+        run = self.run
+        if self.best_outputs is None or run.compute.cluster.world_size > 1:
+            return
+        probabilities, labels = self.best_outputs
+        names = split_names(run.data.bundle.val, run.data.prepared.skips)
+        if len(names) != len(labels):
+            logger.warning(
+                "val_predictions.csv not written: %d names for %d predictions",
+                len(names),
+                len(labels),
+            )
+            return
+        scaled = (probabilities.double().clamp_min(1e-12).log() / temperature).softmax(dim=1)
+        write_val_predictions(
+            self.dir.val_predictions, names, run.data.bundle.classes, scaled, labels
+        )
+
     def interrupted(self, where: str) -> TrainingInterrupted:
         """The stop a signal asked for, saying where the run stopped and how to resume it."""
         stop = self.run.stop
@@ -295,6 +318,7 @@ class Records:
             best = read_state(self.dir.best)
             model.load_state_dict(best.inference_weights)
             calibration = self.calibrate(best)
+            self.write_val_predictions(1.0 if calibration is None else calibration.temperature)
             summary = self.summary(progress, best)
             if calibration is not None:
                 summary["calibration"] = calibration.to_dict()

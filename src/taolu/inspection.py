@@ -1,0 +1,126 @@
+"""Error analysis of a run: val_predictions.csv (the best model on every validation image,
+by path or Dataset index) written at the end of training, and `taolu inspect`'s reading of
+it: the top losses, and per confused pair of classes, how many and which images."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from taolu.errors import DataError
+from taolu.layout import RunDir
+
+COLUMNS = ("path", "true", "predicted", "probability", "true_probability", "loss")
+TOP = 20  # rows `taolu inspect` shows by default
+
+
+def write_val_predictions(
+    path: Path,
+    names: Sequence[str],
+    classes: Sequence[str],
+    probabilities: torch.Tensor,
+    labels: torch.Tensor,
+) -> None:
+    """One row per validation image, in the split's order: its path (or Dataset index), true
+    and predicted class, the predicted class's and the true class's probability (calibrated,
+    as predict reports them) and its loss, -log(true probability)."""
+    confidence, predicted = probabilities.max(dim=1)
+    true_probability = probabilities.gather(1, labels.view(-1, 1)).flatten()
+    temporary = path.with_name(f".{path.name}.tmp")
+    with open(temporary, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(COLUMNS)
+        for row in zip(
+            names,
+            labels.tolist(),
+            predicted.tolist(),
+            confidence.tolist(),
+            true_probability.tolist(),
+            strict=True,
+        ):
+            name, truth, guess, sure, given = row
+            loss = -math.log(max(given, 1e-12))
+            writer.writerow(
+                [name, classes[truth], classes[guess], f"{sure:.6f}", f"{given:.6f}", f"{loss:.6f}"]
+            )
+    temporary.replace(path)
+
+
+def read_val_predictions(run: str | Path) -> list[dict[str, Any]]:
+    """The rows of a run's val_predictions.csv, numbers as floats; a DataError naming the file
+    when it is missing or not what taolu writes."""
+    path = RunDir(Path(run).expanduser()).val_predictions
+    if not path.is_file():
+        raise DataError(
+            f"{path}: not found; a run writes it at the end of training (taolu 0.x runs that "
+            "finished before it existed, and runs stopped early, have none): train again"
+        )
+    rows = []
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            if tuple(reader.fieldnames or ()) != COLUMNS:
+                raise ValueError(f"columns {reader.fieldnames}, expected {list(COLUMNS)}")
+            for row in reader:
+                for key in ("probability", "true_probability", "loss"):
+                    row[key] = float(row[key])
+                rows.append(row)
+    except (ValueError, csv.Error, UnicodeDecodeError) as error:
+        raise DataError(f"{path}: not a val_predictions.csv taolu wrote ({error})") from None
+    return rows
+
+
+def inspect_run(run: str | Path, top: int = TOP) -> dict[str, Any]:
+    """What the best model gets wrong on the validation split: the `top` images with the
+    highest loss, and each confused pair (true -> predicted) with its count and images, the
+    most frequent first."""
+    rows = read_val_predictions(run)
+    wrong = [row for row in rows if row["true"] != row["predicted"]]
+    pairs: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for row in sorted(wrong, key=lambda row: -row["loss"]):
+        pairs[(row["true"], row["predicted"])].append(row)
+    return {
+        "images": len(rows),
+        "wrong": len(wrong),
+        "top_losses": sorted(rows, key=lambda row: -row["loss"])[:top],
+        "confused_pairs": [
+            {
+                "true": true,
+                "predicted": guess,
+                "count": len(items),
+                "paths": [r["path"] for r in items],
+            }
+            for (true, guess), items in sorted(pairs.items(), key=lambda item: -len(item[1]))
+        ],
+    }
+
+
+def render_inspection(found: dict[str, Any], style: str = "text", shown: int = 5) -> str:
+    """`taolu inspect`'s output: text, or JSON (everything)."""
+    if style == "json":
+        return json.dumps(found, indent=2, ensure_ascii=False) + "\n"
+    lines = [
+        f"{found['wrong']} of {found['images']} validation images wrong",
+        "",
+        "top losses (loss, true -> predicted (probability), path):",
+    ]
+    for row in found["top_losses"]:
+        lines.append(
+            f"  {row['loss']:7.3f}  {row['true']} -> {row['predicted']} "
+            f"({row['probability']:.3f})  {row['path']}"
+        )
+    if found["confused_pairs"]:
+        lines += ["", "confused pairs (true -> predicted: count, then the images):"]
+    for pair in found["confused_pairs"]:
+        lines.append(f"  {pair['true']} -> {pair['predicted']}: {pair['count']}")
+        lines += [f"    {path}" for path in pair["paths"][:shown]]
+        if pair["count"] > shown:
+            lines.append(f"    ... and {pair['count'] - shown} more (--json lists all)")
+    return "\n".join(lines) + "\n"
