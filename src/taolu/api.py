@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from taolu.checkpoint import find_checkpoint, read_state
+from taolu.classifier import load_classifier
 from taolu.config import FIELDS, RESUMABLE_OPTIONS, TrainConfig
 from taolu.data.loaders import Batches, BatchTransform, Preprocessing
 from taolu.data.pipeline import TransformedSplit, check_transforms_option, stored_eval_pipeline
@@ -22,7 +23,7 @@ from taolu.engine.optim import build_loss, check_optimizer_name
 from taolu.engine.precision import check_device_name, pick_device, pick_precision
 from taolu.engine.tta import ViewAveraged
 from taolu.errors import ConfigError, DataError
-from taolu.inference import classify_with, expand_inputs, load_classifier
+from taolu.inference import classify_with, expand_inputs
 from taolu.layout import LAST_NAME, RunDir, check_run_place
 from taolu.models import check_model_name
 from taolu.models.factory import FACTORY_PATTERN
