@@ -45,7 +45,8 @@ def naive_app(run: str):
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
-    from taolu.inference import classify_with, load_classifier
+    from taolu.classifier import load_classifier
+    from taolu.inference import classify_with
     from taolu.serving.uploads import MemoryBudget, UploadLimits, read_images
 
     classifier = load_classifier(run, device=torch.device("cpu"))

@@ -187,7 +187,8 @@ def recompress(data: bytes, bomb: int) -> bytes:
 
 
 def classify_one(source: Path, **options: Any) -> None:
-    from taolu.inference import classify_with, load_classifier
+    from taolu.classifier import load_classifier
+    from taolu.inference import classify_with
 
     classifier = load_classifier(source, device=torch.device("cpu"), **options)
     classify_with(classifier, [np.full((8, 8), 128, np.uint8)], topk=3, batch_size=4, threads=1)

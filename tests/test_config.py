@@ -178,7 +178,7 @@ def test_config_file_problems_are_config_errors(tmp_path):
 
 
 def test_set_item_without_equals_is_refused():
-    from taolu.config import parse_set_items
+    from taolu.option_values import parse_set_items
 
     with pytest.raises(taolu.ConfigError, match="key=value"):
         parse_set_items(["epochs"])

@@ -20,9 +20,9 @@ from test_disk_sets import write_cifar10_root, write_mnist_root
 
 import taolu
 from taolu.api import eject_from_options
-from taolu.config import resolve_config
 from taolu.models.nets import BUILTIN_MODELS
 from taolu.models.spec import build_from_spec
+from taolu.option_values import resolve_config
 from taolu.standalone.facts import facts_of_config
 from taolu.standalone.layers import write_network
 from taolu.standalone.script import render_script

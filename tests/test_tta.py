@@ -95,7 +95,8 @@ def test_tta_averages_over_flips_and_shifts_where_the_run_trained_with_them(tmp_
     averaged = taolu.predict(run.run_dir, files, topk=2, tta=True)
     for other in averaged:
         assert sum(p["probability"] for p in other["predictions"]) == pytest.approx(1.0, abs=1e-4)
-    from taolu.inference import input_reader, load_classifier, probabilities_of
+    from taolu.classifier import load_classifier
+    from taolu.inference import input_reader, probabilities_of
 
     classifier = load_classifier(run.run_dir, device=torch.device("cpu"))
     images = [input_reader(classifier)(path)[0] for path in files]

@@ -12,14 +12,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from taolu.checkpoint import find_checkpoint, read_state
-from taolu.config import (
-    FIELDS,
-    RESUMABLE_OPTIONS,
-    TrainConfig,
-    coerce_option,
-    read_config_file,
-    resolve_config,
-)
+from taolu.classifier import load_classifier
+from taolu.config import FIELDS, RESUMABLE_OPTIONS, TrainConfig
 from taolu.data.loaders import Batches, BatchTransform, Preprocessing
 from taolu.data.pipeline import TransformedSplit, check_transforms_option, stored_eval_pipeline
 from taolu.data.sources import data_kind, is_named_set, load_data
@@ -29,11 +23,12 @@ from taolu.engine.optim import build_loss, check_optimizer_name
 from taolu.engine.precision import check_device_name, pick_device, pick_precision
 from taolu.engine.tta import ViewAveraged
 from taolu.errors import ConfigError, DataError
-from taolu.inference import classify_with, expand_inputs, load_classifier
+from taolu.inference import classify_with, expand_inputs
 from taolu.layout import LAST_NAME, RunDir, check_run_place
 from taolu.models import check_model_name
 from taolu.models.factory import FACTORY_PATTERN
 from taolu.models.spec import is_spec_path
+from taolu.option_values import coerce_option, read_config_file, resolve_config
 from taolu.rebuild import restore_model
 from taolu.run.records import TrainResult
 from taolu.run.routine import run_training

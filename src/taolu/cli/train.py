@@ -6,8 +6,8 @@ import argparse
 import sys
 
 from taolu.cli.options import add_config_flags, given_options
-from taolu.config import parse_set_items
 from taolu.errors import ConfigError
+from taolu.option_values import parse_set_items
 
 TRAIN_EXAMPLES = """examples:
   taolu train                                  the default net on the embedded MNIST digits

@@ -17,7 +17,6 @@ import torch
 from torch import nn
 
 from taolu.checkpoint import copy_checkpoint, read_state, save_state
-from taolu.config import config_to_dict, write_config
 from taolu.data.pipeline import split_names
 from taolu.data.preview import augmented_samples, grid_tensor
 from taolu.data.sources import data_base_folder, write_manifest
@@ -40,6 +39,7 @@ from taolu.metric_names import (
     column,
 )
 from taolu.models.spec import stored_layers
+from taolu.option_values import config_to_dict, write_config
 from taolu.run.lr_auto import LrChoice
 from taolu.run.setup import OptimParts, Resume, Run
 from taolu.run.verdict import MIN_VAL_PER_CLASS, judge_run, render

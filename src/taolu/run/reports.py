@@ -8,10 +8,10 @@ from pathlib import Path
 
 import torch
 
-from taolu.config import write_config
 from taolu.engine.lr_find import LrSweep, sweep_lr, write_lr_sweep
 from taolu.errors import ConfigError
 from taolu.layout import RunDir, new_run_dir
+from taolu.option_values import write_config
 from taolu.run.lr_auto import range_and_band
 from taolu.run.records import TrainResult
 from taolu.run.setup import Run

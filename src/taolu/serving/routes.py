@@ -25,12 +25,11 @@ from starlette.staticfiles import StaticFiles
 from torch import nn
 
 from taolu import __version__
+from taolu.classifier import Classifier, load_classifier
 from taolu.data.decode import EncodedImage
 from taolu.engine.precision import pick_device
 from taolu.inference import (
-    Classifier,
     input_reader,
-    load_classifier,
     probabilities_of,
     sort_read_inputs,
     top_classes,

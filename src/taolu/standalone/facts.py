@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from taolu.checkpoint import find_checkpoint, read_state
-from taolu.config import FIELDS, TrainConfig, resolve_config
+from taolu.config import FIELDS, TrainConfig
 from taolu.data.bundle import DataBundle, ImageTensors
 from taolu.data.loaders import Preprocessing, SkipLog
 from taolu.data.pipeline import (
@@ -30,6 +30,7 @@ from taolu.engine.precision import pick_device, pick_precision
 from taolu.errors import ConfigError
 from taolu.layout import LAST_NAME, RunDir
 from taolu.models import build_model
+from taolu.option_values import resolve_config
 from taolu.run.setup import settle_recipe
 from taolu.run.transfer import head_name
 

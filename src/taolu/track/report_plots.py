@@ -20,6 +20,7 @@ from taolu.track.report_files import (
     RunFiles,
     per_class_scores,
 )
+from taolu.track.report_samples import draw_samples
 
 DPI = 100
 # Curves are drawn CURVE_WIDTH inches wide (1,200 px), the page's width, with text sized to be
@@ -40,12 +41,10 @@ NAMED_CLASSES = 30
 ANNOTATED_CLASSES = 20
 MAX_SAMPLES = 64  # sample-prediction tiles drawn at most
 SAMPLE_COLUMNS = 8
-TITLE_CHARS = 22  # what one line of a tile's title holds
 INDEX_NOTE = (
     f" With more than {NAMED_CLASSES} classes the axes show class indices; "
     "the per-class table below names them."
 )
-RIGHT, WRONG = "#17803d", "#c81e1e"
 
 # What each plot is called in the report and its file in RUN/report/, in report order.
 PLOTS = (
@@ -409,42 +408,8 @@ def _samples_plot(plot: Plot, files: RunFiles, path: Path) -> None:
     def name(index: int) -> str:
         return _short(classes[index], 11) if 0 <= index < len(classes) else str(index)
 
+    plot.png, right = draw_samples(images, labels, predicted, confidence, name, SAMPLE_COLUMNS)
     count = len(images)
-    columns = min(SAMPLE_COLUMNS, count)
-    rows = -(-count // columns)
-    figure = _new_figure(1.75 * columns, 1.95 * rows + 0.5)
-    # Small images (digits, CIFAR) stay crisp; large ones are smoothed when shrunk to a tile.
-    smoothing = "nearest" if max(images.shape[1:3]) <= 64 else "antialiased"
-    right = 0
-    for index, picture in enumerate(images):
-        axes = figure.add_subplot(rows, columns, index + 1)
-        truth, guess = int(labels[index]), int(predicted[index])
-        correct = truth == guess
-        right += correct
-        if picture.shape[2] == 1:
-            axes.imshow(picture[:, :, 0], cmap="gray", vmin=0, vmax=255, interpolation=smoothing)
-        else:
-            axes.imshow(picture, interpolation=smoothing)
-        axes.set_xticks([])
-        axes.set_yticks([])
-        for spine in axes.spines.values():
-            spine.set_edgecolor(RIGHT if correct else WRONG)
-            spine.set_linewidth(2)
-        pair, score = f"{name(truth)} → {name(guess)}", f"({float(confidence[index]):.2f})"
-        # Two lines where one would run into the next tile's title.
-        title = f"{pair} {score}" if len(pair) + len(score) < TITLE_CHARS else f"{pair}\n{score}"
-        axes.set_title(
-            title,
-            fontsize=9,
-            color=RIGHT if correct else WRONG,
-            parse_math=False,
-        )
-    figure.suptitle(
-        f"Validation samples: {right} of {count} right (true → predicted (confidence))",
-        fontsize=14,
-    )
-    figure.tight_layout()
-    plot.png = _png(figure)
     plot.note = (
         f"The best model's predictions on {count} validation images, {right} of {count} "
         "right; green titles are right, red ones wrong."
