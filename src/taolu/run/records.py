@@ -17,17 +17,14 @@ import torch
 from torch import nn
 
 from taolu.checkpoint import copy_checkpoint, read_state, save_state
-from taolu.data.pipeline import split_names
 from taolu.data.preview import augmented_samples, grid_tensor
 from taolu.data.sources import data_base_folder, write_manifest
-from taolu.engine.calibration import Calibration, calibrate
 from taolu.engine.distributed import barrier, share_from_main
 from taolu.engine.loop import EpochResult, EpochStart
 from taolu.engine.lr_find import write_lr_sweep
 from taolu.engine.step import Stepper
 from taolu.errors import TrainingInterrupted
-from taolu.inspection import write_val_predictions
-from taolu.layout import LR_FIND_CSV, LR_FIND_PLOT, RunDir, new_run_dir
+from taolu.layout import RunDir, new_run_dir
 from taolu.metric_names import (
     CLASS_SCALARS,
     TRAIN_ACC,
@@ -41,6 +38,12 @@ from taolu.metric_names import (
 from taolu.models.spec import stored_layers
 from taolu.option_values import config_to_dict, write_config
 from taolu.run.lr_auto import LrChoice
+from taolu.run.outcome import (
+    calibrate_best,
+    lr_auto_summary,
+    resolved_options,
+    write_predictions,
+)
 from taolu.run.setup import OptimParts, Resume, Run
 from taolu.run.verdict import MIN_VAL_PER_CLASS, judge_run, render
 from taolu.track.runlog import RunLog, SilentRunLog
@@ -192,42 +195,10 @@ class Records:
         self.publish_epoch()
 
     def keep_best_outputs(self, tested: EpochResult) -> None:
-        """Hold on to a new best epoch's validation probabilities for `calibrate`."""
+        """Hold on to a new best epoch's validation probabilities (outcome.calibrate_best's
+        and write_predictions' input)."""
         if tested.probabilities is not None and tested.labels is not None:
             self.best_outputs = (tested.probabilities, tested.labels)
-
-    def calibrate(self, best: TrainState) -> Calibration | None:
-        """Fit temperature scaling and the rejection threshold on the best epoch's
-        validation outputs, and store them in best.pt. None when this process never saw the
-        best epoch's outputs (a run resumed after it)."""
-        if self.best_outputs is None:
-            return None
-        calibration = calibrate(*self.best_outputs)
-        best.temperature = calibration.temperature
-        best.reject_threshold = calibration.reject_threshold
-        save_state(best, self.dir.best)
-        return calibration
-
-    def write_val_predictions(self, temperature: float) -> None:
-        """val_predictions.csv: the best epoch's prediction for every validation image by
-        name (calibrated). Single-process runs only: under DDP the gathered outputs come
-        in the processes' order, not the split's."""
-        run = self.run
-        if self.best_outputs is None or run.compute.cluster.world_size > 1:
-            return
-        probabilities, labels = self.best_outputs
-        names = split_names(run.data.bundle.val, run.data.prepared.skips)
-        if len(names) != len(labels):
-            logger.warning(
-                "val_predictions.csv not written: %d names for %d predictions",
-                len(names),
-                len(labels),
-            )
-            return
-        scaled = (probabilities.double().clamp_min(1e-12).log() / temperature).softmax(dim=1)
-        write_val_predictions(
-            self.dir.val_predictions, names, run.data.bundle.classes, scaled, labels
-        )
 
     def interrupted(self, where: str) -> TrainingInterrupted:
         """The stop a signal asked for, saying where the run stopped and how to resume it."""
@@ -317,8 +288,10 @@ class Records:
         if run.compute.cluster.is_main:
             best = read_state(self.dir.best)
             model.load_state_dict(best.inference_weights)
-            calibration = self.calibrate(best)
-            self.write_val_predictions(1.0 if calibration is None else calibration.temperature)
+            calibration = calibrate_best(self.best_outputs, best, self.dir.best)
+            if run.compute.cluster.world_size == 1:  # DDP gathers in the processes' order
+                temperature = 1.0 if calibration is None else calibration.temperature
+                write_predictions(run, self.best_outputs, temperature, self.dir.val_predictions)
             summary = self.summary(progress, best)
             if calibration is not None:
                 summary["calibration"] = calibration.to_dict()
@@ -390,8 +363,8 @@ class Records:
             "skipped_files": prepared.skips.as_list(),
             "skipped_batches": sum(row.get("skipped_batches", 0) for row in history),
             "nan_recoveries": progress.recoveries,
-            "lr_auto": self._lr_auto(),
-            "resolved": self._resolved(),
+            "lr_auto": lr_auto_summary(self.lr_choice, self.dir.root),
+            "resolved": resolved_options(run),
             "model": run.config.model,
             "data": bundle.description,
             "classes": list(bundle.classes),
@@ -403,44 +376,6 @@ class Records:
             "run_dir": str(self.dir.root),
             "best_checkpoint": str(self.dir.best),
             "last_checkpoint": str(self.dir.last),
-        }
-
-    def _resolved(self) -> dict[str, Any]:
-        """The options a setting leaves to the run (auto, 0, -1) as the run used them, for
-        the report's configuration table (config.yaml keeps what was asked for)."""
-        run = self.run
-        bundle, prepared = run.data.bundle, run.data.prepared
-        preprocessing = prepared.preprocessing
-        return {
-            "device": str(run.compute.device),
-            "precision": run.compute.precision.name,
-            "image_size": f"{bundle.size[0]}x{bundle.size[1]}",
-            "channels": bundle.channels,
-            "augment": run.data.augment,
-            "normalize": "mean {} std {}".format(
-                *(
-                    ", ".join(f"{value:.3f}" for value in values)
-                    for values in (preprocessing.mean, preprocessing.std)
-                )
-            ),
-            "cache": prepared.cache,
-            "workers": prepared.workers,
-            "channels_last": run.data.channels_last,
-            "optimizer": run.config.optimizer,
-            "lr": run.config.lr,
-        }
-
-    def _lr_auto(self) -> dict[str, Any] | None:
-        """What --lr auto's range test chose, and where its curve is (None without one)."""
-        choice = self.lr_choice
-        if choice is None:
-            return None
-        return {
-            "lr": choice.lr,
-            "steps": len(choice.sweep.lrs) if choice.sweep is not None else None,
-            "seconds": round(choice.seconds, 3),
-            "csv": str(self.dir.root / LR_FIND_CSV),
-            "plot": str(self.dir.root / LR_FIND_PLOT),
         }
 
 
