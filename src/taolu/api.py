@@ -282,25 +282,14 @@ def train_from_options(
     return run_training(resolved, parts, resume=continued, chosen=set(named))
 
 
-def evaluate(
-    run_or_checkpoint: str | Path,
-    *,
-    data: str | Path | Dataset | None = None,
-    model: nn.Module | None = None,
-    device: str = "auto",
-    batch_size: int = 256,
-    checkpoint: str = "best",
-    tta: bool = False,
-) -> dict[str, Any]:
-    """Loss and accuracy of a run's checkpoint (`best` or `last`) on the run's validation
-    split, or on `data`; with `tta`, each image's probabilities averaged over the flips and
-    shifts the run trained with. Writes nothing."""
-    path = find_checkpoint(run_or_checkpoint, f"{checkpoint}.pt")
-    state = read_state(path)
+def _split_to_evaluate(
+    state: TrainState, path: Path, data: str | Path | Dataset | None
+) -> tuple[Dataset, str]:
+    """The images `evaluate` measures, and how to describe them: the caller's Dataset, or the
+    validation split of `data` (default: the run's own, as split.json recorded it), checked
+    against the checkpoint's image size and classes."""
     preprocessing = Preprocessing.from_dict(state.preprocessing)
     saved = state.config
-    _check_users_parts(saved, data, model)
-    torch_device = pick_device(device)
     if isinstance(data, Dataset):
         split = NamedSamples(
             data, preprocessing.channels, preprocessing.size, preprocessing.resize_mode
@@ -333,6 +322,29 @@ def evaluate(
             )
         split = bundle.val
         described = f"{bundle.description}, validation split"
+    return split, described
+
+
+def evaluate(
+    run_or_checkpoint: str | Path,
+    *,
+    data: str | Path | Dataset | None = None,
+    model: nn.Module | None = None,
+    device: str = "auto",
+    batch_size: int = 256,
+    checkpoint: str = "best",
+    tta: bool = False,
+) -> dict[str, Any]:
+    """Loss and accuracy of a run's checkpoint (`best` or `last`) on the run's validation
+    split, or on `data`; with `tta`, each image's probabilities averaged over the flips and
+    shifts the run trained with. Writes nothing."""
+    path = find_checkpoint(run_or_checkpoint, f"{checkpoint}.pt")
+    state = read_state(path)
+    preprocessing = Preprocessing.from_dict(state.preprocessing)
+    saved = state.config
+    _check_users_parts(saved, data, model)
+    torch_device = pick_device(device)
+    split, described = _split_to_evaluate(state, path, data)
     pipeline = stored_eval_pipeline(preprocessing)
     if pipeline is not None and pipeline.has_steps:
         split = TransformedSplit(split, pipeline)
