@@ -217,3 +217,25 @@ def test_the_report_shows_the_reliability_diagram(calibrated_run):
     assert "data:image/png;base64," in section
     assert "expected calibration error" in section
     assert (calibrated_run.run_dir / "report" / "reliability.png").is_file()
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("temperature", "-1"),
+        ("temperature", "nan"),
+        ("reject_threshold", "1.5"),
+        ("reject_threshold", "true"),
+        ("augmentation", '{"shift": 100000}'),
+        ("augmentation", '{"flip": "yes"}'),
+    ],
+)
+def test_damaged_calibration_metadata_is_refused_by_name(calibrated_run, key, value):
+    from taolu.errors import CheckpointError
+    from taolu.export_format import build_metadata
+
+    state = read_state(calibrated_run.best_checkpoint).to_dict()
+    metadata = build_metadata(state, normalized_inside=True)
+    assert read_metadata(metadata, "m.onnx")["temperature"] == pytest.approx(state["temperature"])
+    with pytest.raises(CheckpointError, match=f"m.onnx: its taolu metadata is damaged.*{key[:5]}"):
+        read_metadata({**metadata, key: value}, "m.onnx")

@@ -104,9 +104,6 @@ def read_metadata(metadata: Any, source: str | Path) -> dict[str, Any]:
         preprocessing = Preprocessing.from_dict(json.loads(metadata["preprocessing"]))
         model_spec = json.loads(metadata.get("model_spec") or "null")
         described_input = json.loads(metadata.get("input") or "{}")
-        temperature = float(metadata.get("temperature") or "1.0")
-        threshold = json.loads(metadata.get("reject_threshold") or "null")
-        augmentation = json.loads(metadata.get("augmentation") or "{}")
     except (KeyError, ValueError, TypeError, RecursionError) as error:
         raise CheckpointError(f"{source}: its taolu metadata is damaged: {error}") from None
     except CheckpointError as error:
@@ -119,21 +116,6 @@ def read_metadata(metadata: Any, source: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{source}: its taolu metadata is damaged: classes are not names")
     if not (model_spec is None or isinstance(model_spec, list)):
         raise CheckpointError(f"{source}: its taolu metadata is damaged: model_spec is no list")
-    if not (math.isfinite(temperature) and temperature > 0):
-        raise CheckpointError(f"{source}: its taolu metadata is damaged: temperature {temperature}")
-    if threshold is not None and not (
-        isinstance(threshold, (int, float))
-        and not isinstance(threshold, bool)
-        and 0 <= threshold <= 1
-    ):
-        raise CheckpointError(f"{source}: its taolu metadata is damaged: reject_threshold")
-    if not (
-        isinstance(augmentation, dict)
-        and isinstance(augmentation.get("flip", False), bool)
-        and type(augmentation.get("shift", 0)) is int
-        and 0 <= augmentation.get("shift", 0) <= MAX_TTA_SHIFT
-    ):
-        raise CheckpointError(f"{source}: its taolu metadata is damaged: augmentation")
     if not isinstance(described_input, dict):
         raise CheckpointError(f"{source}: its taolu metadata is damaged: input is no mapping")
     return {
@@ -145,6 +127,34 @@ def read_metadata(metadata: Any, source: str | Path) -> dict[str, Any]:
         "weights": metadata.get("weights", ""),
         "epoch": metadata.get("epoch", ""),
         "normalized_inside": described_input.get("normalized_inside", True) is not False,
+        **_prediction_settings(metadata, source),
+    }
+
+
+def _prediction_settings(metadata: dict[str, str], source: str | Path) -> dict[str, Any]:
+    """The run's calibration and augmentation views, as predict uses them: "temperature",
+    "reject_threshold" and "augmentation", each checked (absent in older exports: 1.0, None,
+    no views)."""
+    damaged = f"{source}: its taolu metadata is damaged"
+    try:
+        temperature = float(metadata.get("temperature") or "1.0")
+        threshold = json.loads(metadata.get("reject_threshold") or "null")
+        augmentation = json.loads(metadata.get("augmentation") or "{}")
+    except (ValueError, TypeError, RecursionError) as error:
+        raise CheckpointError(f"{damaged}: {error}") from None
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise CheckpointError(f"{damaged}: temperature {temperature}")
+    number = isinstance(threshold, (int, float)) and not isinstance(threshold, bool)
+    if threshold is not None and not (number and 0 <= threshold <= 1):
+        raise CheckpointError(f"{damaged}: reject_threshold")
+    if not (
+        isinstance(augmentation, dict)
+        and isinstance(augmentation.get("flip", False), bool)
+        and type(augmentation.get("shift", 0)) is int
+        and 0 <= augmentation.get("shift", 0) <= MAX_TTA_SHIFT
+    ):
+        raise CheckpointError(f"{damaged}: augmentation")
+    return {
         "temperature": temperature,
         "reject_threshold": None if threshold is None else float(threshold),
         "augmentation": {
