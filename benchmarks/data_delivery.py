@@ -24,9 +24,9 @@ from torch.utils.data import DataLoader
 from torchvision import datasets
 from torchvision import transforms as T
 
-from taolu.api import build_train_config
 from taolu.data.bench import measure_delivery
 from taolu.data.pipeline import DataOptions
+from taolu.train_options import build_train_config
 
 
 def make_photos(root: Path, count: int, classes: int = 4) -> None:

@@ -239,7 +239,6 @@ def make_readers(folder: Path, best: Path) -> dict[str, Reader]:
     from scipy.io import savemat
 
     from taolu import checkpoint as ckpt
-    from taolu.api import build_train_config
     from taolu.data.csv_list import list_csv
     from taolu.data.decode import decode_file
     from taolu.data.disk_sets import load_disk_dataset
@@ -248,6 +247,7 @@ def make_readers(folder: Path, best: Path) -> dict[str, Reader]:
     from taolu.models.spec import build_from_spec, load_layer_spec
     from taolu.models.zoo import load_weights
     from taolu.run.transfer import head_name
+    from taolu.train_options import build_train_config
 
     sys.path.insert(0, str(Path(__file__).parent))
     from test_disk_sets import (

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import taolu
-from taolu.api import build_train_config
 from taolu.config import FIELDS
 from taolu.models import BUILTIN_MODELS
+from taolu.train_options import build_train_config
 
 
 def write_yaml(path, text):

@@ -88,7 +88,7 @@ def add_data_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def _data_config(args: argparse.Namespace) -> TrainConfig:
-    from taolu.api import build_train_config
+    from taolu.train_options import build_train_config
 
     return build_train_config(None, given_options(args))
 

@@ -33,8 +33,7 @@ from taolu.models import build_model
 from taolu.option_values import resolve_config
 from taolu.run.setup import settle_recipe
 from taolu.run.transfer import head_name
-
-USER_PREFIX = "user:"  # how config.yaml names the caller's own objects (api.USER_PREFIX)
+from taolu.train_options import USER_PREFIX
 
 
 @dataclass(frozen=True)
