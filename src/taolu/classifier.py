@@ -90,6 +90,27 @@ def checkpoint_classifier(
     )
 
 
+def _exported_classifier(
+    metadata: dict[str, Any],
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    device: torch.device,
+    source: str,
+) -> Classifier:
+    """A Classifier for an exported file, everything but its forward pass from the file's
+    checked metadata (`read_metadata`)."""
+    return Classifier(
+        metadata["classes"],
+        metadata["preprocessing"],
+        forward,
+        device,
+        source,
+        _exported_about(metadata),
+        temperature=metadata["temperature"],
+        reject_threshold=metadata["reject_threshold"],
+        augmentation=metadata["augmentation"],
+    )
+
+
 def _exported_about(metadata: dict[str, Any]) -> dict[str, Any]:
     """Classifier.about for an exported file: its metadata records no metrics."""
     epoch = str(metadata.get("epoch", ""))
@@ -147,17 +168,7 @@ def _onnx_classifier(path: Path, device: torch.device) -> Classifier:
     def forward(images: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(session.run(None, {name: images.cpu().numpy()})[0])
 
-    return Classifier(
-        metadata["classes"],
-        metadata["preprocessing"],
-        forward,
-        torch.device("cpu"),
-        ONNX,
-        _exported_about(metadata),
-        temperature=metadata["temperature"],
-        reject_threshold=metadata["reject_threshold"],
-        augmentation=metadata["augmentation"],
-    )
+    return _exported_classifier(metadata, forward, torch.device("cpu"), ONNX)
 
 
 def _torchscript_classifier(path: Path, device: torch.device, trust_code: bool) -> Classifier:
@@ -186,17 +197,7 @@ def _torchscript_classifier(path: Path, device: torch.device, trust_code: bool) 
         except Exception as error:
             raise CheckpointError(f"{path}: not a loadable TorchScript file: {error}") from None
     module.eval()
-    return Classifier(
-        decoded["classes"],
-        decoded["preprocessing"],
-        module,
-        device,
-        TORCHSCRIPT,
-        _exported_about(decoded),
-        temperature=decoded["temperature"],
-        reject_threshold=decoded["reject_threshold"],
-        augmentation=decoded["augmentation"],
-    )
+    return _exported_classifier(decoded, module, device, TORCHSCRIPT)
 
 
 def _safetensors_classifier(
@@ -224,18 +225,8 @@ def _safetensors_classifier(
         "config": {"weights": metadata["weights"] or None},
     }
     network = restore_model(state, model)
-    preprocessing = metadata["preprocessing"]
-    return Classifier(
-        metadata["classes"],
-        preprocessing,
-        normalizing_forward(network, preprocessing, device),
-        device,
-        SAFETENSORS,
-        _exported_about(metadata),
-        temperature=metadata["temperature"],
-        reject_threshold=metadata["reject_threshold"],
-        augmentation=metadata["augmentation"],
-    )
+    forward = normalizing_forward(network, metadata["preprocessing"], device)
+    return _exported_classifier(metadata, forward, device, SAFETENSORS)
 
 
 def refuse_code_unless_trusted(path: str | Path, trust_code: bool) -> None:
