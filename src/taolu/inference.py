@@ -31,7 +31,7 @@ from taolu.data.polarity import polarity_message, reversed_inputs
 from taolu.data.sources import list_image_files
 from taolu.data.transforms import SamplePipeline
 from taolu.engine.calibration import KEPT_SHARE
-from taolu.engine.tta import views
+from taolu.engine.tta import mean_probabilities, views
 from taolu.errors import ConfigError, DataError
 from taolu.predictions import UNKNOWN
 
@@ -109,8 +109,11 @@ def probabilities_of(
         mean = torch.tensor(classifier.preprocessing.mean, device=batch.device).view(1, -1, 1, 1)
         flip, shift = bool(augmentation.get("flip")), int(augmentation.get("shift", 0))
         seen = views(batch, flip, shift, fill=mean)
-    scaled = [classifier.forward(view).float() / classifier.temperature for view in seen]
-    return torch.stack([logits.softmax(dim=1) for logits in scaled]).mean(0).cpu()
+
+    def scaled_logits(view: torch.Tensor) -> torch.Tensor:
+        return classifier.forward(view).float() / classifier.temperature
+
+    return mean_probabilities(scaled_logits, seen).cpu()
 
 
 def top_classes(

@@ -5,6 +5,7 @@ it: the top losses, and per confused pair of classes, how many and which images.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from collections import defaultdict
@@ -14,6 +15,7 @@ from typing import Any
 
 import torch
 
+from taolu.atomic_file import write_atomic
 from taolu.errors import DataError
 from taolu.layout import RunDir
 
@@ -33,24 +35,23 @@ def write_val_predictions(
     as predict reports them) and its loss, -log(true probability)."""
     confidence, predicted = probabilities.max(dim=1)
     true_probability = probabilities.gather(1, labels.view(-1, 1)).flatten()
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(COLUMNS)
-        for row in zip(
-            names,
-            labels.tolist(),
-            predicted.tolist(),
-            confidence.tolist(),
-            true_probability.tolist(),
-            strict=True,
-        ):
-            name, truth, guess, sure, given = row
-            loss = -math.log(max(given, 1e-12))
-            writer.writerow(
-                [name, classes[truth], classes[guess], f"{sure:.6f}", f"{given:.6f}", f"{loss:.6f}"]
-            )
-    temporary.replace(path)
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    for row in zip(
+        names,
+        labels.tolist(),
+        predicted.tolist(),
+        confidence.tolist(),
+        true_probability.tolist(),
+        strict=True,
+    ):
+        name, truth, guess, sure, given = row
+        loss = -math.log(max(given, 1e-12))
+        writer.writerow(
+            [name, classes[truth], classes[guess], f"{sure:.6f}", f"{given:.6f}", f"{loss:.6f}"]
+        )
+    write_atomic(path, text.getvalue().encode("utf-8"))
 
 
 def read_val_predictions(run: str | Path) -> list[dict[str, Any]]:

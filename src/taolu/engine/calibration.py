@@ -97,11 +97,21 @@ def expected_calibration_error(
     probabilities: torch.Tensor, labels: torch.Tensor, bins: int = ECE_BINS
 ) -> float:
     """The mean gap between confidence and accuracy, bins weighted by their share of samples."""
-    total = len(labels)
+    return _weighted_gap(reliability_table(probabilities, labels, bins))
+
+
+def _weighted_gap(rows: list[tuple[float, float, int]]) -> float:
+    """The expected calibration error of a reliability table."""
+    total = sum(count for _, _, count in rows)
     if not total:
         return 0.0
-    rows = reliability_table(probabilities, labels, bins)
     return sum(count / total * abs(confidence - accuracy) for confidence, accuracy, count in rows)
+
+
+def rescaled(probabilities: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Probabilities as temperature scaling gives them: log probabilities are the logits up
+    to a constant per image, so softmax(log p / T) is softmax(logits / T)."""
+    return (probabilities.double().clamp_min(1e-12).log() / temperature).softmax(dim=1)
 
 
 def threshold_keeping(
@@ -118,13 +128,12 @@ def threshold_keeping(
 
 def calibrate(probabilities: torch.Tensor, labels: torch.Tensor) -> Calibration:
     """Temperature, ECE before and after, rejection thresholds and the reliability table,
-    from the validation split's probabilities (as evaluate keeps them) and labels. Log
-    probabilities are the logits up to a constant per image, so scaling them is the same as
-    scaling the logits."""
+    from the validation split's probabilities (as evaluate keeps them) and labels (see
+    `rescaled` for why probabilities serve as well as logits)."""
     probabilities, labels = probabilities.double(), labels.long()
-    log_probabilities = probabilities.clamp_min(1e-12).log()
-    temperature = fit_temperature(log_probabilities, labels)
-    scaled = (log_probabilities / temperature).softmax(dim=1)
+    temperature = fit_temperature(probabilities.clamp_min(1e-12).log(), labels)
+    scaled = rescaled(probabilities, temperature)
+    reliability = reliability_table(scaled, labels)
     threshold = threshold_keeping(scaled, labels)
     confidence, predicted = scaled.max(dim=1)
     answered = confidence >= threshold if threshold is not None else torch.ones_like(labels).bool()
@@ -132,10 +141,10 @@ def calibrate(probabilities: torch.Tensor, labels: torch.Tensor) -> Calibration:
     return Calibration(
         temperature=temperature,
         ece_before=expected_calibration_error(probabilities, labels),
-        ece_after=expected_calibration_error(scaled, labels),
+        ece_after=_weighted_gap(reliability),
         samples=len(labels),
         reject_threshold=threshold,
         rejected_share=float(1 - answered.double().mean()),
         answered_accuracy=float(right.double().mean()) if len(right) else 0.0,
-        reliability=reliability_table(scaled, labels),
+        reliability=reliability,
     )

@@ -5,6 +5,8 @@ shows the model something it was trained to tell apart (a mirrored digit)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -34,6 +36,15 @@ def views(
     return seen
 
 
+def mean_probabilities(
+    forward: Callable[[torch.Tensor], torch.Tensor], seen: list[torch.Tensor]
+) -> torch.Tensor:
+    """softmax(forward(view)) averaged over the views; with one view, just its softmax."""
+    if len(seen) == 1:
+        return forward(seen[0]).float().softmax(1)
+    return torch.stack([forward(view).float().softmax(1) for view in seen]).mean(0)
+
+
 class ViewAveraged(nn.Module):
     """`model` over the views of its (normalised) input: the log of the mean softmax, so that
     argmax, cross-entropy and softmax read it as they read logits."""
@@ -43,7 +54,5 @@ class ViewAveraged(nn.Module):
         self.model, self.flip, self.shift = model, flip, shift
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        probabilities = torch.stack(
-            [self.model(view).float().softmax(1) for view in views(images, self.flip, self.shift)]
-        ).mean(0)
-        return probabilities.clamp_min(1e-12).log()
+        seen = views(images, self.flip, self.shift)
+        return mean_probabilities(self.model, seen).clamp_min(1e-12).log()

@@ -13,7 +13,7 @@ import torch
 
 from taolu.checkpoint import save_state
 from taolu.data.pipeline import split_names
-from taolu.engine.calibration import Calibration, calibrate
+from taolu.engine.calibration import Calibration, calibrate, rescaled
 from taolu.inspection import write_val_predictions
 from taolu.layout import LR_FIND_CSV, LR_FIND_PLOT
 from taolu.run.lr_auto import LrChoice
@@ -49,7 +49,7 @@ def write_predictions(run: Run, outputs: Outputs | None, temperature: float, pat
             "val_predictions.csv not written: %d names for %d predictions", len(names), len(labels)
         )
         return
-    scaled = (probabilities.double().clamp_min(1e-12).log() / temperature).softmax(dim=1)
+    scaled = rescaled(probabilities, temperature)
     write_val_predictions(path, names, run.data.bundle.classes, scaled, labels)
 
 

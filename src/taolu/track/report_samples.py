@@ -6,6 +6,7 @@ every run's end (benchmarks/startup.py)."""
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -22,7 +23,7 @@ def draw_samples(
     labels: np.ndarray,
     predicted: np.ndarray,
     confidence: np.ndarray,
-    name,
+    name: Callable[[int], str],
     columns: int,
 ) -> tuple[bytes, int]:
     """PNG bytes of the grid and how many of the images are right. `images` is (N, H, W, C)
