@@ -84,18 +84,7 @@ def read_metadata(metadata: Any, source: str | Path) -> dict[str, Any]:
             "preprocessing); export the run with `taolu export`"
         )
     texts = ("format_version", "classes", "preprocessing", "model_name", "model_class", "weights")
-    wrong = [
-        key
-        for key in (
-            *texts,
-            "model_spec",
-            "input",
-            "temperature",
-            "reject_threshold",
-            "augmentation",
-        )
-        if not isinstance(metadata.get(key, ""), str)
-    ]
+    wrong = [key for key in (*texts, *JSON_TEXTS) if not isinstance(metadata.get(key, ""), str)]
     if wrong:
         raise CheckpointError(f"{source}: its taolu metadata is damaged: {wrong[0]} is not text")
     try:
