@@ -3,6 +3,7 @@ error before and after, rejection thresholds, and predict's use of both."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -239,3 +240,24 @@ def test_damaged_calibration_metadata_is_refused_by_name(calibrated_run, key, va
     assert read_metadata(metadata, "m.onnx")["temperature"] == pytest.approx(state["temperature"])
     with pytest.raises(CheckpointError, match=f"m.onnx: its taolu metadata is damaged.*{key[:5]}"):
         read_metadata({**metadata, key: value}, "m.onnx")
+
+
+def test_the_cli_passes_reject_below_and_tta_through(calibrated_run, tmp_path, cli_main):
+    from PIL import Image
+
+    from taolu.data.embedded import load_digits
+
+    images, _ = load_digits()
+    path = tmp_path / "d.png"
+    Image.fromarray(images[0]).save(path)
+    code, out, _ = cli_main(
+        "predict", calibrated_run.run_dir, path, "--reject-below", "1", "--tta", "--json"
+    )
+    [result] = json.loads(out)
+    top = result["predictions"][0]
+    assert code == 0
+    assert result["answer"] == (top["class"] if top["probability"] >= 1 else "unknown")
+    code, out, _ = cli_main("predict", calibrated_run.run_dir, path, "--reject-below", "often")
+    assert code != 0
+    code, out, _ = cli_main("eval", calibrated_run.run_dir, "--tta", "--json")
+    assert code == 0 and json.loads(out)["tta"] is True
