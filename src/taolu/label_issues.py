@@ -25,7 +25,7 @@ class LabelIssue:
 
     index: int  # row of the probability matrix
     given: int
-    suggested: int  # the class it is confidently counted in instead
+    suggested: int  # the class the model predicts instead
     score: float  # out-of-sample probability of the given label: lower, more suspect
     margin: float  # given label's probability minus the best other class's (-1..1)
 
@@ -64,29 +64,51 @@ def confident_joint(
     return joint
 
 
+def calibrated_joint(joint: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The confident joint with each row scaled to the number of samples given that label
+    (the paper's calibration): the thresholds leave many samples uncounted, and this puts
+    them back in proportion, so an off-diagonal cell estimates how many labels i are really
+    j."""
+    given = torch.bincount(labels, minlength=joint.shape[0]).double()
+    counted = joint.sum(dim=1).double()
+    scale = torch.where(counted > 0, given / counted.clamp(min=1), torch.zeros_like(given))
+    return joint.double() * scale.view(-1, 1)
+
+
 def find_label_issues(probabilities: torch.Tensor, labels: torch.Tensor) -> list[LabelIssue]:
-    """Samples in the confident joint's off-diagonal: counted confidently in a class k other
-    than their given label (p_k >= t_k, the most probable such k), and not predicted as
-    their given label (a sample the model still ranks first under its label is kept, as
-    cleanlab does). Most suspect first: by self-confidence (the given label's probability,
-    the paper's best ranking), ties by normalised margin. `probabilities` (N, classes) must
-    be out-of-sample: a model that memorised a label gives it back."""
-    probabilities = probabilities.float()
-    labels = labels.long()
+    """Confident learning's prune-by-noise-rate (the paper's PBNR, cleanlab's default): for
+    each pair of a given label i and another class j, the calibrated confident joint
+    estimates how many samples labelled i are really j; that many of the samples labelled i
+    with the largest margin p_j - p_i are flagged, unless the model still ranks their given
+    label first. The suggested label is the model's prediction. Most suspect first: by
+    self-confidence (the given label's probability, the paper's best ranking), ties by the
+    normalised margin. `probabilities` (N, classes) must be out-of-sample: a model that
+    memorised a label gives it back."""
+    probabilities, labels = probabilities.float(), labels.long()
     if probabilities.ndim != 2 or probabilities.shape[0] != labels.shape[0]:
         raise ValueError(f"probabilities {tuple(probabilities.shape)} for {len(labels)} labels")
     thresholds = class_thresholds(probabilities, labels)
-    counted = confident_classes(probabilities, thresholds)
-    given = probabilities.gather(1, labels.view(-1, 1)).flatten()
+    estimated = calibrated_joint(confident_joint(probabilities, labels, thresholds), labels)
+    predicted = probabilities.argmax(dim=1)
+    flagged = torch.zeros(len(labels), dtype=torch.bool)
+    for given in range(probabilities.shape[1]):
+        members = (labels == given).nonzero().flatten()
+        for other in range(probabilities.shape[1]):
+            count = min(int(round(float(estimated[given, other]))), len(members))
+            if other == given or count == 0:
+                continue
+            margin = probabilities[members, other] - probabilities[members, given]
+            flagged[members[margin.topk(count).indices]] = True
+    flagged &= predicted != labels
+    given_probability = probabilities.gather(1, labels.view(-1, 1)).flatten()
     others = probabilities.scatter(1, labels.view(-1, 1), -1.0).max(dim=1).values
-    flagged = (counted >= 0) & (counted != labels) & (probabilities.argmax(dim=1) != labels)
     issues = [
         LabelIssue(
             index=index,
             given=int(labels[index]),
-            suggested=int(counted[index]),
-            score=float(given[index]),
-            margin=float(given[index] - others[index]),
+            suggested=int(predicted[index]),
+            score=float(given_probability[index]),
+            margin=float(given_probability[index] - others[index]),
         )
         for index in flagged.nonzero().flatten().tolist()
     ]
