@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 import taolu
+from taolu.data.pipeline import DataOptions, read_bundle
 from taolu.errors import ConfigError, DataError
 from taolu.label_issues import (
     COLUMNS,
@@ -24,6 +25,9 @@ from taolu.label_issues import (
     read_label_issues,
     write_label_issues,
 )
+from taolu.label_search import pool_splits
+from taolu.run.setup import UserParts
+from taolu.train_options import build_train_config
 
 QUIET = {"verbose": False, "progress": False, "report": False}
 
@@ -149,6 +153,31 @@ def test_the_csv_round_trips_and_refuses_what_taolu_did_not_write(tmp_path):
     path.write_text("path,true\nx,y\n")
     with pytest.raises(DataError, match="not a label_issues.csv"):
         read_label_issues(path)
+
+
+# --------------------------------------------------------------------------- the pool
+
+
+def test_an_embedded_set_is_pooled_and_named_by_its_rows(digits_arrays):
+    config = build_train_config(None, {"data": "digits"})
+    bundle, *_ = read_bundle(DataOptions.taken_from(config))
+    pool = pool_splits(bundle, config)
+    images, labels = digits_arrays
+    rows = [int(name.removeprefix("digits[").removesuffix("]")) for name in pool.names]
+    assert sorted(rows) == list(range(len(labels)))
+    assert pool.labels.tolist() == [int(labels[row]) for row in rows]
+    assert torch.equal(pool.samples.images[:, 0], torch.from_numpy(images[rows]))
+
+
+def test_separate_user_datasets_are_told_apart(array_dataset, easy_images):
+    images, labels = easy_images(12, seed=1)
+    train, val = array_dataset(images[:8], labels[:8]), array_dataset(images[8:], labels[8:])
+    parts = UserParts(train_data=train, val_data=val)
+    config = build_train_config(None, {}, parts=parts)
+    bundle, *_ = read_bundle(DataOptions.taken_from(config), train_data=train, val_data=val)
+    pool = pool_splits(bundle, config, separate_val=True)
+    assert pool.names[0] == "ArrayDataset[0]" and pool.names[8] == "val_data ArrayDataset[0]"
+    assert pool.labels.tolist() == list(labels) and len(set(pool.names)) == 12
 
 
 # --------------------------------------------------------------------------- end to end

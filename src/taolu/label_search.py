@@ -25,7 +25,7 @@ from taolu.config import FIELDS, TrainConfig
 from taolu.data.bundle import DataBundle, ImageTensors
 from taolu.data.embedded import LOADERS, stratified_split
 from taolu.data.pipeline import DataOptions, read_bundle
-from taolu.data.sources import EMBEDDED, ImageFiles, data_kind
+from taolu.data.sources import DISK_SET, EMBEDDED, ImageFiles, data_kind
 from taolu.data.user_data import NamedSamples
 from taolu.engine.precision import pick_device
 from taolu.errors import ConfigError
@@ -84,20 +84,23 @@ def _split_labels(split: Dataset | ImageTensors) -> list[int]:
 
 
 def _split_names(split: Dataset | ImageTensors, part: str) -> list[str]:
-    """What each sample is called: its file, its index in the user's Dataset, or its index
-    in the split (a torchvision set on disk)."""
+    """What each sample is called: its file, its index in the user's Dataset (`part` before
+    it when the two splits are separate Datasets), or `part[index]` (a set on disk)."""
     if isinstance(split, ImageTensors) and split.names is not None:
         return list(split.names)
     if isinstance(split, ImageFiles):
         return [str(path) for path, _ in split.files]
     if isinstance(split, NamedSamples):
-        return [split.where(index) for index in range(len(split))]
+        named = [split.where(index) for index in range(len(split))]
+        return [f"{part} {name}" for name in named] if part else named
     return [f"{part}[{index}]" for index in range(len(split))]
 
 
-def pool_splits(bundle: DataBundle, config: TrainConfig) -> Pool:
-    """Both splits of the run's data, read once, as one Pool; an embedded set's samples are
-    named by their row in the set (its own split recomputed, as load_embedded makes it)."""
+def pool_splits(bundle: DataBundle, config: TrainConfig, separate_val: bool = False) -> Pool:
+    """Both splits of the run's data, read once, as one Pool (training samples first). An
+    embedded set's samples are named by their row in the set (its split recomputed as
+    load_embedded makes it), a set on disk's by its split and index; with `separate_val`
+    (the user's own val_data), that Dataset's samples are told apart as `val_data ...`."""
     train, val = bundle.train, bundle.val
     if isinstance(train, ImageTensors) and isinstance(val, ImageTensors):
         samples = ImageTensors(
@@ -106,12 +109,16 @@ def pool_splits(bundle: DataBundle, config: TrainConfig) -> Pool:
     else:
         samples = ConcatDataset([train, val])
     labels = torch.tensor(_split_labels(train) + _split_labels(val), dtype=torch.long)
-    if not config.data.startswith(USER_PREFIX) and data_kind(config.data) == EMBEDDED:
+    kind = None if config.data.startswith(USER_PREFIX) else data_kind(config.data)
+    if kind == EMBEDDED:
         rows = torch.cat(stratified_split(LOADERS[config.data]()[1], config.val_fraction))
         names = [f"{config.data}[{row}]" for row in rows.tolist()]
+    elif kind == DISK_SET:  # its own train and test splits
+        names = _split_names(train, f"{config.data} train") + _split_names(
+            val, f"{config.data} test"
+        )
     else:
-        what = config.data.removeprefix(USER_PREFIX)
-        names = _split_names(train, f"{what} train") + _split_names(val, f"{what} val")
+        names = _split_names(train, "") + _split_names(val, "val_data" if separate_val else "")
     return Pool(bundle, samples, labels, names)
 
 
@@ -181,6 +188,42 @@ def _held_out_probabilities(
     return torch.tensor(kept, dtype=torch.long), torch.cat(outputs)
 
 
+@dataclass(frozen=True)
+class FoldPlan:
+    """What every fold run shares: the run's state, the user's own (untrained) module if
+    any, the parts and options each fold trains with, the pool and each sample's fold."""
+
+    state: TrainState
+    model: nn.Module | None
+    parts: UserParts
+    config: TrainConfig
+    pool: Pool
+    fold_of: torch.Tensor
+
+
+def _train_and_score_fold(
+    plan: FoldPlan, fold: int, scratch: str
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Train fold `fold`'s model on every other fold (an ordinary run in `scratch`) and
+    score the fold it never saw: (indices into the pool, probabilities, images trained)."""
+    pool = plan.pool
+    held = (plan.fold_of == fold).nonzero().flatten()
+    kept = (plan.fold_of != fold).nonzero().flatten()
+    splits = dataclasses.replace(
+        pool.bundle, train=pool.part(kept), val=pool.part(held), listing=None
+    )
+    network = _fresh_network(plan.state, plan.model)
+    parts = dataclasses.replace(plan.parts, model=network, splits=splits)
+    options = dataclasses.replace(plan.config, out=scratch, name=f"fold{fold + 1}")
+    with _fold_warnings_hidden():
+        result = run_training(options, parts, chosen=set(FIELDS))
+    trained = result.model if network is not None else None
+    indices, found = _held_out_probabilities(
+        result.run_dir, trained, pool, held, plan.config.device
+    )
+    return indices, found, len(kept)
+
+
 def find_label_issues_in_run(
     run: str | Path,
     *,
@@ -199,55 +242,34 @@ def find_label_issues_in_run(
         raise ConfigError(f"folds: {folds} is not allowed; use 2 to 20")
     run_dir = Path(run).expanduser()
     state = read_state(find_checkpoint(run_dir, BEST_NAME))
-    saved = state.config
-    check_users_parts(saved, data, model)
+    check_users_parts(state.config, data, model)
     refuse_model_named_by_checkpoint(state, None, UserParts(model=model))
-    parts = UserParts(
-        model=_fresh_network(state, model),
-        train_data=data,
-        val_data=val_data,
-        classes=list(state.classes),
-    )
-    config = fold_config(saved, parts, epochs, device)
+    classes = list(state.classes)
+    parts = UserParts(_fresh_network(state, model), data, val_data, classes)
+    config = fold_config(state.config, parts, epochs, device)
     bundle, _, _, _ = read_bundle(
         DataOptions.taken_from(config),
         train_data=data,
         val_data=val_data,
-        classes=list(state.classes),
+        classes=classes,
         manifest=RunDir(run_dir).manifest,
     )
-    pool = pool_splits(bundle, config)
-    fold_of = assign_folds(pool.labels, folds, config.seed)
+    pool = pool_splits(bundle, config, separate_val=val_data is not None)
+    plan = FoldPlan(
+        state, model, parts, config, pool, assign_folds(pool.labels, folds, config.seed)
+    )
     probabilities = torch.zeros(len(pool.labels), len(bundle.classes))
     scored = torch.zeros(len(pool.labels), dtype=torch.bool)
     accuracy = []
     with tempfile.TemporaryDirectory(dir=run_dir, prefix=f"{LABEL_FOLDS_DIR}-") as scratch:
         for fold in range(folds):
-            held, kept = (
-                (fold_of == fold).nonzero().flatten(),
-                (fold_of != fold).nonzero().flatten(),
-            )
-            splits = dataclasses.replace(
-                bundle, train=pool.part(kept), val=pool.part(held), listing=None
-            )
-            network = _fresh_network(state, model)
-            fold_parts = dataclasses.replace(parts, model=network, splits=splits)
-            fold_run = dataclasses.replace(config, out=scratch, name=f"fold{fold + 1}")
-            with _fold_warnings_hidden():
-                result = run_training(fold_run, fold_parts, chosen=set(FIELDS))
-            indices, found = _held_out_probabilities(
-                result.run_dir,
-                result.model if network is not None else None,
-                pool,
-                held,
-                config.device,
-            )
+            indices, found, trained = _train_and_score_fold(plan, fold, scratch)
             probabilities[indices], scored[indices] = found, True
-            right = (found.argmax(1) == pool.labels[indices]).float().mean().item()
-            accuracy.append(right)
+            agree = (found.argmax(1) == pool.labels[indices]).float()
+            accuracy.append(agree.mean().item() if len(agree) else float("nan"))
             say(
-                f"fold {fold + 1}/{folds}: {len(kept)} images trained, {len(held)} held out, "
-                f"accuracy on them {right:.4f}"
+                f"fold {fold + 1}/{folds}: trained on {trained} images, scored {len(indices)}; "
+                f"accuracy on them (given labels) {accuracy[-1]:.4f}"
             )
     return _write_issues(run_dir, pool, probabilities, scored, folds, accuracy)
 
