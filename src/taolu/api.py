@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 from torch.utils.data import Dataset
@@ -36,6 +36,9 @@ from taolu.train_options import (
     refuse_model_named_by_checkpoint,
 )
 from taolu.train_state import TrainState
+
+if TYPE_CHECKING:
+    from taolu.label_search import LabelSearch
 
 
 def train(
@@ -294,7 +297,7 @@ def find_label_issues(
     model: nn.Module | None = None,
     device: str | None = None,
     verbose: bool = True,
-) -> Any:
+) -> LabelSearch:
     """Likely mislabelled images among a run's training and validation images, most suspect
     first: `folds` models trained with the run's own options (`epochs` to shorten them) on
     all but one fold each, every image scored by the model that never saw it, and confident

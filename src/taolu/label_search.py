@@ -28,7 +28,7 @@ from taolu.data.pipeline import DataOptions, read_bundle
 from taolu.data.sources import DISK_SET, EMBEDDED, ImageFiles, data_kind
 from taolu.data.user_data import NamedSamples
 from taolu.engine.precision import pick_device
-from taolu.errors import ConfigError
+from taolu.errors import ConfigError, TrainingInterrupted
 from taolu.inference import input_reader, probabilities_of
 from taolu.label_issues import LabelIssue, assign_folds, find_label_issues, write_label_issues
 from taolu.layout import BEST_NAME, LABEL_FOLDS_DIR, RunDir
@@ -215,8 +215,15 @@ def _train_and_score_fold(
     network = _fresh_network(plan.state, plan.model)
     parts = dataclasses.replace(plan.parts, model=network, splits=splits)
     options = dataclasses.replace(plan.config, out=scratch, name=f"fold{fold + 1}")
-    with _fold_warnings_hidden():
-        result = run_training(options, parts, chosen=set(FIELDS))
+    try:
+        with _fold_warnings_hidden():
+            result = run_training(options, parts, chosen=set(FIELDS))
+    except TrainingInterrupted as stopped:  # its checkpoint goes with the scratch folder
+        raise TrainingInterrupted(
+            f"label search stopped in fold {fold + 1}; nothing was written (run it again to "
+            "start over)",
+            stopped.exit_code,
+        ) from None
     trained = result.model if network is not None else None
     indices, found = _held_out_probabilities(
         result.run_dir, trained, pool, held, plan.config.device

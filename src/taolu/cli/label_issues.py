@@ -41,13 +41,9 @@ def add_label_issues_command(commands: argparse._SubParsersAction) -> None:
 
 def run_find_label_issues(args: argparse.Namespace) -> int:
     from taolu.api import find_label_issues
-    from taolu.errors import ConfigError
 
-    if args.epochs is not None and args.epochs < 1:
-        raise ConfigError(f"--epochs: {args.epochs} is not allowed; use 1 or more")
-    quiet = args.json
     search = find_label_issues(
-        args.run, folds=args.folds, epochs=args.epochs, device=args.device, verbose=not quiet
+        args.run, folds=args.folds, epochs=args.epochs, device=args.device, verbose=not args.json
     )
     if args.json:
         sys.stdout.write(json.dumps(search.issues, indent=2, ensure_ascii=False) + "\n")
