@@ -163,9 +163,12 @@ def _held_out_probabilities(
     result_dir: Path, network: nn.Module | None, pool: Pool, held: torch.Tensor, device: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The fold model's probabilities for the held-out samples it can read, read as predict
-    reads them: (indices into the pool, probabilities). Uncalibrated: the fold's temperature
-    was fitted on these very labels, the noisy ones included, and would soften the whole
-    fold (measured: a fold holding two flipped images came out below the class thresholds)."""
+    reads them: (indices into the pool, probabilities). The fold's best checkpoint: its
+    epoch is picked by accuracy over the whole held-out fold, which cannot single out one
+    label (measured on the tests' colour folders: the last epoch's sharper model found one
+    of two wrong files, the best found both). Uncalibrated: the fold's temperature was
+    fitted on these very labels, the wrong ones included, and softens the whole fold
+    (measured: a fold holding two flipped images came out below the class thresholds)."""
     classifier = load_classifier(
         result_dir, checkpoint="best", model=network, device=pick_device(device)
     )
