@@ -10,10 +10,8 @@ paths and the linked matrix."""
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import io
-import itertools
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from taolu.layout import RunDir
+
 MISTAKES_FILE = "mistakes.safetensors"
-LABEL_ISSUES_NAME = "label_issues.csv"
 TOP_LOSSES = 24  # images in the top-loss gallery
 PER_PAIR = 6  # images shown for each confused pair of classes
 MAX_PAIRS = 40  # confused pairs listed (the most frequent first)
@@ -73,8 +72,9 @@ class Mistakes:
 
     rows: list[dict[str, Any]] | None
     pictures: dict[int, np.ndarray] = field(default_factory=dict)
-    label_issues: list[dict[str, str]] | None = None
+    label_issues: list[dict[str, Any]] | None = None
     problems: list[str] = field(default_factory=list)
+    label_problem: str = ""  # why label_issues.csv, which exists, could not be read
 
 
 def read_mistakes(run_dir: Path, report_folder: Path) -> Mistakes:
@@ -92,7 +92,7 @@ def read_mistakes(run_dir: Path, report_folder: Path) -> Mistakes:
             found.pictures = _read_pictures(path, len(found.rows))
         except Exception as error:  # a truncated or foreign file costs the pictures only
             found.problems.append(f"{path.name} could not be used: {error}")
-    found.label_issues = _read_label_issues(run_dir / LABEL_ISSUES_NAME, found.problems)
+    found.label_issues, found.label_problem = _read_label_issues(RunDir(run_dir).label_issues)
     return found
 
 
@@ -108,16 +108,16 @@ def _read_pictures(path: Path, count: int) -> dict[int, np.ndarray]:
     return {int(row): image for row, image in zip(rows, images, strict=True) if 0 <= row < count}
 
 
-def _read_label_issues(path: Path, problems: list[str]) -> list[dict[str, str]] | None:
+def _read_label_issues(path: Path) -> tuple[list[dict[str, Any]] | None, str]:
+    from taolu.errors import DataError
+    from taolu.label_issues import read_label_issues
+
     if not path.is_file():
-        return None
+        return None, ""
     try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            return [dict(row) for row in itertools.islice(reader, LABEL_ISSUE_ROWS)]
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
-        problems.append(f"{path.name} could not be read: {error}")
-        return None
+        return read_label_issues(path)[:LABEL_ISSUE_ROWS], ""
+    except DataError as error:
+        return None, str(error)
 
 
 # --------------------------------------------------------------------------- the page
@@ -258,14 +258,19 @@ def _linked_matrix(
 
 def _label_issues_section(found: Mistakes) -> str:
     issues = found.label_issues
+    if found.label_problem:
+        return (
+            '<section id="label-issues"><h2>Likely mislabelled</h2>'
+            f'<p class="note skipped">Not shown: {_esc(found.label_problem)}.</p></section>'
+        )
     if not issues:
         return (
             '<section id="label-issues"><h2>Likely mislabelled</h2><p class="note">'
             + (
                 "label_issues.csv lists no image."
                 if issues is not None
-                else "This run has no label_issues.csv: <code>taolu labels RUN</code> looks "
-                "for images whose label the model, trained without them, disagrees with; "
+                else "This run has no label_issues.csv: <code>taolu find-label-issues RUN</code> "
+                "looks for images whose label models trained without them disagree with; "
                 "then <code>taolu report RUN</code> shows them here."
             )
             + "</p></section>"
