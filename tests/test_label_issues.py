@@ -28,6 +28,7 @@ from taolu.label_issues import (
 )
 from taolu.label_search import pool_splits
 from taolu.run.setup import UserParts
+from taolu.track.report import write_report
 from taolu.train_options import build_train_config
 
 QUIET = {"verbose": False, "progress": False, "report": False}
@@ -205,6 +206,12 @@ def colour_folder(tmp_path):
     return root
 
 
+def label_issues_section(page) -> str:
+    text = page.read_text(encoding="utf-8")
+    start = text.index('<section id="label-issues">')
+    return text[start : text.index("</section>", start)]
+
+
 @pytest.mark.slow
 def test_find_label_issues_puts_the_mislabelled_files_first(
     tmp_path, colour_folder, cli_main, tree_snapshot
@@ -213,8 +220,11 @@ def test_find_label_issues_puts_the_mislabelled_files_first(
         data=str(colour_folder), model="tudui", epochs=4, out=str(tmp_path / "runs"), **QUIET
     )
     before = tree_snapshot(colour_folder)
+    page = write_report(run.run_dir)
+    assert "zz_wrong0.png" not in label_issues_section(page)
     code, out, err = cli_main("find-label-issues", run.run_dir, "--folds", "3", "--epochs", "4")
     assert code == 0, err
+    assert "zz_wrong0.png" in label_issues_section(page)  # the page redrawn with the list
     rows = read_label_issues(run.run_dir / "label_issues.csv")
     wrong = {str(colour_folder / "red" / f"zz_wrong{i}.png") for i in range(2)}
     assert {row["path"] for row in rows[:2]} == wrong
