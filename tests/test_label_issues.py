@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch import nn
 
 import taolu
 from taolu.data.pipeline import DataOptions, read_bundle
@@ -27,6 +28,7 @@ from taolu.label_issues import (
 )
 from taolu.label_search import pool_splits
 from taolu.run.setup import UserParts
+from taolu.track.report import write_report
 from taolu.train_options import build_train_config
 
 QUIET = {"verbose": False, "progress": False, "report": False}
@@ -204,6 +206,12 @@ def colour_folder(tmp_path):
     return root
 
 
+def label_issues_section(page) -> str:
+    text = page.read_text(encoding="utf-8")
+    start = text.index('<section id="label-issues">')
+    return text[start : text.index("</section>", start)]
+
+
 @pytest.mark.slow
 def test_find_label_issues_puts_the_mislabelled_files_first(
     tmp_path, colour_folder, cli_main, tree_snapshot
@@ -212,8 +220,11 @@ def test_find_label_issues_puts_the_mislabelled_files_first(
         data=str(colour_folder), model="tudui", epochs=4, out=str(tmp_path / "runs"), **QUIET
     )
     before = tree_snapshot(colour_folder)
+    page = write_report(run.run_dir)
+    assert "zz_wrong0.png" not in label_issues_section(page)
     code, out, err = cli_main("find-label-issues", run.run_dir, "--folds", "3", "--epochs", "4")
     assert code == 0, err
+    assert "zz_wrong0.png" in label_issues_section(page)  # the page redrawn with the list
     rows = read_label_issues(run.run_dir / "label_issues.csv")
     wrong = {str(colour_folder / "red" / f"zz_wrong{i}.png") for i in range(2)}
     assert {row["path"] for row in rows[:2]} == wrong
@@ -244,6 +255,41 @@ def test_a_user_dataset_run_names_its_suspects_by_index(tmp_path, array_dataset,
         assert next(csv.reader(handle)) == list(COLUMNS)
 
 
+def test_a_run_with_your_own_module_trains_copies_of_it(tmp_path, array_dataset, easy_images):
+    images, labels = easy_images(24, seed=2)
+    dataset = array_dataset(images, labels)
+
+    def tiny_net():
+        return nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 2))
+
+    run = taolu.train(
+        data=dataset, model=tiny_net(), epochs=1, workers=0, out=str(tmp_path), **QUIET
+    )
+    with pytest.raises(ConfigError, match="data=.*model="):
+        taolu.find_label_issues(run.run_dir)
+    untrained = tiny_net()
+    before = {key: value.clone() for key, value in untrained.state_dict().items()}
+    search = taolu.find_label_issues(
+        run.run_dir, data=dataset, model=untrained, folds=2, epochs=1, verbose=False
+    )
+    assert search.samples == 24 and search.path.is_file()
+    after = untrained.state_dict()
+    assert all(torch.equal(before[key], after[key]) for key in before)  # copies trained
+
+
 def test_the_command_refuses_a_bad_fold_count(tmp_path, cli_main):
     code, _, err = cli_main("find-label-issues", tmp_path, "--folds", "1")
     assert code == 2 and "folds" in err
+
+
+@pytest.mark.slow
+def test_a_layer_list_run_is_refolded_from_its_stored_list(tmp_path):
+    layers = [{"Conv2d": {"out_channels": 4, "kernel_size": 3}}, "ReLU", "Flatten", "Linear"]
+    spec = tmp_path / "mynet.json"
+    spec.write_text(json.dumps({"layers": layers}))
+    run = taolu.train(data="digits", model=str(spec), epochs=1, out=str(tmp_path), **QUIET)
+    spec.unlink()  # the folds are built from the list the checkpoint holds, not the file
+    search = taolu.find_label_issues(run.run_dir, folds=2, verbose=False)
+    assert search.samples == 1797 and len(search.fold_accuracy) == 2
+    assert min(search.fold_accuracy) > 0.5
+    assert all(row["path"].startswith("digits[") for row in search.issues)

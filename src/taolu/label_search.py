@@ -73,6 +73,7 @@ class LabelSearch:
     samples: int  # images scored (the pooled splits, less any that could not be read)
     folds: int
     fold_accuracy: list[float]  # each fold model's accuracy on the fold it never saw
+    report: Path | None = None  # report.html, redrawn with the list where the run had one
 
 
 def _split_labels(split: Dataset | ImageTensors) -> list[int]:
@@ -281,7 +282,12 @@ def find_label_issues_in_run(
                 f"fold {fold + 1}/{folds}: trained on {trained} images, scored {len(indices)}; "
                 f"accuracy on them (given labels) {accuracy[-1]:.4f}"
             )
-    return _write_issues(run_dir, pool, probabilities, scored, folds, accuracy)
+    search = _write_issues(run_dir, pool, probabilities, scored, folds, accuracy)
+    if RunDir(run_dir).report.is_dir():  # the run's page shows the list: kept up to date
+        from taolu.track.report import write_report
+
+        search.report = write_report(run_dir)
+    return search
 
 
 def _write_issues(

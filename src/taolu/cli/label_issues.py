@@ -55,4 +55,6 @@ def run_find_label_issues(args: argparse.Namespace) -> int:
         print(f"  {row['score']:.3f}  {row['given']} -> {row['suggested']}  {row['path']}")
     if len(search.issues) > args.top:
         print(f"  ... and {len(search.issues) - args.top} more in {search.path}")
+    if search.report is not None:
+        print(f"the list is in the run's report too: {search.report}")
     return 0
