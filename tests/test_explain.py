@@ -193,6 +193,23 @@ def test_predict_explain_writes_overlays_and_leaves_the_inputs(
     assert (out / "digit1-2.explain.png").is_file() and len(list(out.iterdir())) == 5
 
 
+def test_the_overlays_path_is_printed_in_text_and_csv():
+    from taolu.predictions import render_predictions
+
+    results = [
+        {
+            "path": "a.png",
+            "predictions": [{"class": "3", "probability": 0.9}],
+            "explanation": "o/a.explain.png",
+        },
+        {"path": "b.png", "error": "b.png: unreadable"},
+    ]
+    assert "a.png: 3 0.900  [map: o/a.explain.png]" in render_predictions(results)
+    rows = render_predictions(results, "csv").splitlines()
+    assert rows[0].endswith(",explanation") and rows[1].endswith(",o/a.explain.png")
+    assert rows[2] == "b.png,,,,b.png: unreadable,"
+
+
 def test_predict_explain_at_a_named_layer_and_a_wrong_one(explained_run, digit_files, tmp_path):
     out = tmp_path / "named"
     taolu.predict(
