@@ -234,3 +234,31 @@ def test_exports_safetensors_explains_onnx_is_refused(explained_run, digit_files
     with pytest.raises(ConfigError, match="onnx file gives no gradients"):
         taolu.predict(onnx.path, [digit_files], explain=tmp_path / "never")
     assert not (tmp_path / "never").exists()
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def test_a_damaged_or_hostile_maps_file_gives_a_note(tmp_path):
+    import base64
+
+    from taolu.track.report_maps import MAPS_FILE, where_it_looks_section
+
+    png = base64.b64encode(b"\x89PNG\r\n\x1a\nrest").decode()
+    hostile = "<script>alert(1)</script>"
+    entry = {"path": hostile, "true": hostile, "predicted": "b", "probability": 0.5, "loss": 2.0}
+    (tmp_path / MAPS_FILE).write_text(json.dumps({"images": [{**entry, "png": png}]}))
+    section = where_it_looks_section(tmp_path)
+    assert "<script>" not in section and "&lt;script&gt;" in section
+    for broken, why in (
+        ({"images": [{**entry, "png": "not base64!"}]}, "not base64"),
+        ({"images": [{**entry, "png": base64.b64encode(b"GIF89a").decode()}]}, "not a PNG"),
+        ({"images": [{**entry, "png": png, "loss": "x"}]}, "loss is not a number"),
+        ({"note": "no convolution"}, "Not drawn: no convolution"),
+        ([], "not a JSON object"),
+    ):
+        (tmp_path / MAPS_FILE).write_text(json.dumps(broken))
+        section = where_it_looks_section(tmp_path)
+        assert why in section and "<img" not in section
+    (tmp_path / MAPS_FILE).write_text("{")
+    assert "could not be used" in where_it_looks_section(tmp_path)

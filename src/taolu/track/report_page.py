@@ -9,7 +9,8 @@ import json
 import math
 from typing import Any
 
-from taolu.track.report_files import RunFiles, per_class_scores
+from taolu.track.report_files import REPORT_FOLDER, RunFiles, per_class_scores
+from taolu.track.report_maps import where_it_looks_section
 from taolu.track.report_plots import Plot
 
 CSS = """
@@ -87,6 +88,7 @@ def render_html(files: RunFiles, plots: list[Plot]) -> str:
         if plot.key == "per_class":
             parts.append(_scrolling(_per_class_table(files)))
         parts.append("</section>")
+    parts.append(where_it_looks_section(files.run_dir / REPORT_FOLDER))
     parts += [
         _skipped_section(files),
         '<section id="summary">',
