@@ -3,6 +3,7 @@ for the class each result names), as PNG files in a folder the user chose, or as
 
 from __future__ import annotations
 
+import base64
 import io
 import re
 from pathlib import Path
@@ -62,6 +63,11 @@ def png_bytes(picture: Image.Image) -> bytes:
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def data_url(picture: Image.Image) -> str:
+    """The picture as a PNG data URL (serve's "explanation")."""
+    return "data:image/png;base64," + base64.b64encode(png_bytes(picture)).decode("ascii")
 
 
 def overlay_stem(name: str) -> str:
