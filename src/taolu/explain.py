@@ -147,7 +147,7 @@ def activation_maps(
 
 
 def heat_colours(heat: np.ndarray) -> np.ndarray:
-    """RGB uint8 (H, W, 3) for a map in 0..1, interpolated between HEAT_STOPS."""
+    """RGB uint8 (..., 3) for values in 0..1, interpolated between HEAT_STOPS."""
     position = np.clip(heat, 0, 1) * (len(HEAT_STOPS) - 1)
     low = np.floor(position).astype(int).clip(max=len(HEAT_STOPS) - 2)
     weight = (position - low)[..., None]
@@ -155,9 +155,13 @@ def heat_colours(heat: np.ndarray) -> np.ndarray:
     return colours.round().astype(np.uint8)
 
 
+HEAT_TABLE = heat_colours(np.linspace(0, 1, 256))  # (256, 3): a map's byte -> its colour
+
+
 def blend(image: torch.Tensor, heat: torch.Tensor) -> Image.Image:
     """The image (C, H, W: uint8, or float in 0..1) with the heat map (H, W) over it, hotter
-    parts more opaque; enlarged to OVERLAY_SIDE when smaller (pixels kept sharp)."""
+    parts more opaque; enlarged to OVERLAY_SIDE when smaller (pixels kept sharp). Drawn by
+    Pillow's own operations: numpy arithmetic on the enlarged picture cost 10 ms each."""
     if image.dtype != torch.uint8:
         image = (image.float().clamp(0, 1) * 255).round().to(torch.uint8)
     pixels = image.permute(1, 2, 0).cpu().numpy()
@@ -165,11 +169,11 @@ def blend(image: torch.Tensor, heat: torch.Tensor) -> Image.Image:
     scale = max(1.0, OVERLAY_SIDE / max(picture.size))
     size = (round(picture.width * scale), round(picture.height * scale))
     picture = picture.resize(size, Image.Resampling.NEAREST)
-    heat_image = Image.fromarray((heat.numpy() * 255).round().astype(np.uint8))
-    heat_big = np.asarray(heat_image.resize(size, Image.Resampling.BILINEAR)) / 255.0
-    alpha = (HEAT_OPACITY * heat_big)[..., None]
-    mixed = np.asarray(picture) * (1 - alpha) + heat_colours(heat_big) * alpha
-    return Image.fromarray(mixed.round().astype(np.uint8))
+    heat_bytes = Image.fromarray((heat.numpy() * 255).round().astype(np.uint8))
+    heat_bytes = heat_bytes.resize(size, Image.Resampling.BILINEAR)
+    colours = Image.fromarray(HEAT_TABLE[np.asarray(heat_bytes)])
+    opacity = heat_bytes.point([round(value * HEAT_OPACITY) for value in range(256)])
+    return Image.composite(colours, picture, opacity)
 
 
 def overlays_for(

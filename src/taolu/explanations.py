@@ -61,7 +61,8 @@ class Explainer:
 
 def png_bytes(picture: Image.Image) -> bytes:
     buffer = io.BytesIO()
-    picture.save(buffer, format="PNG")
+    # zlib's level 1: a quarter of the default's time for files ~15% larger.
+    picture.save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
 
 
