@@ -58,7 +58,7 @@ def _top_loss_maps(run: Run, run_dir: Path, count: int) -> dict[str, Any]:
     for index, picture in zip(ranked, pictures, strict=True):
         picture.thumbnail((SHOWN_SIDE, SHOWN_SIDE))
         buffer = io.BytesIO()
-        picture.save(buffer, format="PNG", optimize=True)
+        picture.save(buffer, format="PNG")
         row = rows[index]
         entries.append(
             {
