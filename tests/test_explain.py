@@ -212,9 +212,8 @@ def test_the_overlays_path_is_printed_in_text_and_csv():
 
 def test_predict_explain_at_a_named_layer_and_a_wrong_one(explained_run, digit_files, tmp_path):
     out = tmp_path / "named"
-    taolu.predict(
-        explained_run.run_dir, [digit_files / "digit1.png"], explain=out, explain_layer="2"
-    )
+    best = explained_run.best_checkpoint  # a checkpoint file does as well as its run
+    taolu.predict(best, [digit_files / "digit1.png"], explain=out, explain_layer="2")
     assert len(list(out.iterdir())) == 1
     with pytest.raises(ConfigError, match="'head' is no module.*layers with a spatial output"):
         taolu.predict(explained_run.run_dir, [digit_files], explain=out, explain_layer="head")
