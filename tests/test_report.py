@@ -224,7 +224,10 @@ def test_html_embeds_the_plots_and_the_runs_values(trained):
     # Every plot is embedded as the very PNG written beside the page; nothing is fetched.
     embedded = [base64.b64decode(src.split(",", 1)[1]) for src in tags.images]
     assert all(src.startswith("data:image/png;base64,") for src in tags.images)
-    assert embedded == [(trained / "report" / name).read_bytes() for name in ALL_PLOTS]
+    plots, maps = embedded[: len(ALL_PLOTS)], embedded[len(ALL_PLOTS) :]
+    assert plots == [(trained / "report" / name).read_bytes() for name in ALL_PLOTS]
+    # Then "Where it looks": the overlays of the run's top losses (test_explain.py).
+    assert len(maps) == 8 and all(png.startswith(b"\x89PNG") for png in maps)
     assert not re.search(r"(src|href)=\"(?!data:|#)", text)
     assert "Not drawn" not in text
     summary = json.loads((trained / "summary.json").read_text())
@@ -246,8 +249,22 @@ def test_html_embeds_the_plots_and_the_runs_values(trained):
     # The configuration shows what the run used where the setting left it to the run.
     used = f'{summary["device"]} <span class="muted">(set: auto)</span>'
     assert used in text and '8x8 <span class="muted">(set: 0)</span>' in text
-    for title in ("Loss", "Accuracy", "Learning rate", "Confusion matrix", "Sample predictions"):
+    titles = ("Loss", "Accuracy", "Learning rate", "Confusion matrix", "Sample predictions")
+    for title in (*titles, "Where it looks"):
         assert f"<h2>{title}" in text
+
+
+def test_the_report_shows_where_the_top_losses_looked(trained):
+    from taolu.inspection import read_val_predictions
+    from taolu.track.report_maps import MAPS_FILE, where_it_looks_section
+
+    saved = json.loads((trained / "report" / MAPS_FILE).read_text())
+    losses = sorted((row["loss"] for row in read_val_predictions(trained)), reverse=True)
+    assert [entry["loss"] for entry in saved["images"]] == losses[:8]
+    section = where_it_looks_section(trained / "report")
+    assert section.count("<img") == 8 and "#" in section  # digits are named by index
+    page = (trained / "report" / "report.html").read_text()
+    assert section in page
 
 
 def test_cli_rewrites_the_report_and_nothing_else(trained, cli_main, tree_snapshot):
@@ -301,7 +318,8 @@ def test_missing_inputs_are_skipped_with_a_note(tmp_path):
         assert_png(folder / name)
     for name in ("confusion_matrix.png", "per_class.png", "reliability.png", "val_samples.png"):
         assert not (folder / name).exists(), name
-    assert text.count("Not drawn") == 4
+    assert text.count("Not drawn") == 5
+    assert "there is no report/top_loss_maps.json" in text
     assert "summary.json holds no calibration" in text
     assert "there is no summary.json" in text
     assert "val_samples.safetensors could not be used" in text
@@ -315,7 +333,7 @@ def test_missing_inputs_are_skipped_with_a_note(tmp_path):
     early.mkdir()
     (early / "config.yaml").write_text("model: fastcnn\nepochs: 5\n", encoding="utf-8")
     text = write_report(early).read_text(encoding="utf-8")
-    assert text.count("Not drawn") == len(ALL_PLOTS)
+    assert text.count("Not drawn") == len(ALL_PLOTS) + 1  # and "Where it looks"
     assert "there is no metrics.csv" in text
 
 
@@ -421,8 +439,9 @@ def test_report_reads_on_a_phone_and_a_laptop(trained, tmp_path, chromium):
         )
         assert all(bottom <= height for bottom in bottoms), (width, bottoms)
         plot_widths = page.evaluate(
-            "() => Array.from(document.querySelectorAll('img:not(.thumb)'),"
-            " i => i.getBoundingClientRect().width)"
+            """() => Array.from(
+                document.querySelectorAll('section:not(#where_it_looks) img:not(.thumb)'),
+                i => i.getBoundingClientRect().width)"""
         )
         assert len(plot_widths) == len(ALL_PLOTS)
         # Every plot as wide as the page allows (margins and the section's padding take the

@@ -216,6 +216,8 @@ def predict(
     trust_code: bool = False,
     reject_below: float | str | None = None,
     tta: bool = False,
+    explain: str | Path | None = None,
+    explain_layer: str | None = None,
 ) -> list[dict[str, Any]]:
     """Top-k classes for each input: image files, folders (searched recursively), or
     in-memory images (PIL, numpy, tensor). A file that cannot be read gets {"path", "error"}
@@ -229,7 +231,12 @@ def predict(
     chose on its validation split for 95% precision) adds "answer" to each result: the top
     class, or "unknown" when the model is less sure than that. Probabilities are calibrated
     by the temperature the run fitted on its validation split. `tta` averages each image's
-    probabilities over the flips and shifts the run trained with (one forward pass each)."""
+    probabilities over the flips and shifts the run trained with (one forward pass each).
+    `explain` (a folder, made if missing) gets one PNG per classified input: the image with
+    a LayerCAM map of where the model looks for its top class, named after the input (never
+    over an existing file); each result's "explanation" is its path. The map is taken at
+    `explain_layer` (a dotted module name), by default the last convolutional block. It
+    needs the torch network: a checkpoint or a .safetensors export, not ONNX/TorchScript."""
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
     classifier = load_classifier(
@@ -239,10 +246,16 @@ def predict(
         device=pick_device(device),
         trust_code=trust_code,
     )
+    if explain_layer is not None and explain is None:
+        raise ConfigError("option 'explain_layer' needs 'explain', the folder for the overlays")
+    if explain is not None:
+        from taolu.explanations import explainable_network
+
+        explainable_network(classifier)  # ONNX refused before anything is classified
     items: list[Any] = []
     for item in inputs:
         items += expand_inputs([item]) if isinstance(item, (str, Path)) else [item]
-    return classify_with(
+    results = classify_with(
         classifier,
         items,
         topk=topk,
@@ -251,6 +264,13 @@ def predict(
         reject_below=reject_below,
         tta=tta,
     )
+    if explain is not None:
+        from taolu.explanations import write_overlays
+
+        write_overlays(
+            classifier, items, results, explain, layer=explain_layer, batch_size=batch_size
+        )
+    return results
 
 
 def eject(run: str | Path, out: str | Path | None = None) -> Path:

@@ -22,14 +22,15 @@ logger = logging.getLogger("taolu")
 
 @torch.no_grad()
 def write_run_report(run: Run, run_dir: Path, count: int = 32) -> None:
-    """report/: the best model's predictions on the first validation images (kept for
-    `taolu report` to redraw), then the plots and report.html. A report that cannot be drawn
-    is warned about; the run's results stand."""
+    """report/: the best model's predictions on the first validation images and the maps of
+    where it looked on its top losses (kept for `taolu report` to redraw), then the plots and
+    report.html. A report that cannot be drawn is warned about; the run's results stand."""
     folder = RunDir(run_dir).report
     try:
         from safetensors.torch import save
 
         from taolu.atomic_file import write_atomic
+        from taolu.run.top_loss_maps import write_top_loss_maps
         from taolu.track.pictures import to_uint8
         from taolu.track.report import SAMPLES_FILE, write_report
 
@@ -48,6 +49,7 @@ def write_run_report(run: Run, run_dir: Path, count: int = 32) -> None:
         # safetensors' save_file makes its file 0600; bytes through write_atomic take the umask.
         write_atomic(folder / SAMPLES_FILE, save(samples))
         keep_mistake_pictures(run, run_dir)
+        write_top_loss_maps(run, run_dir)
         write_report(run_dir)
     except Exception as error:  # plotting must never cost the user a finished run
         logger.warning("could not write the report in %s: %s", folder, error)

@@ -9,7 +9,8 @@ import json
 import math
 from typing import Any
 
-from taolu.track.report_files import RunFiles, per_class_scores
+from taolu.track.report_files import REPORT_FOLDER, RunFiles, per_class_scores
+from taolu.track.report_maps import where_it_looks_section
 from taolu.track.report_mistakes import MISTAKES_CSS, Mistakes, mistakes_html
 from taolu.track.report_plots import Plot
 
@@ -93,6 +94,7 @@ def render_html(files: RunFiles, plots: list[Plot], mistakes: Mistakes | None = 
         classes = (files.summary or {}).get("classes")
         classes = [str(name) for name in classes] if isinstance(classes, list) else []
         parts.append(mistakes_html(mistakes, classes))
+    parts.append(where_it_looks_section(files.run_dir / REPORT_FOLDER))
     parts += [
         _skipped_section(files),
         '<section id="summary">',
