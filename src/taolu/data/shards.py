@@ -1,0 +1,425 @@
+"""WebDataset tar shards (`--data 'shards/train-{000..009}.tar'`), streamed for data larger than
+memory: never cached, read from disk each epoch, each process (torchrun) and DataLoader worker
+taking its own shards, shuffled through a buffer; every image decoded by decode.py's policy, a
+bad one skipped and named SHARD:KEY. A sample is KEY.<image suffix> with KEY.cls (its class
+index); classes.txt beside the shards names the classes. export.py writes them."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+import tarfile
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from taolu.data.bundle import DataBundle, StreamedSplit, image_size_for
+from taolu.data.decode import EncodedImage, decode_file, probe_images
+from taolu.data.loaders import SkipLog, stack_samples
+from taolu.errors import DataError
+
+logger = logging.getLogger("taolu")
+
+IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm", "pgm")
+LABEL_SUFFIX = "cls"
+CLASSES_FILE = "classes.txt"  # one class name a line, in label order, beside the shards
+# The buffer starts yielding once it holds this share of its size: less random at the very
+# start, but the first batch does not wait for the whole buffer to fill.
+INITIAL_SHARE = 0.1
+
+
+def is_shard_pattern(spec: str) -> bool:
+    """A --data value naming tar shards: a path or a brace pattern ending in .tar."""
+    return spec.lower().endswith(".tar")
+
+
+def expand_pattern(pattern: str) -> list[Path]:
+    """The shard files of a brace pattern (`train-{000..009}.tar`), each of which must exist."""
+    import braceexpand  # webdataset's own dependency; the brace syntax its users write
+
+    paths = [Path(path).expanduser() for path in braceexpand.braceexpand(pattern)]
+    missing = [path for path in paths if not path.is_file()]
+    if missing:
+        shown = ", ".join(str(path) for path in missing[:5])
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise DataError(
+            f"{pattern}: {len(missing)} of {len(paths)} shard file(s) missing: {shown}{more} "
+            "(`taolu data export SPEC DIR --format webdataset` writes shards)"
+        )
+    return paths
+
+
+def sample_key(name: str) -> tuple[str, str] | tuple[None, None]:
+    """(key, suffix) of a member name as WebDataset groups them: the suffix starts at the
+    first dot of the file name (`a/b.seg.png` -> `a/b`, `seg.png`)."""
+    from webdataset.tariterators import base_plus_ext
+
+    key, suffix = base_plus_ext(name)
+    return (key, suffix.lower()) if key is not None else (None, None)
+
+
+# --------------------------------------------------------------------------- the index
+
+
+@dataclass(frozen=True)
+class ShardFacts:
+    """One shard as a header-only pass found it: its usable samples and their labels."""
+
+    path: Path
+    labels: Counter  # class index -> samples
+
+    @property
+    def count(self) -> int:
+        return sum(self.labels.values())
+
+
+def _label(data: bytes) -> int | None:
+    try:
+        value = int(data.decode("ascii").strip())
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return value if value >= 0 else None
+
+
+def scan_shard(path: Path) -> ShardFacts:
+    """Count the samples that have an image and a label, reading member headers and the small
+    .cls members only (image data is seeked over): cheap next to decoding."""
+    suffixes: dict[str, set[str]] = {}
+    labels: dict[str, int | None] = {}
+    try:
+        with tarfile.open(path, "r:") as archive:
+            for member in archive:
+                key, suffix = sample_key(member.name)
+                if key is None or not member.isreg():
+                    continue
+                suffixes.setdefault(key, set()).add(suffix)
+                if suffix == LABEL_SUFFIX:
+                    labels[key] = _label(archive.extractfile(member).read())
+    except (tarfile.TarError, OSError, EOFError) as error:
+        raise DataError(f"{path}: not a readable tar shard ({error})") from None
+    counts = Counter(
+        labels[key]
+        for key, found in suffixes.items()
+        if labels.get(key) is not None and found.intersection(IMAGE_SUFFIXES)
+    )
+    return ShardFacts(path, counts)
+
+
+def read_classes(shards: list[ShardFacts]) -> list[str]:
+    """classes.txt beside the first shard, else the label indices found, as names."""
+    names_file = shards[0].path.parent / CLASSES_FILE
+    if names_file.is_file():
+        try:
+            names = [line.strip() for line in names_file.read_text("utf-8").splitlines()]
+        except (OSError, UnicodeDecodeError) as error:
+            raise DataError(f"{names_file}: cannot read ({error})") from None
+        names = [name for name in names if name]
+        top = max((label for shard in shards for label in shard.labels), default=-1)
+        if top >= len(names):
+            raise DataError(
+                f"{names_file} names {len(names)} classes, but a shard holds label {top}"
+            )
+        return names
+    top = max((label for shard in shards for label in shard.labels), default=-1)
+    return [str(label) for label in range(top + 1)]
+
+
+# --------------------------------------------------------------------------- the stream
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How each image is decoded, and the per-sample pipeline after it (None: none)."""
+
+    channels: int
+    size: tuple[int, int]
+    resize_mode: str
+    pipeline: object = None
+
+
+def raw_samples(paths: list[Path], skips: list | None = None) -> Iterator[dict]:
+    """Samples of the shards in order, as WebDataset groups them ({"__key__", "__url__",
+    suffix: bytes}); a shard that breaks off part way is named and left there."""
+    from webdataset.tariterators import group_by_keys, tar_file_expander
+
+    def opened() -> Iterator[dict]:
+        for path in paths:
+            with open(path, "rb") as stream:
+                yield {"url": str(path), "stream": stream}
+
+    def note(error: Exception) -> bool:
+        logger.warning("shard read error, rest of that shard left out: %s", error.args[0])
+        return True
+
+    return group_by_keys(tar_file_expander(opened(), handler=note), handler=note)
+
+
+def decode_sample(sample: dict, decoding: Decoding) -> tuple:
+    """(image, label, "") or, for a sample that cannot be used, (None, -1, (SHARD:KEY, why))."""
+    name = f"{sample['__url__']}:{sample['__key__']}"
+    label = _label(sample.get(LABEL_SUFFIX, b""))
+    image_suffix = next((s for s in IMAGE_SUFFIXES if s in sample), None)
+    if image_suffix is None or label is None:
+        return None, -1, ""  # not a sample the index counted: passed over quietly
+    try:
+        image = decode_file(
+            EncodedImage(name, sample[image_suffix]),
+            decoding.channels,
+            decoding.size,
+            decoding.resize_mode,
+        )
+    except DataError as error:
+        return None, label, (name, str(error))
+    if decoding.pipeline is not None:
+        image = decoding.pipeline(image)
+    return image, label, ""
+
+
+class ShardSamples(IterableDataset):
+    """One epoch's samples of some shards, in DataLoader workers: each worker takes every
+    n-th shard; with a seed, the shard order and a buffer of raw samples are shuffled."""
+
+    def __init__(self, paths: list[Path], decoding: Decoding, seed: int | None, buffer: int):
+        self.paths, self.decoding, self.seed, self.buffer = paths, decoding, seed, buffer
+
+    def __iter__(self) -> Iterator[tuple]:
+        worker = get_worker_info()
+        index, count = (worker.id, worker.num_workers) if worker is not None else (0, 1)
+        mine = list(self.paths[index::count])
+        rng = random.Random(self.seed * 1000 + index) if self.seed is not None else None
+        if rng is not None:
+            rng.shuffle(mine)
+        samples: Iterator[dict] = raw_samples(mine)
+        if rng is not None and self.buffer > 1:  # raw bytes buffered: smaller than pixels
+            from webdataset.filters import shuffle
+
+            initial = max(1, int(self.buffer * INITIAL_SHARE))
+            samples = shuffle(self.buffer, initial, rng=rng)(samples)
+        for sample in samples:
+            decoded = decode_sample(sample, self.decoding)
+            if decoded[0] is not None or decoded[2]:
+                yield decoded
+
+
+class ShardStream(StreamedSplit):
+    """A split read from tar shards as a stream: its size and labels known from a header-only
+    scan, its images decoded only as they stream past."""
+
+    def __init__(self, shards: list[ShardFacts], decoding: Decoding, buffer: int, source: str):
+        self.shards, self.decoding, self.buffer, self.source = shards, decoding, buffer, source
+
+    def __len__(self) -> int:
+        return sum(shard.count for shard in self.shards)
+
+    @property
+    def targets(self) -> torch.Tensor:
+        """Every label (counts from the scan; not in stream order)."""
+        labels = Counter()
+        for shard in self.shards:
+            labels.update(shard.labels)
+        return torch.tensor([label for label, n in sorted(labels.items()) for _ in range(n)])
+
+    def with_pipeline(self, pipeline: object) -> ShardStream:
+        return ShardStream(
+            self.shards, replace(self.decoding, pipeline=pipeline), self.buffer, self.source
+        )
+
+    def share(self, rank: int, world_size: int) -> list[ShardFacts]:
+        """The shards of process `rank`: every world-size-th, the same every epoch."""
+        if len(self.shards) < world_size:
+            raise DataError(
+                f"{self.source}: {len(self.shards)} shard(s) for {world_size} processes; each "
+                "process streams whole shards, so give at least one shard per process"
+            )
+        return self.shards[rank::world_size]
+
+    def share_length(self, rank: int, world_size: int, equal: bool) -> int:
+        """Samples process `rank` streams; with `equal`, the fewest any process has (every
+        process must take the same number of training steps)."""
+        if not equal:
+            return sum(shard.count for shard in self.share(rank, world_size))
+        return min(
+            sum(shard.count for shard in self.share(other, world_size))
+            for other in range(world_size)
+        )
+
+    def first_images(self, limit: int) -> torch.Tensor:
+        """Up to `limit` decoded images from up to 8 shards spread over the split (statistics
+        and the background): without the pipeline, as the stream decodes them."""
+        step = max(1, len(self.shards) // 8)
+        picked = [shard.path for shard in self.shards[::step]][:8]
+        plain = replace(self.decoding, pipeline=None)
+        images = []
+        for path in picked:
+            for sample in raw_samples([path]):
+                image = decode_sample(sample, plain)[0]
+                if image is not None:
+                    images.append(image)
+                if len(images) >= limit * (picked.index(path) + 1) // len(picked):
+                    break
+        if not images:
+            raise DataError(f"{self.source}: no image in the shards decodes")
+        return torch.stack(images[:limit])
+
+    def batches(
+        self,
+        batch_size: int,
+        device: torch.device,
+        *,
+        shard: tuple[int, int],
+        seed: int | None,
+        skip: int,
+        count: int,
+        workers: int,
+        skips: SkipLog,
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This process's batches on `device`. With a seed (training): exactly `count`
+        samples after the first `skip`, in batches of `batch_size`, the shards streamed
+        again (reshuffled) when bad samples left them short, so every process takes the same
+        number of steps. Without (validation): every sample of its shards, in order."""
+        paths = [facts.path for facts in self.share(*shard)]
+        non_blocking = device.type == "cuda"
+        if seed is None:
+            batches = self._one_pass(paths, None, batch_size, workers, device, skips)
+        else:
+            endless = self._passes(paths, seed, batch_size, workers, device, skips)
+            batches = exact_batches(endless, batch_size, skip, count)
+        for images, labels in batches:
+            yield images.to(device, non_blocking=non_blocking), labels.to(device)
+
+    def _one_pass(
+        self,
+        paths: list[Path],
+        seed: int | None,
+        batch_size: int,
+        workers: int,
+        device: torch.device,
+        skips: SkipLog,
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        loader = DataLoader(
+            ShardSamples(paths, self.decoding, seed, self.buffer),
+            batch_size=batch_size,
+            num_workers=min(workers, len(paths)),
+            collate_fn=stack_samples,
+            pin_memory=device.type == "cuda",
+        )
+        for images, labels, errors in loader:
+            for name, error in errors:
+                skips.add(name, error)
+            if images is not None:
+                yield images, labels
+
+    def _passes(
+        self, paths: list[Path], seed: int, *settings: object
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Pass after pass over the shards, each shuffled by its own seed."""
+        for number in itertools.count():
+            delivered = False
+            for batch in self._one_pass(paths, seed + number, *settings):
+                delivered = True
+                yield batch
+            if not delivered:
+                raise DataError(f"{self.source}: no image in this process's shards decodes")
+
+
+def exact_batches(
+    source: Iterator[tuple[torch.Tensor, torch.Tensor]], batch_size: int, skip: int, count: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches of `batch_size` (the last one smaller when `count` says so) holding exactly
+    `count` samples of `source` after its first `skip`, whatever sizes `source` comes in
+    (each DataLoader worker ends on a part batch of its own)."""
+    pending_images: list[torch.Tensor] = []
+    pending_labels: list[torch.Tensor] = []
+    held = taken = 0
+    for images, labels in source:
+        if skip:
+            drop = min(skip, len(labels))
+            images, labels, skip = images[drop:], labels[drop:], skip - drop
+        pending_images.append(images)
+        pending_labels.append(labels)
+        held += len(labels)
+        while taken < count and held >= min(batch_size, count - taken):
+            size = min(batch_size, count - taken)
+            all_images, all_labels = torch.cat(pending_images), torch.cat(pending_labels)
+            yield all_images[:size], all_labels[:size]
+            pending_images, pending_labels = [all_images[size:]], [all_labels[size:]]
+            held, taken = held - size, taken + size
+        if taken >= count:
+            return
+
+
+# --------------------------------------------------------------------------- the bundle
+
+
+def split_shards(
+    spec: str, val_shards: str, val_fraction: float
+) -> tuple[list[Path], list[Path], str]:
+    """(train shards, validation shards, how): --val-shards when given, else the last
+    `val_fraction` of the --data shards (at least one, and one left to train on) held out
+    whole, the same ones every run."""
+    paths = expand_pattern(spec)
+    if val_shards:
+        return paths, expand_pattern(val_shards), f"{spec}, validation {val_shards}"
+    if len(paths) < 2:
+        raise DataError(
+            f"{spec}: one shard, so none can be held out for validation; give --val-shards "
+            "PATTERN or write more shards"
+        )
+    held = min(len(paths) - 1, max(1, round(len(paths) * val_fraction)))
+    how = f"{spec}, last {held} of {len(paths)} shards held out for validation"
+    return paths[:-held], paths[-held:], how
+
+
+def _probe_stream(paths: list[Path], limit: int = 64) -> tuple[int, tuple[int, int] | None]:
+    """Channels and common size from the headers of the first images of the first shard."""
+    images = []
+    for sample in raw_samples(paths[:1]):
+        suffix = next((s for s in IMAGE_SUFFIXES if s in sample), None)
+        if suffix is not None:
+            images.append(EncodedImage(sample["__key__"], sample[suffix]))
+        if len(images) >= limit:
+            break
+    return probe_images(images, limit)
+
+
+def bundle_shards(
+    spec: str,
+    *,
+    val_shards: str,
+    val_fraction: float,
+    image_size: int,
+    resize_mode: str,
+    channels: int,
+    shuffle_buffer: int,
+) -> DataBundle:
+    """Tar shards as a bundle of two ShardStreams, after a header-only scan of every shard
+    (sizes, labels); channels and size from the first images unless given."""
+    train_paths, val_paths, how = split_shards(spec, val_shards, val_fraction)
+    train, val = [scan_shard(p) for p in train_paths], [scan_shard(p) for p in val_paths]
+    classes = read_classes(train + val)
+    for name, facts in (("train", train), ("validation", val)):
+        if not sum(shard.count for shard in facts):
+            raise DataError(
+                f"{spec}: the {name} shards hold no sample with an image and a .{LABEL_SUFFIX} "
+                "label"
+            )
+    if len(classes) < 2:
+        raise DataError(f"{spec}: found {len(classes)} class(es); need at least 2")
+    probed_channels, common_size = _probe_stream(train_paths)
+    channels = channels or probed_channels
+    size = image_size_for(image_size, common_size)
+    decoding = Decoding(channels, size, resize_mode)
+    return DataBundle(
+        train=ShardStream(train, decoding, shuffle_buffer, spec),
+        val=ShardStream(val, decoding, 0, val_shards or spec),
+        classes=classes,
+        channels=channels,
+        size=size,
+        digits=False,
+        description=f"WebDataset shards {how}, streamed",
+    )
