@@ -34,7 +34,7 @@ def add_data_commands(commands: argparse._SubParsersAction) -> None:
         "spec",
         metavar="SPEC",
         help="image folder, CSV list, embedded name, Hugging Face dataset (folder, Parquet "
-        "files, hf:NAME)",
+        "files, hf:NAME), WebDataset shards ('train-{000..009}.tar')",
     )
     check.add_argument("--val-fraction", type=float, default=0.2, help="(default: 0.2)")
     check.add_argument(
@@ -53,6 +53,7 @@ def add_data_commands(commands: argparse._SubParsersAction) -> None:
     check.add_argument("--data-root", default="", help="where torchvision sets lie on disk")
     check.add_argument("--image-column", default="", help="a Hugging Face dataset's image column")
     check.add_argument("--label-column", default="", help="a Hugging Face dataset's label column")
+    check.add_argument("--val-shards", default="", help="WebDataset shards to validate on")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
 
     export = actions.add_parser(
@@ -175,12 +176,12 @@ def run_data(args: argparse.Namespace) -> int:
 def _run_data_check(args: argparse.Namespace) -> int:
     from taolu.data.check import check_data
     from taolu.data.quarantine import quarantine
-    from taolu.data.sources import HF_DATASET, data_base_folder, data_kind
+    from taolu.data.sources import HF_DATASET, SHARDS, data_base_folder, data_kind
 
-    if args.quarantine and data_kind(args.spec) == HF_DATASET:
+    if args.quarantine and data_kind(args.spec) in (HF_DATASET, SHARDS):
         raise ConfigError(
-            f"--quarantine moves image files; {args.spec} holds its images inside tables, so "
-            "there is nothing to move: the report names the bad rows"
+            f"--quarantine moves image files; {args.spec} holds its images inside tables or "
+            "shards, so there is nothing to move: the report names the bad samples"
         )
     report = check_data(
         args.spec,
@@ -191,6 +192,7 @@ def _run_data_check(args: argparse.Namespace) -> int:
         data_root=args.data_root or None,
         image_column=args.image_column,
         label_column=args.label_column,
+        val_shards=args.val_shards,
     )
     print(
         json.dumps(report.to_dict(), indent=2, ensure_ascii=False) if args.json else report.render()

@@ -19,7 +19,7 @@ from taolu.data.cache import header_problem
 from taolu.data.decode import read_source
 from taolu.data.embedded import SPLIT_SEED
 from taolu.data.export import load_tensor_splits, move_into_place, refuse_used_target
-from taolu.data.shards import CLASSES_FILE, IMAGE_SUFFIXES
+from taolu.data.shard_files import CLASSES_FILE, IMAGE_SUFFIXES
 from taolu.errors import DataError
 
 logger = logging.getLogger("taolu")

@@ -1,15 +1,13 @@
 """WebDataset tar shards (`--data 'shards/train-{000..009}.tar'`), streamed for data larger than
 memory: never cached, read from disk each epoch, each process (torchrun) and DataLoader worker
 taking its own shards, shuffled through a buffer; every image decoded by decode.py's policy, a
-bad one skipped and named SHARD:KEY. A sample is KEY.<image suffix> with KEY.cls (its class
-index); classes.txt beside the shards names the classes. export.py writes them."""
+bad one skipped and named SHARD:KEY. The format itself is shard_files.py's; shard_export.py
+writes shards."""
 
 from __future__ import annotations
 
 import itertools
-import logging
 import random
-import tarfile
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -19,114 +17,22 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from taolu.data.bundle import DataBundle, StreamedSplit, image_size_for
-from taolu.data.decode import EncodedImage, decode_file, probe_images
+from taolu.data.decode import decode_file, probe_images
 from taolu.data.loaders import SkipLog, stack_samples
+from taolu.data.shard_files import (
+    LABEL_SUFFIX,
+    ShardFacts,
+    raw_samples,
+    read_classes,
+    scan_shard,
+    split_shards,
+    usable,
+)
 from taolu.errors import DataError
 
-logger = logging.getLogger("taolu")
-
-IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm", "pgm")
-LABEL_SUFFIX = "cls"
-CLASSES_FILE = "classes.txt"  # one class name a line, in label order, beside the shards
 # The buffer starts yielding once it holds this share of its size: less random at the very
 # start, but the first batch does not wait for the whole buffer to fill.
 INITIAL_SHARE = 0.1
-
-
-def is_shard_pattern(spec: str) -> bool:
-    """A --data value naming tar shards: a path or a brace pattern ending in .tar."""
-    return spec.lower().endswith(".tar")
-
-
-def expand_pattern(pattern: str) -> list[Path]:
-    """The shard files of a brace pattern (`train-{000..009}.tar`), each of which must exist."""
-    import braceexpand  # webdataset's own dependency; the brace syntax its users write
-
-    paths = [Path(path).expanduser() for path in braceexpand.braceexpand(pattern)]
-    missing = [path for path in paths if not path.is_file()]
-    if missing:
-        shown = ", ".join(str(path) for path in missing[:5])
-        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-        raise DataError(
-            f"{pattern}: {len(missing)} of {len(paths)} shard file(s) missing: {shown}{more} "
-            "(`taolu data export SPEC DIR --format webdataset` writes shards)"
-        )
-    return paths
-
-
-def sample_key(name: str) -> tuple[str, str] | tuple[None, None]:
-    """(key, suffix) of a member name as WebDataset groups them: the suffix starts at the
-    first dot of the file name (`a/b.seg.png` -> `a/b`, `seg.png`)."""
-    from webdataset.tariterators import base_plus_ext
-
-    key, suffix = base_plus_ext(name)
-    return (key, suffix.lower()) if key is not None else (None, None)
-
-
-# --------------------------------------------------------------------------- the index
-
-
-@dataclass(frozen=True)
-class ShardFacts:
-    """One shard as a header-only pass found it: its usable samples and their labels."""
-
-    path: Path
-    labels: Counter  # class index -> samples
-
-    @property
-    def count(self) -> int:
-        return sum(self.labels.values())
-
-
-def _label(data: bytes) -> int | None:
-    try:
-        value = int(data.decode("ascii").strip())
-    except (UnicodeDecodeError, ValueError):
-        return None
-    return value if value >= 0 else None
-
-
-def scan_shard(path: Path) -> ShardFacts:
-    """Count the samples that have an image and a label, reading member headers and the small
-    .cls members only (image data is seeked over): cheap next to decoding."""
-    suffixes: dict[str, set[str]] = {}
-    labels: dict[str, int | None] = {}
-    try:
-        with tarfile.open(path, "r:") as archive:
-            for member in archive:
-                key, suffix = sample_key(member.name)
-                if key is None or not member.isreg():
-                    continue
-                suffixes.setdefault(key, set()).add(suffix)
-                if suffix == LABEL_SUFFIX:
-                    labels[key] = _label(archive.extractfile(member).read())
-    except (tarfile.TarError, OSError, EOFError) as error:
-        raise DataError(f"{path}: not a readable tar shard ({error})") from None
-    counts = Counter(
-        labels[key]
-        for key, found in suffixes.items()
-        if labels.get(key) is not None and found.intersection(IMAGE_SUFFIXES)
-    )
-    return ShardFacts(path, counts)
-
-
-def read_classes(shards: list[ShardFacts]) -> list[str]:
-    """classes.txt beside the first shard, else the label indices found, as names."""
-    names_file = shards[0].path.parent / CLASSES_FILE
-    if names_file.is_file():
-        try:
-            names = [line.strip() for line in names_file.read_text("utf-8").splitlines()]
-        except (OSError, UnicodeDecodeError) as error:
-            raise DataError(f"{names_file}: cannot read ({error})") from None
-        names = [name for name in names if name]
-        top = max((label for shard in shards for label in shard.labels), default=-1)
-        if top >= len(names):
-            raise DataError(
-                f"{names_file} names {len(names)} classes, but a shard holds label {top}"
-            )
-        return names
-    top = max((label for shard in shards for label in shard.labels), default=-1)
-    return [str(label) for label in range(top + 1)]
 
 
 # --------------------------------------------------------------------------- the stream
@@ -142,39 +48,17 @@ class Decoding:
     pipeline: object = None
 
 
-def raw_samples(paths: list[Path], skips: list | None = None) -> Iterator[dict]:
-    """Samples of the shards in order, as WebDataset groups them ({"__key__", "__url__",
-    suffix: bytes}); a shard that breaks off part way is named and left there."""
-    from webdataset.tariterators import group_by_keys, tar_file_expander
-
-    def opened() -> Iterator[dict]:
-        for path in paths:
-            with open(path, "rb") as stream:
-                yield {"url": str(path), "stream": stream}
-
-    def note(error: Exception) -> bool:
-        logger.warning("shard read error, rest of that shard left out: %s", error.args[0])
-        return True
-
-    return group_by_keys(tar_file_expander(opened(), handler=note), handler=note)
-
-
 def decode_sample(sample: dict, decoding: Decoding) -> tuple:
-    """(image, label, "") or, for a sample that cannot be used, (None, -1, (SHARD:KEY, why))."""
-    name = f"{sample['__url__']}:{sample['__key__']}"
-    label = _label(sample.get(LABEL_SUFFIX, b""))
-    image_suffix = next((s for s in IMAGE_SUFFIXES if s in sample), None)
-    if image_suffix is None or label is None:
-        return None, -1, ""  # not a sample the index counted: passed over quietly
+    """(image, label, "") or, for an image that does not decode, (None, label, (SHARD:KEY,
+    why)); (None, -1, "") for what the scan did not count as a sample (passed over)."""
+    found = usable(sample)
+    if isinstance(found, str):
+        return None, -1, ""
+    member, label = found
     try:
-        image = decode_file(
-            EncodedImage(name, sample[image_suffix]),
-            decoding.channels,
-            decoding.size,
-            decoding.resize_mode,
-        )
+        image = decode_file(member, decoding.channels, decoding.size, decoding.resize_mode)
     except DataError as error:
-        return None, label, (name, str(error))
+        return None, label, (member.name, str(error))
     if decoding.pipeline is not None:
         image = decoding.pipeline(image)
     return image, label, ""
@@ -230,19 +114,20 @@ class ShardStream(StreamedSplit):
         )
 
     def share(self, rank: int, world_size: int) -> list[ShardFacts]:
-        """The shards of process `rank`: every world-size-th, the same every epoch."""
-        if len(self.shards) < world_size:
-            raise DataError(
-                f"{self.source}: {len(self.shards)} shard(s) for {world_size} processes; each "
-                "process streams whole shards, so give at least one shard per process"
-            )
+        """The shards of process `rank`: every world-size-th, the same every epoch (none for
+        some processes when there are fewer shards: fine for validation only)."""
         return self.shards[rank::world_size]
 
     def share_length(self, rank: int, world_size: int, equal: bool) -> int:
-        """Samples process `rank` streams; with `equal`, the fewest any process has (every
-        process must take the same number of training steps)."""
+        """Samples process `rank` streams; with `equal` (training), the fewest any process
+        has, since every process must take the same number of steps."""
         if not equal:
             return sum(shard.count for shard in self.share(rank, world_size))
+        if len(self.shards) < world_size:
+            raise DataError(
+                f"{self.source}: {len(self.shards)} shard(s) for {world_size} processes; each "
+                "process trains on whole shards, so give at least one shard per process"
+            )
         return min(
             sum(shard.count for shard in self.share(other, world_size))
             for other in range(world_size)
@@ -282,6 +167,8 @@ class ShardStream(StreamedSplit):
         samples after the first `skip`, in batches of `batch_size`, the shards streamed
         again (reshuffled) when bad samples left them short, so every process takes the same
         number of steps. Without (validation): every sample of its shards, in order."""
+        if seed is not None:
+            self.share_length(*shard, equal=True)  # refuses too few shards
         paths = [facts.path for facts in self.share(*shard)]
         non_blocking = device.type == "cuda"
         if seed is None:
@@ -356,32 +243,13 @@ def exact_batches(
 # --------------------------------------------------------------------------- the bundle
 
 
-def split_shards(
-    spec: str, val_shards: str, val_fraction: float
-) -> tuple[list[Path], list[Path], str]:
-    """(train shards, validation shards, how): --val-shards when given, else the last
-    `val_fraction` of the --data shards (at least one, and one left to train on) held out
-    whole, the same ones every run."""
-    paths = expand_pattern(spec)
-    if val_shards:
-        return paths, expand_pattern(val_shards), f"{spec}, validation {val_shards}"
-    if len(paths) < 2:
-        raise DataError(
-            f"{spec}: one shard, so none can be held out for validation; give --val-shards "
-            "PATTERN or write more shards"
-        )
-    held = min(len(paths) - 1, max(1, round(len(paths) * val_fraction)))
-    how = f"{spec}, last {held} of {len(paths)} shards held out for validation"
-    return paths[:-held], paths[-held:], how
-
-
 def _probe_stream(paths: list[Path], limit: int = 64) -> tuple[int, tuple[int, int] | None]:
     """Channels and common size from the headers of the first images of the first shard."""
     images = []
     for sample in raw_samples(paths[:1]):
-        suffix = next((s for s in IMAGE_SUFFIXES if s in sample), None)
-        if suffix is not None:
-            images.append(EncodedImage(sample["__key__"], sample[suffix]))
+        found = usable(sample)
+        if not isinstance(found, str):
+            images.append(found[0])
         if len(images) >= limit:
             break
     return probe_images(images, limit)

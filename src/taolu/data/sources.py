@@ -31,7 +31,8 @@ from taolu.data.disk_sets import DISK_DATASETS, load_disk_dataset
 from taolu.data.embedded import LOADERS, SPLIT_SEED, stratified_split
 from taolu.data.files import is_hidden, walk_folder
 from taolu.data.hf_sets import is_hf_name, is_hf_path, list_hf_dataset
-from taolu.data.shards import bundle_shards, is_shard_pattern
+from taolu.data.shard_files import is_shard_pattern
+from taolu.data.shards import bundle_shards
 from taolu.errors import ConfigError, DataError, did_you_mean
 
 logger = logging.getLogger("taolu")
