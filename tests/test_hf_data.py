@@ -174,11 +174,23 @@ def test_hf_name_missing_from_the_cache_says_where_and_how(tmp_path):
     assert "never downloads" in message and "save_to_disk" in message
 
 
-def test_datasets_is_imported_only_for_hugging_face_data():
+def test_datasets_and_webdataset_are_imported_only_for_their_data():
     code = (
         "import sys; from taolu.data.sources import data_kind, load_data; "
         "load_data('digits', val_fraction=0.2, image_size=0, resize_mode='squash', channels=0); "
-        "print('datasets' in sys.modules)"
+        "print(sorted({'datasets', 'webdataset'} & set(sys.modules)))"
     )
     shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert shown.stdout.strip() == "False", shown.stderr
+    assert shown.stdout.strip() == "[]", shown.stderr
+
+
+def test_hf_name_reads_a_dataset_from_the_local_cache(tmp_path):
+    """A data set the cache holds (put there by loading local Parquet files once, as a
+    download would) is read by name with the network off."""
+    folder = tmp_path / "toyset"
+    colour_set(21).to_parquet(str(folder / "train-00000-of-00001.parquet"))
+    colour_set(6, seed=2).to_parquet(str(folder / "validation-00000-of-00001.parquet"))
+    datasets.load_dataset(str(folder))  # fills tmp_path / "hf-cache" / "toyset"
+    bundle = load_data("hf:toyset", **SIZING)
+    assert bundle.classes == COLOURS
+    assert (len(bundle.train), len(bundle.val)) == (21, 6)

@@ -142,8 +142,8 @@ def open_splits(spec: str) -> dict[str, Any]:
             try:
                 loaded = datasets.load_dataset(name)
             except Exception as error:  # offline misses surface as several kinds
-                logger.debug("hf:%s not loaded: %r", name, error)
-                raise DataError(_missing_message(name, datasets)) from None
+                said = " ".join(str(error).split())[:200]
+                raise DataError(f"{_missing_message(name, datasets)}\n(datasets: {said})") from None
         else:
             path = Path(spec).expanduser()
             if path.is_dir() and any((path / m).is_file() for m in SAVED_MARKERS):

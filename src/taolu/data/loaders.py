@@ -337,8 +337,7 @@ class Batches:
         if self.shuffle:
             draw = torch.randint(2**31, (1,), generator=generator) if generator else None
             self.stream_seed = int(draw) if draw is not None else 0
-            return torch.arange(len(self) * self.batch_size)
-        return torch.arange(self._shard_size())
+        return torch.arange(min(len(self) * self.batch_size, self._shard_size()))
 
     def iterate(
         self, generator: torch.Generator | None = None, order: torch.Tensor | None = None

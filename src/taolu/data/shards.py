@@ -140,13 +140,14 @@ class ShardStream(StreamedSplit):
         picked = [shard.path for shard in self.shards[::step]][:8]
         plain = replace(self.decoding, pipeline=None)
         images = []
-        for path in picked:
+        for number, path in enumerate(picked, start=1):
+            quota = limit * number // len(picked)  # images wanted once this shard is read
             for sample in raw_samples([path]):
+                if len(images) >= quota:
+                    break
                 image = decode_sample(sample, plain)[0]
                 if image is not None:
                     images.append(image)
-                if len(images) >= limit * (picked.index(path) + 1) // len(picked):
-                    break
         if not images:
             raise DataError(f"{self.source}: no image in the shards decodes")
         return torch.stack(images[:limit])
