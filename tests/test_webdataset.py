@@ -176,3 +176,34 @@ def test_export_of_a_folder_keeps_each_files_bytes(tmp_path):
     assert len(stored) == 8 and set(stored) <= originals
     with pytest.raises(DataError, match="not empty"):
         export_shards(str(tmp_path / "photos"), tmp_path / "shards")
+
+
+@pytest.mark.slow
+def test_per_sample_transforms_stream_and_a_run_evaluates_on_its_shards(tmp_path):
+    pattern = write_shards(tmp_path / "s", 3, 12)
+    val = str(tmp_path / "s" / "part-02.tar")
+    result = taolu.train(
+        data=pattern,
+        val_shards=val,
+        transforms="digits",
+        epochs=1,
+        lr=0.01,
+        out=str(tmp_path / "runs"),
+        workers=1,
+        **QUIET,
+    )
+    measured = taolu.evaluate(result.run_dir)
+    assert measured["samples"] == 12  # the --val-shards shard, every sample once
+    assert "WebDataset shards" in measured["data"]
+
+
+def test_data_check_takes_val_shards_and_will_not_quarantine_samples(tmp_path, capsys):
+    pattern = write_shards(tmp_path / "s", 3, 4, broken="s0002")
+    val = str(tmp_path / "s" / "part-02.tar")
+    assert main(["data", "check", pattern, "--val-shards", val, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["bad_files"] == [f"{tmp_path / 's' / 'part-00.tar'}:s0002"]
+    assert sum(report["counts"]["val"].values()) == 4
+    assert main(["data", "check", pattern, "--quarantine", str(tmp_path / "q")]) != 0
+    assert "nothing to move" in capsys.readouterr().err
+    assert not (tmp_path / "q").exists()

@@ -19,7 +19,7 @@ from taolu.data.cache import header_problem
 from taolu.data.decode import read_source
 from taolu.data.embedded import SPLIT_SEED
 from taolu.data.export import load_tensor_splits, move_into_place, refuse_used_target
-from taolu.data.shard_files import CLASSES_FILE, IMAGE_SUFFIXES
+from taolu.data.shard_files import CLASSES_FILE, IMAGE_SUFFIXES, import_webdataset
 from taolu.errors import DataError
 
 logger = logging.getLogger("taolu")
@@ -90,8 +90,7 @@ def _file_samples(spec: str, val_fraction: float, image_column: str, label_colum
 def _write_split(samples: list[Sample], folder: Path, split: str, shard_size: int) -> int:
     """The samples in a fixed shuffled order (a class-sorted folder must not give
     class-sorted shards), `shard_size` to a shard."""
-    from webdataset import ShardWriter
-
+    ShardWriter = import_webdataset().ShardWriter  # noqa: N806  (the library's class)
     order = list(range(len(samples)))
     random.Random(SPLIT_SEED).shuffle(order)
     pattern = str(folder / f"{split}-%06d.tar")

@@ -4,20 +4,38 @@ and labels, classes.txt, and the raw samples in order. Streaming them is shards.
 
 from __future__ import annotations
 
+import functools
 import logging
 import tarfile
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from taolu.errors import DataError
+from taolu.errors import ConfigError, DataError
 
 logger = logging.getLogger("taolu")
 
 IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm", "pgm")
 LABEL_SUFFIX = "cls"
 CLASSES_FILE = "classes.txt"  # one class name a line, in label order, beside the shards
+
+
+@functools.cache
+def import_webdataset() -> Any:
+    """The `webdataset` library (imported only for shards), or a ConfigError saying how to
+    get it."""
+    try:
+        import braceexpand  # noqa: F401  (webdataset's own dependency, for the brace patterns)
+        import webdataset
+        import webdataset.filters
+        import webdataset.tariterators
+    except ImportError:
+        raise ConfigError(
+            "WebDataset shards need the webdataset library: pip install 'taolu[webdataset]'"
+        ) from None
+    return webdataset
 
 
 def is_shard_pattern(spec: str) -> bool:
@@ -27,7 +45,8 @@ def is_shard_pattern(spec: str) -> bool:
 
 def expand_pattern(pattern: str) -> list[Path]:
     """The shard files of a brace pattern (`train-{000..009}.tar`), each of which must exist."""
-    import braceexpand  # webdataset's own dependency; the brace syntax its users write
+    import_webdataset()
+    import braceexpand  # the brace syntax WebDataset's users write
 
     paths = [Path(path).expanduser() for path in braceexpand.braceexpand(pattern)]
     missing = [path for path in paths if not path.is_file()]
@@ -44,9 +63,7 @@ def expand_pattern(pattern: str) -> list[Path]:
 def sample_key(name: str) -> tuple[str, str] | tuple[None, None]:
     """(key, suffix) of a member name as WebDataset groups them: the suffix starts at the
     first dot of the file name (`a/b.seg.png` -> `a/b`, `seg.png`)."""
-    from webdataset.tariterators import base_plus_ext
-
-    key, suffix = base_plus_ext(name)
+    key, suffix = import_webdataset().tariterators.base_plus_ext(name)
     return (key, suffix.lower()) if key is not None else (None, None)
 
 
@@ -119,7 +136,7 @@ def read_classes(shards: list[ShardFacts]) -> list[str]:
 def raw_samples(paths: list[Path]) -> Iterator[dict]:
     """Samples of the shards in order, as WebDataset groups them ({"__key__", "__url__",
     suffix: bytes}); a shard that breaks off part way is named and left there."""
-    from webdataset.tariterators import group_by_keys, tar_file_expander
+    tariterators = import_webdataset().tariterators
 
     def opened() -> Iterator[dict]:
         for path in paths:
@@ -130,7 +147,8 @@ def raw_samples(paths: list[Path]) -> Iterator[dict]:
         logger.warning("shard read error, rest of that shard left out: %s", error.args[0])
         return True
 
-    return group_by_keys(tar_file_expander(opened(), handler=note), handler=note)
+    expanded = tariterators.tar_file_expander(opened(), handler=note)
+    return tariterators.group_by_keys(expanded, handler=note)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from taolu.data.loaders import SkipLog, stack_samples
 from taolu.data.shard_files import (
     LABEL_SUFFIX,
     ShardFacts,
+    import_webdataset,
     raw_samples,
     read_classes,
     scan_shard,
@@ -80,8 +81,7 @@ class ShardSamples(IterableDataset):
             rng.shuffle(mine)
         samples: Iterator[dict] = raw_samples(mine)
         if rng is not None and self.buffer > 1:  # raw bytes buffered: smaller than pixels
-            from webdataset.filters import shuffle
-
+            shuffle = import_webdataset().filters.shuffle
             initial = max(1, int(self.buffer * INITIAL_SHARE))
             samples = shuffle(self.buffer, initial, rng=rng)(samples)
         for sample in samples:
