@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from PIL import Image
 
 import taolu
 from taolu.data.check import check_data
+from taolu.data.hf_sets import ArrowImage, ImageColumn
 from taolu.data.sources import HF_DATASET, data_kind, load_data
 from taolu.errors import ConfigError, DataError
 
@@ -194,3 +196,36 @@ def test_hf_name_reads_a_dataset_from_the_local_cache(tmp_path):
     bundle = load_data("hf:toyset", **SIZING)
     assert bundle.classes == COLOURS
     assert (len(bundle.train), len(bundle.val)) == (21, 6)
+
+
+def test_saved_images_travel_with_the_dataset(tmp_path):
+    """save_to_disk embeds the files an Image feature points at: removing them changes
+    nothing."""
+    images, labels = colour_images(12)
+    paths = []
+    for index, image in enumerate(images):
+        paths.append(str(tmp_path / f"{index}.png"))
+        image.save(paths[-1])
+    features = datasets.Features(
+        {"picture": datasets.Image(), "colour": datasets.ClassLabel(names=COLOURS)}
+    )
+    split = datasets.Dataset.from_dict({"picture": paths, "colour": labels}, features=features)
+    split.save_to_disk(str(tmp_path / "by-path"))
+    for path in paths:
+        Path(path).unlink()
+    report = check_data(str(tmp_path / "by-path"))
+    assert report.bad_files == [] and sum(report.counts["train"].values()) == 9
+
+
+def test_a_row_pointing_at_a_file_reads_it_and_names_it_when_missing(tmp_path):
+    """An Image value without bytes (a cached imagefolder keeps only paths)."""
+    import pyarrow as pa
+
+    path = tmp_path / "cat.png"
+    colour_images(1)[0][0].save(path)
+    rows = [pa.table({"picture": pa.array([{"bytes": None, "path": str(path)}])})]
+    image = ArrowImage("set:train[0]", 0, ImageColumn(rows, "stamp"))
+    assert image.encoded() == path.read_bytes()
+    path.unlink()
+    with pytest.raises(DataError, match=r"set:train\[0\]: its image file .*cat.png"):
+        image.encoded()

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from taolu.data.bundle import VAL_SPLIT_NAMES, FileListing
+from taolu.data.decode import open_regular_file
 from taolu.data.embedded import SPLIT_SEED, stratified_split
 from taolu.errors import ConfigError, DataError
 
@@ -91,8 +92,6 @@ class ImageColumn:
 
 def _read_external(path: str, name: str) -> bytes:
     """An Image feature that points at a file instead of holding it (a cached imagefolder)."""
-    from taolu.data.decode import open_regular_file
-
     try:
         with open_regular_file(path) as file:
             return file.read()
@@ -174,7 +173,11 @@ def _train_and_val(splits: dict[str, Any], spec: str) -> tuple[str, str | None]:
 
 
 def _describe_columns(features: dict[str, Any]) -> str:
-    return ", ".join(f"{name} ({type(feature).__name__})" for name, feature in features.items())
+    def kind(feature: Any) -> str:  # a Value by its dtype (int64, string), else its type
+        name = type(feature).__name__
+        return feature.dtype if name == "Value" else name
+
+    return ", ".join(f"{name} ({kind(feature)})" for name, feature in features.items())
 
 
 def _holds_images(feature: Any, datasets: Any) -> bool:
@@ -205,10 +208,11 @@ def pick_columns(
             continue
         found = [name for name, feature in features.items() if isinstance(feature, kind)]
         if len(found) != 1:
-            what = "no" if not found else f"{len(found)}"
+            what = f"no {kind.__name__} column" if not found else f"{len(found)} {kind.__name__} "
+            what += "" if not found else f"columns ({', '.join(found)})"
             raise DataError(
-                f"{spec}: {what} {kind.__name__} column(s), so the {option.split('-')[0]} "
-                f"column is not clear; give --{option} NAME. Columns: {listed}"
+                f"{spec}: {what}, so which is the {option.split('-')[0]} column is not clear; "
+                f"give --{option} NAME. Columns: {listed}"
             )
         chosen.append(found[0])
     return chosen[0], chosen[1]
