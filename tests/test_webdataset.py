@@ -207,3 +207,11 @@ def test_data_check_takes_val_shards_and_will_not_quarantine_samples(tmp_path, c
     assert main(["data", "check", pattern, "--quarantine", str(tmp_path / "q")]) != 0
     assert "nothing to move" in capsys.readouterr().err
     assert not (tmp_path / "q").exists()
+
+
+def test_eject_refuses_shards_rather_than_read_them_as_a_folder(tmp_path, capsys):
+    pattern = write_shards(tmp_path / "s", 2, 4)
+    script = tmp_path / "run.py"
+    assert main(["train", "--data", pattern, "--eject", str(script)]) != 0
+    assert "not (yet) for WebDataset shards" in capsys.readouterr().err
+    assert not script.exists()
