@@ -334,9 +334,8 @@ class Batches:
         """A stream has no indices: the order is the epoch's positions in this process's
         stream (a resumed epoch continues from the first one left), and the stream's shuffle
         seed is drawn here from `generator`, so the same state gives the same stream."""
-        if self.shuffle:
-            draw = torch.randint(2**31, (1,), generator=generator) if generator else None
-            self.stream_seed = int(draw) if draw is not None else 0
+        if self.shuffle and generator is not None:
+            self.stream_seed = int(torch.randint(2**31, (1,), generator=generator))
         return torch.arange(min(len(self) * self.batch_size, self._shard_size()))
 
     def iterate(
