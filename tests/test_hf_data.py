@@ -229,3 +229,18 @@ def test_a_row_pointing_at_a_file_reads_it_and_names_it_when_missing(tmp_path):
     path.unlink()
     with pytest.raises(DataError, match=r"set:train\[0\]: its image file .*cat.png"):
         image.encoded()
+
+
+def test_a_folder_of_arrow_files_and_a_single_file_are_read(saved_dict, tmp_path):
+    import shutil
+
+    folder = tmp_path / "arrow"
+    folder.mkdir()
+    for split in ("train", "validation"):
+        table = next((saved_dict / split).glob("*.arrow"))
+        shutil.copy(table, folder / f"{split}-00000-of-00001.arrow")
+    assert data_kind(str(folder)) == HF_DATASET
+    bundle = load_data(str(folder), **SIZING)
+    assert (len(bundle.train), len(bundle.val), bundle.classes) == (24, 9, COLOURS)
+    single = load_data(str(folder / "train-00000-of-00001.arrow"), **SIZING)
+    assert (len(single.train), len(single.val)) == (18, 6)  # taolu's own 75/25 split
