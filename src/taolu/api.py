@@ -129,6 +129,9 @@ def _split_to_evaluate(
             spec,
             manifest=manifest,
             data_root=saved.get("data_root", ""),
+            image_column=saved.get("image_column", ""),
+            label_column=saved.get("label_column", ""),
+            val_shards=saved.get("val_shards", ""),
             val_fraction=saved["val_fraction"],
             image_size=preprocessing.size[0]
             if preprocessing.size[0] == preprocessing.size[1]

@@ -213,7 +213,8 @@ def record_and_save(
     """6. Record the epoch, save last.pt (and best.pt when the monitored metric improved);
     False when the run ends here early (--patience)."""
     config, data = run.config, run.data
-    if data.bundle.listing is not None:  # files decoded per epoch may only now prove unreadable
+    if data.bundle.listing is not None or data.bundle.streamed:
+        # files decoded per epoch (or streamed shards) may only now prove unreadable
         refuse_too_many_bad_files(
             data.bundle, data.prepared.skips, config.max_bad_fraction, config.data
         )
