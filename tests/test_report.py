@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import json
 import re
+import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -58,6 +60,14 @@ ALLOWED_TAGS = {
     "ul",
     "li",
     "strong",
+    # the error analysis: thumbnails in captioned figures, matrix cells linking to their pair
+    "a",
+    "b",
+    "h3",
+    "figure",
+    "figcaption",
+    "details",
+    "summary",
 }
 HOSTILE = "<script>alert(1)</script>"
 METRIC_COLUMNS = (
@@ -151,12 +161,20 @@ class Tags(HTMLParser):
     def __init__(self):
         super().__init__()
         self.tags: list[str] = []
-        self.images: list[str] = []
+        self.images: list[str] = []  # the plots
+        self.thumbs: list[str] = []  # the error analysis's pictures
+        self.links: list[str] = []
+        self.ids: set[str] = set()
 
     def handle_starttag(self, tag, attrs):
         self.tags.append(tag)
+        attrs = dict(attrs)
         if tag == "img":
-            self.images.append(dict(attrs)["src"])
+            (self.thumbs if attrs.get("class") == "thumb" else self.images).append(attrs["src"])
+        if tag == "a":
+            self.links.append(attrs["href"])
+        if "id" in attrs:
+            self.ids.add(attrs["id"])
 
 
 def parse(page: Path) -> Tags:
@@ -210,7 +228,7 @@ def test_html_embeds_the_plots_and_the_runs_values(trained):
     assert plots == [(trained / "report" / name).read_bytes() for name in ALL_PLOTS]
     # Then "Where it looks": the overlays of the run's top losses (test_explain.py).
     assert len(maps) == 8 and all(png.startswith(b"\x89PNG") for png in maps)
-    assert not re.search(r"(src|href)=\"(?!data:)", text)
+    assert not re.search(r"(src|href)=\"(?!data:|#)", text)
     assert "Not drawn" not in text
     summary = json.loads((trained / "summary.json").read_text())
     for value in (
@@ -421,7 +439,8 @@ def test_report_reads_on_a_phone_and_a_laptop(trained, tmp_path, chromium):
         )
         assert all(bottom <= height for bottom in bottoms), (width, bottoms)
         plot_widths = page.evaluate(
-            """() => Array.from(document.querySelectorAll('section:not(#where_it_looks) img'),
+            """() => Array.from(
+                document.querySelectorAll('section:not(#where_it_looks) img:not(.thumb)'),
                 i => i.getBoundingClientRect().width)"""
         )
         assert len(plot_widths) == len(ALL_PLOTS)
@@ -453,3 +472,74 @@ def test_first_screen_names_the_verdict_skipped_files_and_resolved_settings(tmp_
     summary["verdict"] = []
     (run / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
     assert "Healthy" in write_report(run).read_text(encoding="utf-8")
+
+
+# --------------------------------------------------------------------------- error analysis
+
+
+def test_error_analysis_shows_the_top_losses_and_links_each_wrong_cell(trained):
+    """The top losses by path with their pictures, and every wrong cell of the matrix a link
+    to the section holding that pair's images; the counts are val_predictions.csv's."""
+    from taolu.inspection import read_val_predictions
+
+    rows = read_val_predictions(trained)
+    page = trained / "report" / "report.html"
+    text, tags = page.read_text(encoding="utf-8"), parse(page)
+    worst = max(rows, key=lambda row: row["loss"])
+    top = text.split('id="top-losses"', 1)[1].split("</section>", 1)[0]
+    assert html.escape(worst["path"]) in top and "Top losses" in top
+    assert tags.thumbs and all(src.startswith("data:image/png;base64,") for src in tags.thumbs)
+    for src in tags.thumbs:
+        with Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))) as picture:
+            picture.load()
+    wrong = [row for row in rows if row["true"] != row["predicted"]]
+    assert wrong, "a 2-epoch digits run gets some wrong"
+    pair_links = [link for link in tags.links if link.startswith("#pair-")]
+    assert pair_links and all(link[1:] in tags.ids for link in pair_links)
+    pairs = {(row["true"], row["predicted"]) for row in wrong}
+    assert len(pair_links) == len(pairs)
+    first = wrong[0]
+    classes = json.loads((trained / "summary.json").read_text())["classes"]
+    anchor = f"pair-{classes.index(first['true'])}-{classes.index(first['predicted'])}"
+    section = text.split(f'id="{anchor}"', 1)[1].split("</h3>", 1)[0]
+    pair = (first["true"], first["predicted"])
+    count = sum((row["true"], row["predicted"]) == pair for row in wrong)
+    assert section.endswith(f": {count}")
+
+
+def test_label_issues_are_listed_when_the_run_has_them(trained, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    text = write_report(run).read_text(encoding="utf-8")
+    assert "has no label_issues.csv" in text
+    (run / "label_issues.csv").write_text(
+        "path,given,suggested,score\ndata/cat/<b>odd</b>.png,cat,dog,0.01\n", encoding="utf-8"
+    )
+    section = write_report(run).read_text(encoding="utf-8").split('id="label-issues"', 1)[1]
+    assert "data/cat/&lt;b&gt;odd&lt;/b&gt;.png" in section
+    assert '<td class="value">dog</td>' in section
+
+
+def test_a_run_without_val_predictions_says_why(tmp_path):
+    run = write_fake_run(tmp_path / "run", ["cat", "dog"])
+    text = write_report(run).read_text(encoding="utf-8")
+    section = text.split('id="top-losses"', 1)[1].split("</section>", 1)[0]
+    assert "Not shown" in section and "val_predictions.csv" in section
+
+
+def test_a_matrix_link_leads_to_its_pictures_in_chromium(trained, chromium):
+    page = chromium.new_page(viewport={"width": 1280, "height": 800})
+    errors = []
+    page.on("console", lambda message: message.type == "error" and errors.append(message.text))
+    page.goto((trained / "report" / "report.html").as_uri(), wait_until="load")
+    link = page.locator("table.confusion a").first
+    target = link.get_attribute("href")
+    link.click()
+    assert page.evaluate("() => location.hash") == target
+    box = page.locator(target).bounding_box()
+    assert box is not None and -2 <= box["y"] < 800  # scrolled into view (sub-pixel)
+    thumbs = page.evaluate(
+        "() => Array.from(document.querySelectorAll('img.thumb'), i => i.naturalWidth)"
+    )
+    assert thumbs and all(width > 0 for width in thumbs)
+    assert not errors

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 from torch.utils.data import Dataset
@@ -36,6 +36,9 @@ from taolu.train_options import (
     refuse_model_named_by_checkpoint,
 )
 from taolu.train_state import TrainState
+
+if TYPE_CHECKING:
+    from taolu.label_search import LabelSearch
 
 
 def train(
@@ -302,3 +305,36 @@ def inspect(run: str | Path, top: int = 20) -> dict[str, Any]:
     from taolu.inspection import inspect_run
 
     return inspect_run(run, top)
+
+
+def find_label_issues(
+    run: str | Path,
+    *,
+    folds: int = 4,
+    epochs: int | None = None,
+    data: Dataset | None = None,
+    val_data: Dataset | None = None,
+    model: nn.Module | None = None,
+    device: str | None = None,
+    verbose: bool = True,
+) -> LabelSearch:
+    """Likely mislabelled images among a run's training and validation images, most suspect
+    first: `folds` models trained with the run's own options (`epochs` to shorten them) on
+    all but one fold each, every image scored by the model that never saw it, and confident
+    learning's per-class thresholds applied. Writes RUN/label_issues.csv (path, given,
+    suggested, score: the given label's out-of-sample probability) and returns a
+    `LabelSearch` (.issues: those rows as dicts; .path; .fold_accuracy). Nothing is moved or
+    relabelled. A run on your own Dataset(s) or nn.Module needs them passed again (the module
+    untrained: each fold trains a copy of it)."""
+    from taolu.label_search import find_label_issues_in_run
+
+    return find_label_issues_in_run(
+        run,
+        folds=folds,
+        epochs=epochs,
+        data=data,
+        val_data=val_data,
+        model=model,
+        device=device,
+        say=print if verbose else (lambda line: None),
+    )
