@@ -261,3 +261,55 @@ def test_a_damaged_or_hostile_maps_file_gives_a_note(tmp_path):
         assert why in section and "<img" not in section
     (tmp_path / MAPS_FILE).write_text("{")
     assert "could not be used" in where_it_looks_section(tmp_path)
+
+
+def fake_run(run_dir: Path, model: nn.Module, count: int = 12):
+    """What write_top_loss_maps reads of a Run, for a run whose validation split is `count`
+    bar images, with val_predictions.csv written as a run writes it."""
+    from types import SimpleNamespace
+
+    from taolu.inspection import write_val_predictions
+    from taolu.layout import RunDir
+
+    images, labels, _ = bars(count, seed=11)
+    (run_dir / "report").mkdir(parents=True)
+    probabilities = torch.rand(count, 2, generator=torch.Generator().manual_seed(3)).softmax(1)
+    write_val_predictions(
+        RunDir(run_dir).val_predictions,
+        [f"#{i}" for i in range(count)],
+        ["across", "down"],
+        probabilities,
+        labels,
+    )
+    split = [(image, int(label)) for image, label in zip(images, labels, strict=True)]
+    return (
+        SimpleNamespace(
+            data=SimpleNamespace(
+                val=SimpleNamespace(split=split),
+                bundle=SimpleNamespace(classes=["across", "down"]),
+                eval_transform=lambda batch: batch,
+            ),
+            model=SimpleNamespace(model=model),
+        ),
+        probabilities,
+        labels,
+    )
+
+
+def test_the_report_maps_are_the_top_losses_or_a_note_why_not(tmp_path, bar_net):
+    from taolu.run.top_loss_maps import write_top_loss_maps
+    from taolu.track.report_maps import MAPS_FILE, where_it_looks_section
+
+    run, probabilities, labels = fake_run(tmp_path / "cnn", bar_net)
+    write_top_loss_maps(run, tmp_path / "cnn")
+    saved = json.loads((tmp_path / "cnn" / "report" / MAPS_FILE).read_text())
+    losses = -probabilities.gather(1, labels.view(-1, 1)).flatten().log()
+    expected = [f"#{i}" for i in losses.argsort(descending=True)[:8].tolist()]
+    assert [entry["path"] for entry in saved["images"]] == expected
+    assert where_it_looks_section(tmp_path / "cnn" / "report").count("<img") == 8
+
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(SIDE * SIDE, 2))
+    run, _, _ = fake_run(tmp_path / "mlp", mlp)
+    write_top_loss_maps(run, tmp_path / "mlp")  # never raises: the report must still be drawn
+    section = where_it_looks_section(tmp_path / "mlp" / "report")
+    assert "Not drawn: cannot explain this network" in section and "needs a CNN" in section

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from taolu.atomic_file import write_atomic
+from taolu.errors import TaoluError
 from taolu.explain import overlays_for
 from taolu.inspection import read_val_predictions
 from taolu.layout import RunDir
@@ -29,6 +30,8 @@ def write_top_loss_maps(run: Run, run_dir: Path) -> None:
     for want of a map."""
     try:
         saved = _top_loss_maps(run, run_dir, TOP_LOSS_MAPS)
+    except TaoluError as error:  # a network without convolutions, no val_predictions.csv
+        saved = {"note": str(error)}
     except Exception as error:  # a user's module may fail in ways taolu's nets do not
         saved = {"note": f"{type(error).__name__}: {error}"}
     write_atomic(RunDir(run_dir).report / MAPS_FILE, json.dumps(saved).encode("utf-8"))
