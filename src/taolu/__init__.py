@@ -8,6 +8,7 @@ taolu.export(result.run_dir, format="onnx")
 taolu.serve(result.run_dir, port=8000)
 taolu.eject(result.run_dir)  # the run as a plain PyTorch script
 taolu.inspect(result.run_dir)  # its worst mistakes and the classes it confuses
+taolu.tune(data="digits", epochs=3, trials=20, out="runs/tune")  # search (pip install taolu[tune])
 """
 
 import importlib
@@ -36,6 +37,8 @@ _LAZY = {
     "export": "taolu.model_export",
     "serve": "taolu.serving",
     "TrainResult": "taolu.run.records",
+    "tune": "taolu.tuning.study",
+    "TuneResult": "taolu.tuning.study",
 }
 
 
@@ -61,6 +64,7 @@ __all__ = [
     "TrainResult",
     "TrainingError",
     "TrainingInterrupted",
+    "TuneResult",
     "eject",
     "evaluate",
     "export",
@@ -68,4 +72,5 @@ __all__ = [
     "predict",
     "serve",
     "train",
+    "tune",
 ]
