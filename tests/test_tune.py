@@ -145,10 +145,46 @@ def test_the_default_space_leaves_out_what_is_fixed():
 
     searched = default_space({"model", "batch_size"}).options
     assert "model" not in searched and "batch_size" not in searched
-    assert {"lr", "weight_decay", "augment", "label_smoothing"} <= set(searched)
+    assert {"lr", "optimizer", "weight_decay", "augment", "label_smoothing"} <= set(searched)
+    assert "optimizer" not in default_space({"lr"}).options  # a fixed lr suits one family
 
 
 def test_without_optuna_tune_says_how_to_install_it(tmp_path, monkeypatch, cli_main):
     monkeypatch.setitem(sys.modules, "optuna", None)  # import optuna now raises ImportError
     code, _, err = cli_main("tune", "--data", "digits", "--out", tmp_path / "study")
     assert code == 2 and "pip install 'taolu[tune]'" in err
+
+
+def test_the_default_lr_range_follows_the_drawn_optimizer():
+    from taolu.tuning.space import default_space
+
+    space = default_space({"model", "batch_size", "augment", "mixup"})
+    drawn = space.draw(
+        optuna.trial.FixedTrial(
+            {
+                "optimizer": "adamw",
+                "lr (adamw)": 0.003,
+                "weight_decay": 1e-4,
+                "label_smoothing": 0.05,
+            }
+        ),
+        fixed={},
+    )
+    assert drawn == {
+        "optimizer": "adamw",
+        "lr": 0.003,
+        "weight_decay": 1e-4,
+        "label_smoothing": 0.05,
+    }
+    with pytest.warns(UserWarning, match=r"out of the range.*high=0\.01"):  # AdamW's, not SGD's
+        space.draw(
+            optuna.trial.FixedTrial(
+                {
+                    "optimizer": "adamw",
+                    "lr (adamw)": 0.2,
+                    "weight_decay": 1e-4,
+                    "label_smoothing": 0,
+                }
+            ),
+            fixed={},
+        )

@@ -101,8 +101,11 @@ def write_plot(trials: list[Any], monitor: str, path: Path) -> None:
     curves.set_title("during each trial (thick: the best)")
     curves.set_xlabel("epoch")
     curves.set_ylabel(monitor)
+    from matplotlib.ticker import MaxNLocator
+
     for axes in (values, curves):
         axes.grid(True, alpha=0.3)
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # trials and epochs are whole
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", metadata={"Software": None})

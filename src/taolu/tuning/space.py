@@ -103,7 +103,8 @@ class SearchSpace:
 
 def default_space(fixed: Collection[str]) -> SearchSpace:
     """lr (log-uniform, by optimizer), weight decay, batch size, augmentation and its
-    strength (mixup), label smoothing, optimizer and model: each one the user did not fix."""
+    strength (mixup), label smoothing, optimizer and model: each one the user did not fix
+    (and not the optimizer when the lr is fixed)."""
     dimensions = (
         Dimension("model", choices=DEFAULT_MODELS),
         Dimension("optimizer", choices=("sgd", "adamw")),
@@ -114,7 +115,9 @@ def default_space(fixed: Collection[str]) -> SearchSpace:
         Dimension("mixup", choices=(0.0, 0.1, 0.2)),
         Dimension("label_smoothing", low=0.0, high=0.2),
     )
-    kept = tuple(dimension for dimension in dimensions if dimension.option not in fixed)
+    # A fixed lr suits one optimizer family, so the optimizer is then left to the recipe.
+    left_out = {*fixed, "optimizer"} if "lr" in fixed else set(fixed)
+    kept = tuple(dimension for dimension in dimensions if dimension.option not in left_out)
     if not kept:
         raise ConfigError(
             "every option of the default search space is fixed; give a --space file "
