@@ -188,3 +188,10 @@ def test_the_default_lr_range_follows_the_drawn_optimizer():
             ),
             fixed={},
         )
+
+
+def test_no_trial_starts_once_the_timeout_has_passed(tmp_path):
+    result = taolu.tune(data="digits", epochs=1, trials=5, timeout=1e-6, out=tmp_path / "study")
+    assert result.trials == [] and result.best_value is None and result.command == ""
+    assert (tmp_path / "study/study.db").is_file()
+    assert not list((tmp_path / "study").glob("trial-*"))
