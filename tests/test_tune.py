@@ -195,3 +195,17 @@ def test_no_trial_starts_once_the_timeout_has_passed(tmp_path):
     assert result.trials == [] and result.best_value is None and result.command == ""
     assert (tmp_path / "study/study.db").is_file()
     assert not list((tmp_path / "study").glob("trial-*"))
+
+
+def test_a_trial_left_running_by_a_stop_is_failed_and_the_baseline_runs_again(tmp_path):
+    study_dir = tmp_path / "study"
+    fixed = {"data": "digits", "epochs": 1, "space": QUIET_SPACE, "out": study_dir}
+    taolu.tune(trials=2, timeout=1e-6, **fixed)  # makes study.db, starts nothing
+    # What a killed session leaves: the baseline trial still marked running.
+    study = optuna.load_study(study_name="taolu", storage=f"sqlite:///{study_dir}/study.db")
+    study.ask().set_user_attr("baseline", True)
+    result = taolu.tune(trials=2, **fixed)
+    stopped, baseline = result.trials
+    assert stopped["state"] == "fail" and stopped["error"] == "interrupted"
+    assert baseline["baseline"] and baseline["state"] == "complete"
+    assert baseline["run_dir"] == str(study_dir / "trial-001")

@@ -26,6 +26,7 @@ from taolu.tuning.comparison import (
 )
 from taolu.tuning.space import SearchSpace, default_space, read_space
 from taolu.tuning.trials import (
+    INTERRUPTED,
     STUDY_FILE,
     STUDY_NAME,
     TRIAL_PREFIX,
@@ -195,6 +196,7 @@ def _open_study(optuna: Any, plan: StudyPlan) -> Any:
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         # Left running by a study that was stopped: its run directory stays as it was.
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+        storage.set_trial_user_attr(trial_id, "error", INTERRUPTED)
         storage.set_trial_state_values(trial_id, TrialState.FAIL)
     return study
 

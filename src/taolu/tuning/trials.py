@@ -20,6 +20,7 @@ STUDY_NAME = "taolu"
 STUDY_FILE = "study.db"
 TRIAL_PREFIX = "trial-"
 PRUNERS = ("median", "hyperband", "none")
+INTERRUPTED = "interrupted"  # a failed trial's error when a stop, not its options, ended it
 # Under the user's own options: trials run side by side, so no bars, per-epoch lines or
 # report pages unless asked for (the study's own lines say how each trial went).
 TRIAL_DEFAULTS = {"verbose": False, "progress": False, "report": False}
@@ -130,33 +131,43 @@ def run_trials(plan: StudyPlan, worker: int, lock: Any = None) -> None:
         with lock if lock is not None else contextlib.nullcontext():
             if plan.deadline is not None and time.time() >= plan.deadline:
                 return
-            if len(study.get_trials(deepcopy=False)) >= plan.trials:
+            trials = study.get_trials(deepcopy=False)
+            if len(trials) >= plan.trials:
                 return
             trial = study.ask()
-        run_trial(study, trial, plan)
+            # The first trial asked trains the default recipe, and again if a stop failed it.
+            baseline = plan.baseline and not any(_holds_baseline(other) for other in trials)
+            trial.set_user_attr("baseline", baseline)
+        run_trial(study, trial, plan, baseline)
 
 
-def run_trial(study: Any, trial: Any, plan: StudyPlan) -> None:
+def _holds_baseline(trial: Any) -> bool:
+    """Whether `trial` trained (or is training) the default recipe: one a stop interrupted
+    does not count; one that failed on its own would fail again."""
+    interrupted = trial.state.name == "FAIL" and trial.user_attrs.get("error") == INTERRUPTED
+    return bool(trial.user_attrs.get("baseline")) and not interrupted
+
+
+def run_trial(study: Any, trial: Any, plan: StudyPlan, baseline: bool) -> None:
     """One trial: its options drawn (none for the baseline), trained as a taolu run in
     STUDY_DIR/trial-NNN, and its outcome told to the study."""
     from optuna.trial import TrialState
 
     from taolu.api import train_from_options
 
-    baseline = plan.baseline and trial.number == 0
     drawn = {} if baseline else plan.space.draw(trial, plan.fixed)
     name = trial_name(trial.number)
     trial.set_user_attr("options", drawn)
-    trial.set_user_attr("baseline", baseline)
     trial.set_user_attr("run_dir", str(plan.folder / name))
     reporter = EpochReporter(trial, plan.monitor)
     options = {**TRIAL_DEFAULTS, **plan.options, **drawn, "out": str(plan.folder), "name": name}
+    started = time.perf_counter()
     try:
         result = train_from_options(
             plan.config_file, options, plan.set_options, stop_after_epoch=reporter
         )
     except TrainingInterrupted as stopped:
-        trial.set_user_attr("error", "interrupted")
+        trial.set_user_attr("error", INTERRUPTED)
         study.tell(trial, state=TrialState.FAIL)
         raise TrainingInterrupted(
             f"taolu tune stopped during {name}; run the same command again to go on with the "
@@ -180,7 +191,7 @@ def run_trial(study: Any, trial: Any, plan: StudyPlan) -> None:
     else:
         study.tell(trial, value)
         outcome = f"{plan.monitor} {value:.4f}"
-    say_trial(name, drawn, baseline, outcome)
+    say_trial(name, drawn, baseline, f"{outcome} in {time.perf_counter() - started:.0f} s")
 
 
 def best_value(history: list[dict[str, Any]], monitor: str) -> float | None:
