@@ -181,7 +181,8 @@ def run_trial(study: Any, trial: Any, plan: StudyPlan, baseline: bool) -> None:
         return
     value = best_value(result.history, plan.monitor)
     trial.set_user_attr("epochs", int(result.history[-1]["epoch"]))
-    if reporter.pruned_at:
+    # Judged bad only after its last epoch, the trial has run in full: its value stands.
+    if reporter.pruned_at and result.summary.get("stopped_early"):
         study.tell(trial, state=TrialState.PRUNED)
         outcome = f"pruned after epoch {reporter.pruned_at} ({plan.monitor} {value:.4f})"
     elif value is None:
