@@ -8,6 +8,7 @@ taolu.export(result.run_dir, format="onnx")
 taolu.serve(result.run_dir, port=8000)
 taolu.eject(result.run_dir)  # the run as a plain PyTorch script
 taolu.inspect(result.run_dir)  # its worst mistakes and the classes it confuses
+taolu.find_label_issues(result.run_dir)  # images whose label looks wrong (label_issues.csv)
 taolu.tune(data="digits", epochs=3, trials=20, out="runs/tune")  # search (pip install taolu[tune])
 """
 
@@ -34,6 +35,7 @@ _LAZY = {
     "predict": "taolu.api",
     "eject": "taolu.api",
     "inspect": "taolu.api",
+    "find_label_issues": "taolu.api",
     "export": "taolu.model_export",
     "serve": "taolu.serving",
     "TrainResult": "taolu.run.records",
@@ -68,6 +70,7 @@ __all__ = [
     "eject",
     "evaluate",
     "export",
+    "find_label_issues",
     "inspect",
     "predict",
     "serve",

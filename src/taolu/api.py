@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 from torch.utils.data import Dataset
@@ -36,6 +36,9 @@ from taolu.train_options import (
     refuse_model_named_by_checkpoint,
 )
 from taolu.train_state import TrainState
+
+if TYPE_CHECKING:
+    from taolu.label_search import LabelSearch
 
 
 def train(
@@ -217,6 +220,8 @@ def predict(
     trust_code: bool = False,
     reject_below: float | str | None = None,
     tta: bool = False,
+    explain: str | Path | None = None,
+    explain_layer: str | None = None,
 ) -> list[dict[str, Any]]:
     """Top-k classes for each input: image files, folders (searched recursively), or
     in-memory images (PIL, numpy, tensor). A file that cannot be read gets {"path", "error"}
@@ -230,7 +235,12 @@ def predict(
     chose on its validation split for 95% precision) adds "answer" to each result: the top
     class, or "unknown" when the model is less sure than that. Probabilities are calibrated
     by the temperature the run fitted on its validation split. `tta` averages each image's
-    probabilities over the flips and shifts the run trained with (one forward pass each)."""
+    probabilities over the flips and shifts the run trained with (one forward pass each).
+    `explain` (a folder, made if missing) gets one PNG per classified input: the image with
+    a LayerCAM map of where the model looks for its top class, named after the input (never
+    over an existing file); each result's "explanation" is its path. The map is taken at
+    `explain_layer` (a dotted module name), by default the last convolutional block. It
+    needs the torch network: a checkpoint or a .safetensors export, not ONNX/TorchScript."""
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
     classifier = load_classifier(
@@ -240,10 +250,16 @@ def predict(
         device=pick_device(device),
         trust_code=trust_code,
     )
+    if explain_layer is not None and explain is None:
+        raise ConfigError("option 'explain_layer' needs 'explain', the folder for the overlays")
+    if explain is not None:
+        from taolu.explanations import explainable_network
+
+        explainable_network(classifier)  # ONNX refused before anything is classified
     items: list[Any] = []
     for item in inputs:
         items += expand_inputs([item]) if isinstance(item, (str, Path)) else [item]
-    return classify_with(
+    results = classify_with(
         classifier,
         items,
         topk=topk,
@@ -252,6 +268,13 @@ def predict(
         reject_below=reject_below,
         tta=tta,
     )
+    if explain is not None:
+        from taolu.explanations import write_overlays
+
+        write_overlays(
+            classifier, items, results, explain, layer=explain_layer, batch_size=batch_size
+        )
+    return results
 
 
 def eject(run: str | Path, out: str | Path | None = None) -> Path:
@@ -286,3 +309,36 @@ def inspect(run: str | Path, top: int = 20) -> dict[str, Any]:
     from taolu.inspection import inspect_run
 
     return inspect_run(run, top)
+
+
+def find_label_issues(
+    run: str | Path,
+    *,
+    folds: int = 4,
+    epochs: int | None = None,
+    data: Dataset | None = None,
+    val_data: Dataset | None = None,
+    model: nn.Module | None = None,
+    device: str | None = None,
+    verbose: bool = True,
+) -> LabelSearch:
+    """Likely mislabelled images among a run's training and validation images, most suspect
+    first: `folds` models trained with the run's own options (`epochs` to shorten them) on
+    all but one fold each, every image scored by the model that never saw it, and confident
+    learning's per-class thresholds applied. Writes RUN/label_issues.csv (path, given,
+    suggested, score: the given label's out-of-sample probability) and returns a
+    `LabelSearch` (.issues: those rows as dicts; .path; .fold_accuracy). Nothing is moved or
+    relabelled. A run on your own Dataset(s) or nn.Module needs them passed again (the module
+    untrained: each fold trains a copy of it)."""
+    from taolu.label_search import find_label_issues_in_run
+
+    return find_label_issues_in_run(
+        run,
+        folds=folds,
+        epochs=epochs,
+        data=data,
+        val_data=val_data,
+        model=model,
+        device=device,
+        say=print if verbose else (lambda line: None),
+    )

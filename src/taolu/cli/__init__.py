@@ -14,6 +14,7 @@ from taolu.cli.data import add_data_commands
 from taolu.cli.eject import add_eject_command
 from taolu.cli.evaluation import add_eval_command, add_predict_command
 from taolu.cli.inspection import add_inspect_command
+from taolu.cli.label_issues import add_label_issues_command
 from taolu.cli.models import add_models_command
 from taolu.cli.outcome import add_outcome_commands
 from taolu.cli.parsing import CommandParser
@@ -68,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_outcome_commands(commands)
     add_models_command(commands)
     add_inspect_command(commands)
+    add_label_issues_command(commands)
     add_eject_command(commands)
     return parser
 

@@ -139,18 +139,17 @@ def refuse_too_many_bad_files(
         )
 
 
-def load_training_data(
+def read_bundle(
     config: DataOptions,
     *,
     train_data: Dataset | None = None,
     val_data: Dataset | None = None,
     classes: list[str] | None = None,
     manifest: Path | None = None,
-    preprocessing: Preprocessing | None = None,
-) -> TrainingData:
-    """The data of `config` (or the caller's own Datasets); file-based data is decoded once
-    into the cache when it fits, and refused when too much of it is unreadable. The
-    preprocessing is measured on the training split unless given (a resumed run's)."""
+) -> tuple[DataBundle, SkipLog, str, int]:
+    """The data of `config` (or the caller's own Datasets) as (bundle, skips, cache, workers):
+    file-based data decoded once into the cache when it fits, and refused when too much of
+    it is unreadable; no per-sample pipeline yet."""
     sizing = dict(
         val_fraction=config.val_fraction,
         image_size=config.image_size,
@@ -170,6 +169,29 @@ def load_training_data(
         cache_dir = Path(config.cache_dir).expanduser() if config.cache_dir else None
         bundle, cache = decode_once(bundle, config.cache, cache_dir, workers, skips)
         refuse_too_many_bad_files(bundle, skips, config.max_bad_fraction, config.data)
+    return bundle, skips, cache, workers
+
+
+def load_training_data(
+    config: DataOptions,
+    *,
+    train_data: Dataset | None = None,
+    val_data: Dataset | None = None,
+    classes: list[str] | None = None,
+    manifest: Path | None = None,
+    preprocessing: Preprocessing | None = None,
+    splits: DataBundle | None = None,
+) -> TrainingData:
+    """The data of `config` (or the caller's own Datasets, or `splits` already read and split:
+    the label search's folds), with its per-sample pipelines. The preprocessing is measured
+    on the training split unless given (a resumed run's)."""
+    if splits is not None:
+        bundle, skips, workers = splits, SkipLog(), auto_workers(config.workers)
+        cache = "tensors" if isinstance(bundle.train, ImageTensors) else "off"
+    else:
+        bundle, skips, cache, workers = read_bundle(
+            config, train_data=train_data, val_data=val_data, classes=classes, manifest=manifest
+        )
     # A few dozen images tell the background; a Dataset or uncached files decode each one.
     background = training_background(sample_images(bundle.train, limit=POLARITY_SAMPLES))
     train_pipeline, eval_pipeline = sample_pipelines(config, bundle)
