@@ -9,6 +9,7 @@ taolu.serve(result.run_dir, port=8000)
 taolu.eject(result.run_dir)  # the run as a plain PyTorch script
 taolu.inspect(result.run_dir)  # its worst mistakes and the classes it confuses
 taolu.find_label_issues(result.run_dir)  # images whose label looks wrong (label_issues.csv)
+taolu.tune(data="digits", epochs=3, trials=20, out="runs/tune")  # search (pip install taolu[tune])
 """
 
 import importlib
@@ -38,6 +39,8 @@ _LAZY = {
     "export": "taolu.model_export",
     "serve": "taolu.serving",
     "TrainResult": "taolu.run.records",
+    "tune": "taolu.tuning.study",
+    "TuneResult": "taolu.tuning.study",
 }
 
 
@@ -63,6 +66,7 @@ __all__ = [
     "TrainResult",
     "TrainingError",
     "TrainingInterrupted",
+    "TuneResult",
     "eject",
     "evaluate",
     "export",
@@ -71,4 +75,5 @@ __all__ = [
     "predict",
     "serve",
     "train",
+    "tune",
 ]

@@ -26,7 +26,7 @@ from taolu.layout import LAST_NAME, RunDir, check_run_place
 from taolu.option_values import read_config_file
 from taolu.rebuild import restore_model
 from taolu.run.records import TrainResult
-from taolu.run.routine import run_training
+from taolu.run.routine import EpochCheck, run_training
 from taolu.run.setup import Resume, UserParts
 from taolu.train_options import (
     build_train_config,
@@ -81,9 +81,11 @@ def train_from_options(
     *,
     parts: UserParts | None = None,
     resume: str | Path | None = None,
+    stop_after_epoch: EpochCheck | None = None,
 ) -> TrainResult:
-    """The one way into training for the CLI and `train`: resolve the layers (on top of the
-    run's saved config when resuming), then run the routine."""
+    """The one way into training for the CLI, `train` and `taolu tune`'s trials: resolve the
+    layers (on top of the run's saved config when resuming), then run the routine
+    (`stop_after_epoch`: run_training's)."""
     if resume is None:
         resume = elastic_resume_dir(config_file, options, set_options, parts)
     named = {**(read_config_file(config_file) if config_file else {}), **options}
@@ -104,7 +106,9 @@ def train_from_options(
         # Refused now, not once the data has loaded. Under torchrun every process checks before
         # rank 0 makes the folder, which it does only after all have joined the process group.
         check_run_place(resolved.out, resolved.name)
-    return run_training(resolved, parts, resume=continued, chosen=set(named))
+    return run_training(
+        resolved, parts, resume=continued, chosen=set(named), stop_after_epoch=stop_after_epoch
+    )
 
 
 def _split_to_evaluate(

@@ -19,6 +19,7 @@ from taolu.cli.models import add_models_command
 from taolu.cli.outcome import add_outcome_commands
 from taolu.cli.parsing import CommandParser
 from taolu.cli.train import add_train_command
+from taolu.cli.tune import add_tune_command
 from taolu.errors import TaoluError, TrainingInterrupted
 
 
@@ -61,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands.required = True
     add_train_command(commands)
+    add_tune_command(commands)
     add_eval_command(commands)
     add_predict_command(commands)
     add_data_commands(commands)
