@@ -7,6 +7,7 @@ bare `taolu`) and sets the function that runs them as `handler`.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from taolu.cli.console import plain_message, show_warnings_plainly
@@ -94,3 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("taolu: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `taolu models | head`: the reader has what it wanted
+        # Python would complain again flushing stdout at exit; point it at /dev/null first.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # what a shell reports for a command ended by SIGPIPE
