@@ -24,6 +24,7 @@ def read_table(study_dir):
         return list(csv.DictReader(file))
 
 
+@pytest.mark.slow
 def test_a_study_of_ordinary_runs_goes_on_when_run_again(tmp_path, cli_main):
     study_dir = tmp_path / "study"
     space = tmp_path / "space.yaml"
