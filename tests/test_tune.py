@@ -24,6 +24,7 @@ def read_table(study_dir):
         return list(csv.DictReader(file))
 
 
+@pytest.mark.slow
 def test_a_study_of_ordinary_runs_goes_on_when_run_again(tmp_path, cli_main):
     study_dir = tmp_path / "study"
     space = tmp_path / "space.yaml"
@@ -44,6 +45,7 @@ def test_a_study_of_ordinary_runs_goes_on_when_run_again(tmp_path, cli_main):
     ]
     evaluated = taolu.evaluate(study_dir / "trial-001")
     assert evaluated["acc"] == pytest.approx(float(rows[1]["value"]))
+    assert taolu.inspect(study_dir / "trial-001")["images"] > 0
     best = max(rows, key=lambda row: float(row["value"]))
     command = (study_dir / "best_command.txt").read_text().strip()
     assert command in out

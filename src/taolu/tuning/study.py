@@ -275,7 +275,9 @@ def _sum_up(study: Any, plan: StudyPlan) -> TuneResult:
         write_plot(trials, plan.monitor, plot)
     best = best_trial(trials, plan.monitor)
     counts = {state: sum(row["state"] == state for row in rows) for state in ("complete", "pruned")}
-    summary = f"{len(rows)} trials ({counts['complete']} complete, {counts['pruned']} pruned)"
+    failed = len(rows) - sum(counts.values())
+    summary = f"{len(rows)} trials ({counts['complete']} complete, {counts['pruned']} pruned"
+    summary += f", {failed} failed or interrupted)" if failed else ")"
     if best is None:
         print(f"taolu tune: {summary}; none completed, so no best yet. Table: {table}")
         return TuneResult(plan.folder, None, {}, None, "", table, plot, rows)

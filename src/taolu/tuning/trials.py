@@ -124,7 +124,9 @@ def run_trials(plan: StudyPlan, worker: int, lock: Any = None) -> None:
     study = optuna.load_study(
         study_name=STUDY_NAME,
         storage=plan.storage,
-        sampler=optuna.samplers.TPESampler(seed=seed),
+        # constant_liar: trials running in other processes count as bad guesses meanwhile, so
+        # side-by-side workers do not all draw the same promising point.
+        sampler=optuna.samplers.TPESampler(seed=seed, constant_liar=True),
         pruner=build_pruner(plan.pruner, optuna),
     )
     while True:
