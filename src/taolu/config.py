@@ -446,6 +446,13 @@ class TrainConfig:
 
 
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def flag_name(name: str) -> str:
+    """An option's command-line flag: `batch_size` -> `--batch-size`."""
+    return "--" + name.replace("_", "-")
+
+
 # Options that may differ when a run is resumed; the rest define the run and must not change.
 RESUMABLE_OPTIONS = frozenset(
     {

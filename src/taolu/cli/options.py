@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from taolu.config import FIELDS, OPTION_GROUPS
+from taolu.config import FIELDS, OPTION_GROUPS, flag_name
 
 # The options that shape the data, shared by `taolu train` and `taolu data preview|bench`.
 DATA_OPTIONS = (
@@ -29,10 +29,6 @@ DATA_OPTIONS = (
     "seed",
     "device",
 )
-
-
-def flag_name(name: str) -> str:
-    return "--" + name.replace("_", "-")
 
 
 def shown_default(value: object) -> str:

@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from taolu.cli.options import flag_name
+from taolu.config import flag_name
 
 
 def add_outcome_commands(commands: argparse._SubParsersAction) -> None:

@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from taolu.atomic_file import write_atomic
-from taolu.cli.options import flag_name
-from taolu.config import FIELDS
+from taolu.config import FIELDS, flag_name
 from taolu.metric_names import lower_is_better
 
 TABLE_FILE = "trials.csv"
