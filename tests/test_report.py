@@ -527,19 +527,32 @@ def test_a_run_without_val_predictions_says_why(tmp_path):
     assert "Not shown" in section and "val_predictions.csv" in section
 
 
-def test_a_matrix_link_leads_to_its_pictures_in_chromium(trained, chromium):
+def test_a_matrix_link_leads_to_its_pictures_in_chromium(trained, tmp_path, chromium):
+    """Issue 15's sections render in Chromium: the top losses, where it looks, the confused
+    pairs (a click on a wrong cell lands on its images), the likely-mislabelled list and the
+    reliability diagram; every picture decodes and the console stays clean."""
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    (run / "label_issues.csv").write_text(
+        "path,given,suggested,score\n#3,1,7,0.004\n", encoding="utf-8"
+    )
     page = chromium.new_page(viewport={"width": 1280, "height": 800})
     errors = []
     page.on("console", lambda message: message.type == "error" and errors.append(message.text))
-    page.goto((trained / "report" / "report.html").as_uri(), wait_until="load")
+    page.goto(write_report(run).as_uri(), wait_until="load")
+    for section in ("#top-losses", "#where_it_looks", "#confused-pairs", "#label-issues"):
+        assert page.locator(section).is_visible(), section
+    assert page.locator("#reliability img").is_visible()
+    assert page.locator("#label-issues td").first.inner_text() == "#3"
     link = page.locator("table.confusion a").first
     target = link.get_attribute("href")
     link.click()
     assert page.evaluate("() => location.hash") == target
     box = page.locator(target).bounding_box()
     assert box is not None and -2 <= box["y"] < 800  # scrolled into view (sub-pixel)
-    thumbs = page.evaluate(
-        "() => Array.from(document.querySelectorAll('img.thumb'), i => i.naturalWidth)"
+    pictures = page.evaluate(
+        "() => Array.from(document.images, i => [i.complete, i.naturalWidth, i.className])"
     )
-    assert thumbs and all(width > 0 for width in thumbs)
+    assert all(done and width > 0 for done, width, _ in pictures), pictures
+    assert any(kind == "thumb" for _, _, kind in pictures)
     assert not errors
