@@ -19,7 +19,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 AUGMENTS = ("auto", "none", "shift", "shift-flip")
 RESIZE_MODES = ("squash", "crop", "pad")
 CACHE_MODES = ("auto", "ram", "disk", "off")
-NORMALIZE_MODES = ("auto", "imagenet", "none")
+NORMALIZE_MODES = ("auto", "imagenet", "inception", "clip", "none")
 SWITCHES = ("auto", "on", "off")
 # The largest image side taolu resizes to, for --image-size, --transforms and the preprocessing
 # stored in checkpoints and exports: one 4096x4096 RGB image is 50 MB per decoding thread.
@@ -133,7 +133,8 @@ class TrainConfig:
     )
     normalize: str = _option(
         "auto",
-        "mean/std: auto (measured on the training split), imagenet, none",
+        "mean/std: auto (measured on the training split), imagenet, inception (0.5), clip "
+        "(OpenAI CLIP's), none; pretrained weights set their own",
         choices=NORMALIZE_MODES,
         group="data",
     )
