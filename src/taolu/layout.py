@@ -23,6 +23,7 @@ LR_FIND_PLOT = "lr_find.png"
 EXPORT_DIR = "export"
 VAL_PREDICTIONS_NAME = "val_predictions.csv"  # the best model on each validation image
 EJECT_NAME = "eject.py"  # `taolu eject`: the run as a standalone plain PyTorch script
+MLFLOW_NAME = "mlflow.json"  # --track mlflow: the store and MLflow run this run logs to
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,10 @@ class RunDir:
     @property
     def eject(self) -> Path:
         return self.root / EJECT_NAME
+
+    @property
+    def mlflow(self) -> Path:
+        return self.root / MLFLOW_NAME
 
 
 def check_run_place(out: str, name: str) -> None:
