@@ -116,6 +116,44 @@ def test_store_from_the_environment_and_a_resumed_run_continues(here, monkeypatc
     assert run.data.params["epochs"] == "1"  # MLflow keeps a parameter's first value
 
 
+@pytest.mark.slow
+def test_a_stopped_run_is_killed_in_mlflow_with_its_finished_epochs(
+    here, digits_arrays, array_dataset
+):
+    images, labels = digits_arrays
+    uri = f"sqlite:///{here / 'store.db'}"
+    # Ctrl-C half way through the second epoch's validation pass (200 images an epoch).
+    stopper = array_dataset(images[400:600], labels[400:600], interrupt_after=200 + 100)
+    with pytest.raises(KeyboardInterrupt):
+        taolu.train(
+            data=array_dataset(images[:400], labels[:400]),
+            val_data=stopper,
+            classes=[str(digit) for digit in range(10)],
+            epochs=3,
+            workers=0,
+            out=str(here / "runs"),
+            track="mlflow",
+            mlflow_uri=uri,
+            **{key: value for key, value in QUIET.items() if key != "data"},
+        )
+    client, run = the_run(uri)
+    assert run.info.status == "KILLED"
+    assert len(client.get_metric_history(run.info.run_id, "val_acc")) == 1
+
+
+def test_track_mlflow_without_mlflow_says_how_to_install(here, monkeypatch):
+    import importlib.util
+
+    from taolu.errors import ConfigError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a)
+    )
+    with pytest.raises(ConfigError, match=r"pip install 'taolu\[mlflow\]'"):
+        taolu.train(track="mlflow", out=str(here / "runs"), **QUIET)
+
+
 def test_a_broken_store_warns_and_the_run_goes_on(here, caplog):
     blocker = here / "not_a_folder"
     blocker.write_text("a file where the store's folder should be")

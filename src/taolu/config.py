@@ -419,6 +419,7 @@ class TrainConfig:
         "also log the run to an MLflow tracking store (mlflow): its options, per-epoch "
         "metrics, summary, report and exported model",
         choices=TRACKERS,
+        kind="track",
         group="output",
     )
     mlflow_uri: str = _option(

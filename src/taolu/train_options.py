@@ -25,6 +25,7 @@ from taolu.models.factory import is_factory_name
 from taolu.models.spec import is_spec_path
 from taolu.option_values import coerce_option, read_config_file, resolve_config
 from taolu.run.setup import UserParts
+from taolu.track.mlflow_tracker import check_track_option
 from taolu.train_state import TrainState
 
 USER_PREFIX = "user:"
@@ -38,6 +39,7 @@ def _validators(parts: UserParts) -> dict:
         "transforms": check_transforms_option,
         "freeze": _check_freeze,
         "optimizer": check_optimizer_name,
+        "track": check_track_option,
     }
     if parts.train_data is None:
         checks["data"] = check_data_option

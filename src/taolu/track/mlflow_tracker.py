@@ -20,12 +20,25 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from taolu.errors import ConfigError
+
 logger = logging.getLogger("taolu")
+
+INSTALL_HINT = "pip install 'taolu[mlflow]'"
 
 MAX_PARAM_LENGTH = 6000  # MLflow refuses longer parameter values
 # Files of the run directory logged as artifacts; TensorBoard's event files and last.pt stay
 # out (TensorBoard shows the former, and best.pt is the model predict and export use).
 SKIPPED_FILES = ("events.out.tfevents", "last.pt", "mlflow.json", ".")
+
+
+def check_track_option(track: str) -> None:
+    """--track mlflow needs mlflow installed: refused before anything runs, not warned about
+    after the first epoch (found without importing it)."""
+    import importlib.util
+
+    if track == "mlflow" and importlib.util.find_spec("mlflow") is None:
+        raise ConfigError(f"option 'track': mlflow is not installed; {INSTALL_HINT}")
 
 
 class MlflowTracker:
