@@ -124,3 +124,27 @@ def test_train_help_ends_with_the_examples(capsys):
     examples = out.split("examples:")[1]
     assert "taolu train --data ~/photos" in examples
     assert "options:" not in examples
+
+
+def test_a_reader_that_stops_early_gets_no_traceback():
+    """`taolu models | head -1`: the pipe is closed when taolu writes; it ends quietly (141,
+    as a shell reports SIGPIPE) with nothing on stderr."""
+    import subprocess
+    import sys
+
+    listing = subprocess.Popen(
+        [sys.executable, "-m", "taolu", "models"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    listing.stdout.close()  # the reader is gone before the listing is written
+    errors = listing.stderr.read().decode()
+    assert listing.wait(timeout=120) == 141, errors
+    assert "Traceback" not in errors and "BrokenPipe" not in errors, errors
+
+
+def test_serve_help_names_what_each_value_is(capsys):
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    text = capsys.readouterr().out
+    for placeholder in ("--topk K", "--max-upload-mb MB", "--max-files N", "--batch-window-ms MS"):
+        assert placeholder in text
+    assert "MAX_FILES" not in text and "TOPK" not in text

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import json
 import re
+import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -58,6 +60,14 @@ ALLOWED_TAGS = {
     "ul",
     "li",
     "strong",
+    # the error analysis: thumbnails in captioned figures, matrix cells linking to their pair
+    "a",
+    "b",
+    "h3",
+    "figure",
+    "figcaption",
+    "details",
+    "summary",
 }
 HOSTILE = "<script>alert(1)</script>"
 METRIC_COLUMNS = (
@@ -151,12 +161,20 @@ class Tags(HTMLParser):
     def __init__(self):
         super().__init__()
         self.tags: list[str] = []
-        self.images: list[str] = []
+        self.images: list[str] = []  # the plots
+        self.thumbs: list[str] = []  # the error analysis's pictures
+        self.links: list[str] = []
+        self.ids: set[str] = set()
 
     def handle_starttag(self, tag, attrs):
         self.tags.append(tag)
+        attrs = dict(attrs)
         if tag == "img":
-            self.images.append(dict(attrs)["src"])
+            (self.thumbs if attrs.get("class") == "thumb" else self.images).append(attrs["src"])
+        if tag == "a":
+            self.links.append(attrs["href"])
+        if "id" in attrs:
+            self.ids.add(attrs["id"])
 
 
 def parse(page: Path) -> Tags:
@@ -206,8 +224,11 @@ def test_html_embeds_the_plots_and_the_runs_values(trained):
     # Every plot is embedded as the very PNG written beside the page; nothing is fetched.
     embedded = [base64.b64decode(src.split(",", 1)[1]) for src in tags.images]
     assert all(src.startswith("data:image/png;base64,") for src in tags.images)
-    assert embedded == [(trained / "report" / name).read_bytes() for name in ALL_PLOTS]
-    assert not re.search(r"(src|href)=\"(?!data:)", text)
+    plots, maps = embedded[: len(ALL_PLOTS)], embedded[len(ALL_PLOTS) :]
+    assert plots == [(trained / "report" / name).read_bytes() for name in ALL_PLOTS]
+    # Then "Where it looks": the overlays of the run's top losses (test_explain.py).
+    assert len(maps) == 8 and all(png.startswith(b"\x89PNG") for png in maps)
+    assert not re.search(r"(src|href)=\"(?!data:|#)", text)
     assert "Not drawn" not in text
     summary = json.loads((trained / "summary.json").read_text())
     for value in (
@@ -228,8 +249,22 @@ def test_html_embeds_the_plots_and_the_runs_values(trained):
     # The configuration shows what the run used where the setting left it to the run.
     used = f'{summary["device"]} <span class="muted">(set: auto)</span>'
     assert used in text and '8x8 <span class="muted">(set: 0)</span>' in text
-    for title in ("Loss", "Accuracy", "Learning rate", "Confusion matrix", "Sample predictions"):
+    titles = ("Loss", "Accuracy", "Learning rate", "Confusion matrix", "Sample predictions")
+    for title in (*titles, "Where it looks"):
         assert f"<h2>{title}" in text
+
+
+def test_the_report_shows_where_the_top_losses_looked(trained):
+    from taolu.inspection import read_val_predictions
+    from taolu.track.report_maps import MAPS_FILE, where_it_looks_section
+
+    saved = json.loads((trained / "report" / MAPS_FILE).read_text())
+    losses = sorted((row["loss"] for row in read_val_predictions(trained)), reverse=True)
+    assert [entry["loss"] for entry in saved["images"]] == losses[:8]
+    section = where_it_looks_section(trained / "report")
+    assert section.count("<img") == 8 and "#" in section  # digits are named by index
+    page = (trained / "report" / "report.html").read_text()
+    assert section in page
 
 
 def test_cli_rewrites_the_report_and_nothing_else(trained, cli_main, tree_snapshot):
@@ -283,7 +318,8 @@ def test_missing_inputs_are_skipped_with_a_note(tmp_path):
         assert_png(folder / name)
     for name in ("confusion_matrix.png", "per_class.png", "reliability.png", "val_samples.png"):
         assert not (folder / name).exists(), name
-    assert text.count("Not drawn") == 4
+    assert text.count("Not drawn") == 5
+    assert "there is no report/top_loss_maps.json" in text
     assert "summary.json holds no calibration" in text
     assert "there is no summary.json" in text
     assert "val_samples.safetensors could not be used" in text
@@ -297,7 +333,7 @@ def test_missing_inputs_are_skipped_with_a_note(tmp_path):
     early.mkdir()
     (early / "config.yaml").write_text("model: fastcnn\nepochs: 5\n", encoding="utf-8")
     text = write_report(early).read_text(encoding="utf-8")
-    assert text.count("Not drawn") == len(ALL_PLOTS)
+    assert text.count("Not drawn") == len(ALL_PLOTS) + 1  # and "Where it looks"
     assert "there is no metrics.csv" in text
 
 
@@ -403,7 +439,9 @@ def test_report_reads_on_a_phone_and_a_laptop(trained, tmp_path, chromium):
         )
         assert all(bottom <= height for bottom in bottoms), (width, bottoms)
         plot_widths = page.evaluate(
-            "() => Array.from(document.images, i => i.getBoundingClientRect().width)"
+            """() => Array.from(
+                document.querySelectorAll('section:not(#where_it_looks) img:not(.thumb)'),
+                i => i.getBoundingClientRect().width)"""
         )
         assert len(plot_widths) == len(ALL_PLOTS)
         # Every plot as wide as the page allows (margins and the section's padding take the
@@ -434,3 +472,74 @@ def test_first_screen_names_the_verdict_skipped_files_and_resolved_settings(tmp_
     summary["verdict"] = []
     (run / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
     assert "Healthy" in write_report(run).read_text(encoding="utf-8")
+
+
+# --------------------------------------------------------------------------- error analysis
+
+
+def test_error_analysis_shows_the_top_losses_and_links_each_wrong_cell(trained):
+    """The top losses by path with their pictures, and every wrong cell of the matrix a link
+    to the section holding that pair's images; the counts are val_predictions.csv's."""
+    from taolu.inspection import read_val_predictions
+
+    rows = read_val_predictions(trained)
+    page = trained / "report" / "report.html"
+    text, tags = page.read_text(encoding="utf-8"), parse(page)
+    worst = max(rows, key=lambda row: row["loss"])
+    top = text.split('id="top-losses"', 1)[1].split("</section>", 1)[0]
+    assert html.escape(worst["path"]) in top and "Top losses" in top
+    assert tags.thumbs and all(src.startswith("data:image/png;base64,") for src in tags.thumbs)
+    for src in tags.thumbs:
+        with Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))) as picture:
+            picture.load()
+    wrong = [row for row in rows if row["true"] != row["predicted"]]
+    assert wrong, "a 2-epoch digits run gets some wrong"
+    pair_links = [link for link in tags.links if link.startswith("#pair-")]
+    assert pair_links and all(link[1:] in tags.ids for link in pair_links)
+    pairs = {(row["true"], row["predicted"]) for row in wrong}
+    assert len(pair_links) == len(pairs)
+    first = wrong[0]
+    classes = json.loads((trained / "summary.json").read_text())["classes"]
+    anchor = f"pair-{classes.index(first['true'])}-{classes.index(first['predicted'])}"
+    section = text.split(f'id="{anchor}"', 1)[1].split("</h3>", 1)[0]
+    pair = (first["true"], first["predicted"])
+    count = sum((row["true"], row["predicted"]) == pair for row in wrong)
+    assert section.endswith(f": {count}")
+
+
+def test_label_issues_are_listed_when_the_run_has_them(trained, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    text = write_report(run).read_text(encoding="utf-8")
+    assert "has no label_issues.csv" in text
+    (run / "label_issues.csv").write_text(
+        "path,given,suggested,score\ndata/cat/<b>odd</b>.png,cat,dog,0.01\n", encoding="utf-8"
+    )
+    section = write_report(run).read_text(encoding="utf-8").split('id="label-issues"', 1)[1]
+    assert "data/cat/&lt;b&gt;odd&lt;/b&gt;.png" in section
+    assert '<td class="value">dog</td>' in section
+
+
+def test_a_run_without_val_predictions_says_why(tmp_path):
+    run = write_fake_run(tmp_path / "run", ["cat", "dog"])
+    text = write_report(run).read_text(encoding="utf-8")
+    section = text.split('id="top-losses"', 1)[1].split("</section>", 1)[0]
+    assert "Not shown" in section and "val_predictions.csv" in section
+
+
+def test_a_matrix_link_leads_to_its_pictures_in_chromium(trained, chromium):
+    page = chromium.new_page(viewport={"width": 1280, "height": 800})
+    errors = []
+    page.on("console", lambda message: message.type == "error" and errors.append(message.text))
+    page.goto((trained / "report" / "report.html").as_uri(), wait_until="load")
+    link = page.locator("table.confusion a").first
+    target = link.get_attribute("href")
+    link.click()
+    assert page.evaluate("() => location.hash") == target
+    box = page.locator(target).bounding_box()
+    assert box is not None and -2 <= box["y"] < 800  # scrolled into view (sub-pixel)
+    thumbs = page.evaluate(
+        "() => Array.from(document.querySelectorAll('img.thumb'), i => i.naturalWidth)"
+    )
+    assert thumbs and all(width > 0 for width in thumbs)
+    assert not errors

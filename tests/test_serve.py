@@ -250,6 +250,45 @@ def test_info_health_and_openapi(server, digits_run, files):
     assert status == 200 and "multipart/form-data" in json.dumps(schema["paths"]["/predict"])
 
 
+def test_unknown_answers_and_overlays_on_request(server, files, digits_run, cli_main, monkeypatch):
+    """?reject_below=auto answers as predict --reject-below auto; ?explain=1 adds each
+    image's overlay as a PNG data URL; /info says both are on offer."""
+    import base64
+    import io
+
+    from taolu.checkpoint import read_state
+
+    port, run = server["port"], digits_run.run_dir
+    stored = read_state(digits_run.best_checkpoint).reject_threshold
+    status, info = request(port, "GET", "/info")
+    assert info["explanation"] == {"class_activation": True, "unknown_threshold": stored}
+    good = [(name, (files / name).read_bytes()) for name in ("a.png", "b.png")]
+    status, answer = post(port, good, query="?reject_below=auto")
+    expected = predict_json(
+        cli_main, run, ["a.png", "b.png"], files, monkeypatch, "--reject-below", "auto"
+    )
+    assert status == 200 and answer == expected and all("answer" in r for r in answer)
+    status, answer = post(port, good, query="?reject_below=1")  # nothing is that sure
+    assert [r["answer"] for r in answer] == ["unknown", "unknown"]
+
+    status, answer = post(port, good, query="?explain=1&topk=2")
+    assert status == 200
+    for result, plain in zip(answer, expected, strict=True):
+        assert result["predictions"][:2] == plain["predictions"][:2]
+        head, data = result["explanation"].split(",", 1)
+        assert head == "data:image/png;base64"
+        assert Image.open(io.BytesIO(base64.b64decode(data))).size == (256, 256)
+    junk = ("junk.png", (files / "junk.png").read_bytes())
+    status, answer = post(port, [junk, good[0]], query="?explain=1")
+    assert status == 422 and "explanation" not in answer[0] and "explanation" in answer[1]
+    for query, why in (
+        ("?explain=yes", "explain must be 1 or 0"),
+        ("?reject_below=2", "reject_below: '2' is not a probability"),
+    ):
+        status, answer = post(port, good, query=query)
+        assert status == 400 and why in answer["error"], answer
+
+
 def test_hostile_requests_get_clear_errors_and_the_server_stays_up(server, files):
     port, pid = server["port"], server["process"].pid
     good = [("a.png", (files / "a.png").read_bytes())]
@@ -375,6 +414,47 @@ def test_page_in_chromium_shows_the_run_and_what_predict_says(
     assert (tmp_path / "serve-page.png").stat().st_size > 0
 
 
+def test_page_shows_the_overlay_and_unknown(server, files, digits_run, chromium):
+    """The page asks for overlays and the run's threshold (/info offers both), shows each
+    overlay, and marks the results the server answered "unknown". The threshold is moved
+    between the two images' confidences on the way, so that exactly one is unknown."""
+    tops = [
+        result["predictions"][0]["probability"]
+        for result in taolu.predict(digits_run.run_dir, [files / "a.png", files / "b.png"])
+    ]
+    assert tops[0] != tops[1]
+    between = f"reject_below={(tops[0] + tops[1]) / 2:.8f}"
+    page = chromium.new_page()
+    asked = []
+
+    def threshold_between(route):
+        asked.append(route.request.url)
+        route.continue_(url=route.request.url.replace("reject_below=auto", between))
+
+    page.route("**/predict?*", threshold_between)
+    page.goto(server["url"], wait_until="load")
+    page.locator("#explain-choice").wait_for()  # shown: this model can be explained
+    page.set_input_files("#pick", [str(files / "a.png"), str(files / "b.png")])
+    page.locator("#status").filter(has_text="classified 2").wait_for()
+    assert "reject_below=auto" in asked[0] and "explain=1" in asked[0]
+    overlays = page.evaluate(
+        """() => Array.from(document.querySelectorAll('.card .overlay'),
+            i => [i.hidden, i.complete, i.naturalWidth, i.src.slice(0, 22)])"""
+    )
+    assert overlays == [[False, True, 256, "data:image/png;base64,"]] * 2, overlays
+    unknown = page.locator(".card.unknown")
+    assert unknown.count() == 1
+    assert unknown.locator(".path").inner_text() == ("a.png" if tops[0] < tops[1] else "b.png")
+    assert unknown.locator(".explanation").inner_text().startswith("unknown: less sure than")
+    assert page.locator(".card:not(.unknown) .explanation").is_hidden()
+    # Without the box ticked, no overlays are asked for.
+    page.uncheck("#explain")
+    page.set_input_files("#pick", [str(files / "a.png")])
+    page.locator("#status").filter(has_text="classified 1").wait_for()
+    assert "explain" not in asked[-1]
+    assert page.locator(".card").first.locator(".overlay").is_hidden()
+
+
 # --------------------------------------------------------------------------- starting, stopping
 
 
@@ -430,7 +510,14 @@ def test_app_mounts_in_a_users_asgi_app_and_serves_an_onnx_export(digits_run, fi
             assert [[p["class"] for p in r["predictions"]] for r in answer] == [
                 [p["class"] for p in r["predictions"]] for r in expected
             ]
-        assert request(port, "GET", "/exported/info")[1]["source"] == "onnx"
+        exported = request(port, "GET", "/exported/info")[1]
+        assert exported["source"] == "onnx"
+        assert exported["explanation"]["class_activation"] is False
+        body, content_type = multipart(good)
+        status, answer = request(
+            port, "POST", "/exported/predict?explain=1", body, {"Content-Type": content_type}
+        )
+        assert status == 400 and "gives no gradients" in answer["error"]
         status, page = request(port, "GET", "/digits/")
         assert status == 200 and b'src="static/page.js"' in page
         assert request(port, "GET", "/digits/static/page.js")[0] == 200

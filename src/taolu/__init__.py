@@ -8,6 +8,8 @@ taolu.export(result.run_dir, format="onnx")
 taolu.serve(result.run_dir, port=8000)
 taolu.eject(result.run_dir)  # the run as a plain PyTorch script
 taolu.inspect(result.run_dir)  # its worst mistakes and the classes it confuses
+taolu.find_label_issues(result.run_dir)  # images whose label looks wrong (label_issues.csv)
+taolu.tune(data="digits", epochs=3, trials=20, out="runs/tune")  # search (pip install taolu[tune])
 """
 
 import importlib
@@ -33,9 +35,12 @@ _LAZY = {
     "predict": "taolu.api",
     "eject": "taolu.api",
     "inspect": "taolu.api",
+    "find_label_issues": "taolu.api",
     "export": "taolu.model_export",
     "serve": "taolu.serving",
     "TrainResult": "taolu.run.records",
+    "tune": "taolu.tuning.study",
+    "TuneResult": "taolu.tuning.study",
 }
 
 
@@ -61,11 +66,14 @@ __all__ = [
     "TrainResult",
     "TrainingError",
     "TrainingInterrupted",
+    "TuneResult",
     "eject",
     "evaluate",
     "export",
+    "find_label_issues",
     "inspect",
     "predict",
     "serve",
     "train",
+    "tune",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 from torch.utils.data import Dataset
@@ -26,7 +26,7 @@ from taolu.layout import LAST_NAME, RunDir, check_run_place
 from taolu.option_values import read_config_file
 from taolu.rebuild import restore_model
 from taolu.run.records import TrainResult
-from taolu.run.routine import run_training
+from taolu.run.routine import EpochCheck, run_training
 from taolu.run.setup import Resume, UserParts
 from taolu.train_options import (
     build_train_config,
@@ -36,6 +36,9 @@ from taolu.train_options import (
     refuse_model_named_by_checkpoint,
 )
 from taolu.train_state import TrainState
+
+if TYPE_CHECKING:
+    from taolu.label_search import LabelSearch
 
 
 def train(
@@ -78,9 +81,11 @@ def train_from_options(
     *,
     parts: UserParts | None = None,
     resume: str | Path | None = None,
+    stop_after_epoch: EpochCheck | None = None,
 ) -> TrainResult:
-    """The one way into training for the CLI and `train`: resolve the layers (on top of the
-    run's saved config when resuming), then run the routine."""
+    """The one way into training for the CLI, `train` and `taolu tune`'s trials: resolve the
+    layers (on top of the run's saved config when resuming), then run the routine
+    (`stop_after_epoch`: run_training's)."""
     if resume is None:
         resume = elastic_resume_dir(config_file, options, set_options, parts)
     named = {**(read_config_file(config_file) if config_file else {}), **options}
@@ -101,7 +106,9 @@ def train_from_options(
         # Refused now, not once the data has loaded. Under torchrun every process checks before
         # rank 0 makes the folder, which it does only after all have joined the process group.
         check_run_place(resolved.out, resolved.name)
-    return run_training(resolved, parts, resume=continued, chosen=set(named))
+    return run_training(
+        resolved, parts, resume=continued, chosen=set(named), stop_after_epoch=stop_after_epoch
+    )
 
 
 def _split_to_evaluate(
@@ -126,6 +133,9 @@ def _split_to_evaluate(
             spec,
             manifest=manifest,
             data_root=saved.get("data_root", ""),
+            image_column=saved.get("image_column", ""),
+            label_column=saved.get("label_column", ""),
+            val_shards=saved.get("val_shards", ""),
             val_fraction=saved["val_fraction"],
             image_size=preprocessing.size[0]
             if preprocessing.size[0] == preprocessing.size[1]
@@ -213,6 +223,8 @@ def predict(
     trust_code: bool = False,
     reject_below: float | str | None = None,
     tta: bool = False,
+    explain: str | Path | None = None,
+    explain_layer: str | None = None,
 ) -> list[dict[str, Any]]:
     """Top-k classes for each input: image files, folders (searched recursively), or
     in-memory images (PIL, numpy, tensor). A file that cannot be read gets {"path", "error"}
@@ -226,7 +238,12 @@ def predict(
     chose on its validation split for 95% precision) adds "answer" to each result: the top
     class, or "unknown" when the model is less sure than that. Probabilities are calibrated
     by the temperature the run fitted on its validation split. `tta` averages each image's
-    probabilities over the flips and shifts the run trained with (one forward pass each)."""
+    probabilities over the flips and shifts the run trained with (one forward pass each).
+    `explain` (a folder, made if missing) gets one PNG per classified input: the image with
+    a LayerCAM map of where the model looks for its top class, named after the input (never
+    over an existing file); each result's "explanation" is its path. The map is taken at
+    `explain_layer` (a dotted module name), by default the last convolutional block. It
+    needs the torch network: a checkpoint or a .safetensors export, not ONNX/TorchScript."""
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
     classifier = load_classifier(
@@ -236,10 +253,16 @@ def predict(
         device=pick_device(device),
         trust_code=trust_code,
     )
+    if explain_layer is not None and explain is None:
+        raise ConfigError("option 'explain_layer' needs 'explain', the folder for the overlays")
+    if explain is not None:
+        from taolu.explanations import explainable_network
+
+        explainable_network(classifier)  # ONNX refused before anything is classified
     items: list[Any] = []
     for item in inputs:
         items += expand_inputs([item]) if isinstance(item, (str, Path)) else [item]
-    return classify_with(
+    results = classify_with(
         classifier,
         items,
         topk=topk,
@@ -248,6 +271,13 @@ def predict(
         reject_below=reject_below,
         tta=tta,
     )
+    if explain is not None:
+        from taolu.explanations import write_overlays
+
+        write_overlays(
+            classifier, items, results, explain, layer=explain_layer, batch_size=batch_size
+        )
+    return results
 
 
 def eject(run: str | Path, out: str | Path | None = None) -> Path:
@@ -282,3 +312,36 @@ def inspect(run: str | Path, top: int = 20) -> dict[str, Any]:
     from taolu.inspection import inspect_run
 
     return inspect_run(run, top)
+
+
+def find_label_issues(
+    run: str | Path,
+    *,
+    folds: int = 4,
+    epochs: int | None = None,
+    data: Dataset | None = None,
+    val_data: Dataset | None = None,
+    model: nn.Module | None = None,
+    device: str | None = None,
+    verbose: bool = True,
+) -> LabelSearch:
+    """Likely mislabelled images among a run's training and validation images, most suspect
+    first: `folds` models trained with the run's own options (`epochs` to shorten them) on
+    all but one fold each, every image scored by the model that never saw it, and confident
+    learning's per-class thresholds applied. Writes RUN/label_issues.csv (path, given,
+    suggested, score: the given label's out-of-sample probability) and returns a
+    `LabelSearch` (.issues: those rows as dicts; .path; .fold_accuracy). Nothing is moved or
+    relabelled. A run on your own Dataset(s) or nn.Module needs them passed again (the module
+    untrained: each fold trains a copy of it)."""
+    from taolu.label_search import find_label_issues_in_run
+
+    return find_label_issues_in_run(
+        run,
+        folds=folds,
+        epochs=epochs,
+        data=data,
+        val_data=val_data,
+        model=model,
+        device=device,
+        say=print if verbose else (lambda line: None),
+    )

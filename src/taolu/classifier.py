@@ -50,6 +50,9 @@ class Classifier:
     augmentation: dict[str, Any] = field(default_factory=dict)
     # The training images' background brightness (TrainState.background), when known.
     background: float | None = None
+    # The torch network behind `forward` (checkpoints and safetensors; None for ONNX and
+    # TorchScript): what explain.py hooks for its maps.
+    network: nn.Module | None = None
 
 
 def normalizing_forward(
@@ -87,6 +90,7 @@ def checkpoint_classifier(
         reject_threshold=state.get("reject_threshold"),
         augmentation=dict(state.get("augmentation") or {}),
         background=state.get("background"),
+        network=model,
     )
 
 
@@ -226,7 +230,9 @@ def _safetensors_classifier(
     }
     network = restore_model(state, model)
     forward = normalizing_forward(network, metadata["preprocessing"], device)
-    return _exported_classifier(metadata, forward, device, SAFETENSORS)
+    classifier = _exported_classifier(metadata, forward, device, SAFETENSORS)
+    classifier.network = network
+    return classifier
 
 
 def refuse_code_unless_trusted(path: str | Path, trust_code: bool) -> None:

@@ -62,7 +62,9 @@ class TrainConfig:
     data: str = _option(
         "mnist5k",
         "embedded set (mnist5k, digits), torchvision set on disk (cifar10, ... with data_root), "
-        "image folder, or CSV list with a path,label header",
+        "image folder, CSV list with a path,label header, Hugging Face dataset (a save_to_disk "
+        "folder, Parquet/Arrow files, or hf:NAME from the local cache), or WebDataset shards "
+        "('train-{000..009}.tar', streamed)",
         kind="data",
         group="data",
         metavar="SET_OR_FOLDER",
@@ -138,6 +140,35 @@ class TrainConfig:
         "(OpenAI CLIP's), none; pretrained weights set their own",
         choices=NORMALIZE_MODES,
         group="data",
+    )
+    # --- data: Hugging Face datasets and WebDataset shards (data/hf_sets.py, data/shards.py) ---
+    image_column: str = _option(
+        "",
+        "a Hugging Face dataset's image column; empty = its one Image feature",
+        group="data",
+        metavar="COLUMN",
+    )
+    label_column: str = _option(
+        "",
+        "a Hugging Face dataset's label column; empty = its one ClassLabel feature (whose "
+        "names become the classes)",
+        group="data",
+        metavar="COLUMN",
+    )
+    val_shards: str = _option(
+        "",
+        "WebDataset shards to validate on (a brace pattern); empty = hold out the last "
+        "val_fraction of the --data shards",
+        group="data",
+        metavar="PATTERN",
+    )
+    shuffle_buffer: int = _option(
+        1000,
+        "WebDataset shards: samples held in the buffer that shuffles the stream (with the "
+        "shard order shuffled each epoch); 0 = shard order only",
+        ge=0,
+        group="data",
+        metavar="SAMPLES",
     )
     # 64 rather than 128: twice the steps in the first epoch, which with --ema took mnist5k
     # past 95% validation accuracy in epoch 1 for every seed tried (benchmarks/vs_tutorial.py).
@@ -446,6 +477,7 @@ RESUMABLE_OPTIONS = frozenset(
         "cache",
         "cache_dir",
         "data_root",
+        "shuffle_buffer",
         "patience",
         "compile",
         "on_nan",

@@ -22,6 +22,8 @@ LR_FIND_CSV = "lr_find.csv"
 LR_FIND_PLOT = "lr_find.png"
 EXPORT_DIR = "export"
 VAL_PREDICTIONS_NAME = "val_predictions.csv"  # the best model on each validation image
+LABEL_ISSUES_NAME = "label_issues.csv"  # `taolu find-label-issues`: likely mislabelled images
+LABEL_FOLDS_DIR = "label_folds"  # its fold runs while they train (removed after)
 EJECT_NAME = "eject.py"  # `taolu eject`: the run as a standalone plain PyTorch script
 MLFLOW_NAME = "mlflow.json"  # --track mlflow: the store and MLflow run this run logs to
 
@@ -67,6 +69,10 @@ class RunDir:
     @property
     def val_predictions(self) -> Path:
         return self.root / VAL_PREDICTIONS_NAME
+
+    @property
+    def label_issues(self) -> Path:
+        return self.root / LABEL_ISSUES_NAME
 
     @property
     def eject(self) -> Path:

@@ -18,7 +18,8 @@ def render_predictions(results: Sequence[dict[str, Any]], style: str = "text") -
     "PATH: unknown (class p, ...)" below a rejection threshold, or "PATH: error: why"); `json`,
     one JSON array holding one object per input; `csv`, a row per prediction (rank 1..K) and
     a row with only path and error for an input that failed, with an `answer` column when
-    predict was asked to reject (--reject-below)."""
+    predict was asked to reject (--reject-below) and an `explanation` column (the overlay's
+    path) with --explain."""
     if style == "json":
         return json.dumps(list(results), indent=2, ensure_ascii=False) + "\n"
     if style == "csv":
@@ -34,7 +35,9 @@ def render_predictions(results: Sequence[dict[str, Any]], style: str = "text") -
         else:
             shown = ", ".join(f"{p['class']} {p['probability']:.3f}" for p in result["predictions"])
             unknown = result.get("answer") == UNKNOWN
-            lines.append(f"{path}: {UNKNOWN} ({shown})" if unknown else f"{path}: {shown}")
+            line = f"{path}: {UNKNOWN} ({shown})" if unknown else f"{path}: {shown}"
+            where = f"  [map: {result['explanation']}]" if "explanation" in result else ""
+            lines.append(line + where)
     return "".join(line + "\n" for line in lines)
 
 
@@ -42,12 +45,13 @@ def _csv(results: Sequence[dict[str, Any]]) -> str:
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     answers = any("answer" in result for result in results)
-    writer.writerow(CSV_HEADER + ["answer"] * answers)
+    maps = any("explanation" in result for result in results)
+    writer.writerow(CSV_HEADER + ["answer"] * answers + ["explanation"] * maps)
     for result in results:
-        answer = [result.get("answer", "")] * answers
+        extra = [result.get("answer", "")] * answers + [result.get("explanation", "")] * maps
         if "error" in result:
-            writer.writerow([result["path"], "", "", "", result["error"], *answer])
+            writer.writerow([result["path"], "", "", "", result["error"], *extra])
         for rank, p in enumerate(result.get("predictions", []), start=1):
             row = [result["path"], rank, p["class"], f"{p['probability']:.6f}", ""]
-            writer.writerow(row + answer)
+            writer.writerow(row + extra)
     return text.getvalue()

@@ -172,6 +172,9 @@ def build_train_config(
     if not is_named_set(config.data) and not config.data.startswith(USER_PREFIX):
         # Stored absolute, so eval and resume find the folder from any working directory.
         config = dataclasses.replace(config, data=str(Path(config.data).expanduser().resolve()))
+    if config.val_shards:  # a pattern, like --data, stored absolute
+        absolute = str(Path(config.val_shards).expanduser().resolve())
+        config = dataclasses.replace(config, val_shards=absolute)
     for key in ("weights", "model"):  # files named relative to here are stored absolute
         value = getattr(config, key)
         is_file_option = key == "weights" or value.endswith((".yaml", ".yml", ".json"))

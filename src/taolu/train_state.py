@@ -168,6 +168,9 @@ SAVED_OPTIONS: dict[str, Any] = {
     "model": str,
     "weights": str | None,
     "data_root": str,
+    "image_column": str,
+    "label_column": str,
+    "val_shards": str,
 }
 REQUIRED_OPTIONS = ("data", "val_fraction", "precision", "label_smoothing")
 

@@ -7,6 +7,7 @@ bare `taolu`) and sets the function that runs them as `handler`.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from taolu.cli.console import plain_message, show_warnings_plainly
@@ -14,10 +15,12 @@ from taolu.cli.data import add_data_commands
 from taolu.cli.eject import add_eject_command
 from taolu.cli.evaluation import add_eval_command, add_predict_command
 from taolu.cli.inspection import add_inspect_command
+from taolu.cli.label_issues import add_label_issues_command
 from taolu.cli.models import add_models_command
 from taolu.cli.outcome import add_outcome_commands
 from taolu.cli.parsing import CommandParser
 from taolu.cli.train import add_train_command
+from taolu.cli.tune import add_tune_command
 from taolu.errors import TaoluError, TrainingInterrupted
 
 
@@ -60,12 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands.required = True
     add_train_command(commands)
+    add_tune_command(commands)
     add_eval_command(commands)
     add_predict_command(commands)
     add_data_commands(commands)
     add_outcome_commands(commands)
     add_models_command(commands)
     add_inspect_command(commands)
+    add_label_issues_command(commands)
     add_eject_command(commands)
     return parser
 
@@ -90,3 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("taolu: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `taolu models | head`: the reader has what it wanted
+        # Python would complain again flushing stdout at exit; point it at /dev/null first.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # what a shell reports for a command ended by SIGPIPE

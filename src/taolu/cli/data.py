@@ -30,7 +30,12 @@ def add_data_commands(commands: argparse._SubParsersAction) -> None:
         "empty or missing classes, class counts and image sizes. Changes no file unless "
         "--quarantine is given. Exits 1 when training would refuse the data.",
     )
-    check.add_argument("spec", metavar="SPEC", help="image folder, CSV list or embedded name")
+    check.add_argument(
+        "spec",
+        metavar="SPEC",
+        help="image folder, CSV list, embedded name, Hugging Face dataset (folder, Parquet "
+        "files, hf:NAME), WebDataset shards ('train-{000..009}.tar')",
+    )
     check.add_argument("--val-fraction", type=float, default=0.2, help="(default: 0.2)")
     check.add_argument(
         "--min-size",
@@ -46,17 +51,34 @@ def add_data_commands(commands: argparse._SubParsersAction) -> None:
         help="move the unreadable files into DIR (relative paths kept)",
     )
     check.add_argument("--data-root", default="", help="where torchvision sets lie on disk")
+    check.add_argument("--image-column", default="", help="a Hugging Face dataset's image column")
+    check.add_argument("--label-column", default="", help="a Hugging Face dataset's label column")
+    check.add_argument("--val-shards", default="", help="WebDataset shards to validate on")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
 
     export = actions.add_parser(
         "export",
-        help="write an embedded or on-disk data set as PNG folders",
-        description="Writes NAME as DIR/train/<class>/*.png and DIR/val/<class>/*.png. "
-        "DIR must not exist or be empty.",
+        help="write a data set as PNG folders or WebDataset shards",
+        description="--format png writes NAME (an embedded or torchvision set) as "
+        "DIR/train/<class>/*.png and DIR/val/<class>/*.png. --format webdataset writes any "
+        "data set taolu reads (also an image folder, a CSV list or a Hugging Face dataset) as "
+        "DIR/train-NNNNNN.tar and DIR/val-NNNNNN.tar shards with DIR/classes.txt, image files "
+        "keeping their bytes. DIR must not exist or be empty.",
     )
-    export.add_argument("name", metavar="NAME", help="mnist5k, digits, or a torchvision set")
+    export.add_argument(
+        "name", metavar="NAME", help="mnist5k, digits, a torchvision set (webdataset: any SPEC)"
+    )
     export.add_argument("target", metavar="DIR")
     export.add_argument("--data-root", default="", help="where torchvision sets lie on disk")
+    export.add_argument(
+        "--format", choices=("png", "webdataset"), default="png", help="(default: png)"
+    )
+    export.add_argument(
+        "--shard-size", type=int, default=1000, help="webdataset: images a shard (default: 1000)"
+    )
+    export.add_argument("--val-fraction", type=float, default=0.2, help="(default: 0.2)")
+    export.add_argument("--image-column", default="", help="a Hugging Face dataset's image column")
+    export.add_argument("--label-column", default="", help="a Hugging Face dataset's label column")
 
     preview = actions.add_parser(
         "preview",
@@ -96,10 +118,17 @@ def _data_config(args: argparse.Namespace) -> TrainConfig:
 def run_data(args: argparse.Namespace) -> int:
     if args.data_command == "check":
         return _run_data_check(args)
+    if args.data_command == "export" and args.format == "webdataset":
+        return _export_shards(args)
     if args.data_command == "export":
         from taolu.data.export import export_dataset
 
-        counts = export_dataset(args.name, args.target, data_root=args.data_root or None)
+        counts = export_dataset(
+            args.name,
+            args.target,
+            data_root=args.data_root or None,
+            val_fraction=args.val_fraction,
+        )
         print(
             f"wrote {', '.join(f'{n} {split}' for split, n in counts.items())} PNG files "
             f"under {args.target}"
@@ -147,8 +176,13 @@ def run_data(args: argparse.Namespace) -> int:
 def _run_data_check(args: argparse.Namespace) -> int:
     from taolu.data.check import check_data
     from taolu.data.quarantine import quarantine
-    from taolu.data.sources import data_base_folder
+    from taolu.data.sources import HF_DATASET, SHARDS, data_base_folder, data_kind
 
+    if args.quarantine and data_kind(args.spec) in (HF_DATASET, SHARDS):
+        raise ConfigError(
+            f"--quarantine moves image files; {args.spec} holds its images inside tables or "
+            "shards, so there is nothing to move: the report names the bad samples"
+        )
     report = check_data(
         args.spec,
         val_fraction=args.val_fraction,
@@ -156,6 +190,9 @@ def _run_data_check(args: argparse.Namespace) -> int:
         max_bad_fraction=args.max_bad_fraction,
         workers=args.workers,
         data_root=args.data_root or None,
+        image_column=args.image_column,
+        label_column=args.label_column,
+        val_shards=args.val_shards,
     )
     print(
         json.dumps(report.to_dict(), indent=2, ensure_ascii=False) if args.json else report.render()
@@ -169,3 +206,24 @@ def _run_data_check(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 1 if report.blocking else 0
+
+
+def _export_shards(args: argparse.Namespace) -> int:
+    from taolu.data.shard_export import export_shards
+
+    if args.shard_size < 1:
+        raise ConfigError("--shard-size: give 1 or more images a shard")
+    written = export_shards(
+        args.name,
+        args.target,
+        data_root=args.data_root or None,
+        val_fraction=args.val_fraction,
+        shard_size=args.shard_size,
+        image_column=args.image_column,
+        label_column=args.label_column,
+    )
+    for split, (count, pattern) in written.items():
+        print(f"wrote {count} {split} images to {pattern}")
+    train, val = written["train"][1], written["val"][1]
+    print(f"train on them with: taolu train --data '{train}' --val-shards '{val}'")
+    return 0

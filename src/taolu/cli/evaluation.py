@@ -92,6 +92,18 @@ def add_predict_command(commands: argparse._SubParsersAction) -> None:
     )
     _add_tta_argument(predict)
     predict.add_argument(
+        "--explain",
+        metavar="DIR",
+        help="write DIR/NAME.explain.png per input: the image with a map of where the model "
+        "looks for its top class (LayerCAM; needs the checkpoint or a .safetensors export)",
+    )
+    predict.add_argument(
+        "--explain-layer",
+        metavar="NAME",
+        help="the module the map is taken at, by its dotted name (default: the last "
+        "convolutional block; a wrong name lists the ones that fit)",
+    )
+    predict.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -150,11 +162,16 @@ def run_predict(args: argparse.Namespace) -> int:
         trust_code=args.trust_code,
         reject_below=args.reject_below,
         tta=args.tta,
+        explain=args.explain,
+        explain_layer=args.explain_layer,
     )
     sys.stdout.write(
         render_predictions(results, "json" if args.json else "csv" if args.csv else "text")
     )
     failed = sum("error" in result for result in results)
+    if args.explain is not None:
+        drawn = sum("explanation" in result for result in results)
+        print(f"taolu: {drawn} overlays in {args.explain}", file=sys.stderr)
     if failed:
         print(f"taolu: {failed} of {len(results)} inputs could not be read", file=sys.stderr)
     return 1 if failed else 0

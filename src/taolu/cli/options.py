@@ -10,6 +10,10 @@ from taolu.config import FIELDS, OPTION_GROUPS
 # The options that shape the data, shared by `taolu train` and `taolu data preview|bench`.
 DATA_OPTIONS = (
     "data_root",
+    "image_column",
+    "label_column",
+    "val_shards",
+    "shuffle_buffer",
     "val_fraction",
     "image_size",
     "resize_mode",

@@ -64,8 +64,12 @@ def _add_serve_command(commands: argparse._SubParsersAction) -> None:
     serve.add_argument(
         "--checkpoint", choices=("best", "last"), default="best", metavar="best|last"
     )
-    serve.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    serve.add_argument("--host", default="127.0.0.1", help="interface (default: 127.0.0.1)")
+    serve.add_argument(
+        "--device", default="auto", metavar="DEVICE", help="auto, cpu, cuda, cuda:N or mps"
+    )
+    serve.add_argument(
+        "--host", default="127.0.0.1", metavar="ADDRESS", help="interface (default: 127.0.0.1)"
+    )
     serve.add_argument(
         "--port", type=int, default=DEFAULT_PORT, help=f"first port tried (default: {DEFAULT_PORT})"
     )
@@ -74,6 +78,7 @@ def _add_serve_command(commands: argparse._SubParsersAction) -> None:
             flag_name(spec.name),
             type=type(spec.default),
             default=argparse.SUPPRESS,  # not given: ServeOptions' default
+            metavar=spec.metadata["metavar"],
             help=f"{spec.metadata['help']} (default: {spec.default:g})",
         )
     serve.add_argument(

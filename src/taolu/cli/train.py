@@ -33,17 +33,9 @@ def add_train_command(commands: argparse._SubParsersAction) -> None:
         "test and save, into OUT/NAME.",
     )
     train.set_defaults(handler=run_train)
-    train.add_argument("--config", metavar="FILE.yaml", help="YAML file of option: value")
+    add_option_layers(train)
     train.add_argument(
         "--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint"
-    )
-    train.add_argument(
-        "--set",
-        dest="set_items",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="set any option; beats every other source",
     )
     train.add_argument(
         "--nproc",
@@ -59,6 +51,19 @@ def add_train_command(commands: argparse._SubParsersAction) -> None:
         help="instead of training, write these options as a standalone plain PyTorch script",
     )
     add_config_flags(train)
+
+
+def add_option_layers(parser: argparse.ArgumentParser) -> None:
+    """--config and --set: the layers beneath and above the named flags (train and tune)."""
+    parser.add_argument("--config", metavar="FILE.yaml", help="YAML file of option: value")
+    parser.add_argument(
+        "--set",
+        dest="set_items",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set any option; beats every other source",
+    )
 
 
 def _launch_with_torchrun(argv: list[str], processes: int) -> int:

@@ -1,15 +1,18 @@
 """The data types every data module shares, below all of them: a split in memory
-(ImageTensors), a file-based data set's listing (FileListing), and the
-bundle a source hands the routine (DataBundle)."""
+(ImageTensors), a split read as a stream (StreamedSplit), a file-based data set's listing
+(FileListing), and the bundle a source hands the routine (DataBundle)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
 
+# The names a validation split goes by, in the order looked for (folders and split names).
+VAL_SPLIT_NAMES = ("val", "valid", "validation", "test")
 # When image_size is 0 and the images differ in size (or are large), they are fitted to this.
 FALLBACK_IMAGE_SIZE = 128
 
@@ -41,7 +44,28 @@ class ImageTensors:
         return self.images[index], int(self.labels[index])
 
 
-Split = ImageTensors | Dataset
+class StreamedSplit:
+    """A split read as a stream (WebDataset shards, data/shards.py): its size and labels are
+    known, its images only as they stream past; no random access. Batches asks it for each
+    epoch's batches."""
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def share_length(self, rank: int, world_size: int, equal: bool) -> int:
+        """Samples process `rank` of `world_size` streams (`equal`: the fewest of any)."""
+        raise NotImplementedError
+
+    def first_images(self, limit: int) -> torch.Tensor:
+        """Up to `limit` decoded images (N, C, H, W), for statistics."""
+        raise NotImplementedError
+
+    def batches(self, batch_size: int, device: torch.device, **how: object) -> Iterator:
+        """The epoch's (images, labels) batches of one process on `device`."""
+        raise NotImplementedError
+
+
+Split = ImageTensors | Dataset | StreamedSplit
 
 
 @dataclass(frozen=True)
@@ -59,6 +83,11 @@ class DataBundle:
     # The caller's own Datasets: what the images show is unknown, so a flip may change the
     # class (a mirrored digit, letter or sign).
     user_data: bool = False
+
+    @property
+    def streamed(self) -> bool:
+        """Read from disk as a stream every epoch (shards), so never cached."""
+        return isinstance(self.train, StreamedSplit)
 
     @property
     def flips_keep_classes(self) -> bool:

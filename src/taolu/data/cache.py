@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from taolu.data.bundle import DataBundle, ImageTensors
-from taolu.data.decode import decode_file
+from taolu.data.decode import decode_file, is_stored, read_source
 from taolu.data.loaders import SkipLog
 from taolu.errors import DataError
 
@@ -144,6 +144,9 @@ def cache_key(
     decoding settings change."""
     digest = hashlib.sha256(json.dumps([CACHE_VERSION, channels, list(size), resize_mode]).encode())
     for path, label in files:
+        if is_stored(path):  # an image inside a container: its name and the container's stamp
+            digest.update(f"{path.name}\0{label}\0{path.stamp}\n".encode())
+            continue
         try:
             status = os.stat(path)
             stamp = f"{status.st_size}:{status.st_mtime_ns}"
@@ -234,10 +237,12 @@ def header_problem(path: Path) -> str:
     """Why a file cannot be an image, judged from its header alone ("" when it looks fine):
     cheap enough to run over every file before a run that decodes files every epoch."""
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
+        if not is_stored(path) and not stat.S_ISREG(os.stat(path).st_mode):
             return f"{path}: not a regular file"
-        with Image.open(path) as image:
+        with read_source(path) as file, Image.open(file) as image:
             image.size  # noqa: B018  (the header is parsed by open; size proves it)
         return ""
+    except UnidentifiedImageError:  # its message would name an in-memory buffer
+        return f"{path}: not a readable image (not an image file Pillow can read)"
     except Exception as error:  # any failure to parse means the file is unusable
         return f"{path}: not a readable image ({type(error).__name__}: {error})"

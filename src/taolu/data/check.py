@@ -5,34 +5,45 @@ a check_report.DataReport. quarantine.py moves the unreadable files out, and onl
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import statistics
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import BinaryIO
 
 from PIL import Image
 
-from taolu.data import sources
+from taolu.data import shard_files, sources
 from taolu.data.bundle import LISTED_MISSING, LISTED_NOT_A_FILE, FileListing
 from taolu.data.check_report import CATEGORIES, DataReport, Problems
 from taolu.data.csv_list import list_csv
-from taolu.data.decode import ImageRefused, load_upright, open_regular_file, strict_pillow
+from taolu.data.decode import (
+    ImageRefused,
+    is_stored,
+    load_upright,
+    open_regular_file,
+    strict_pillow,
+)
 from taolu.data.disk_sets import load_disk_dataset
 from taolu.data.embedded import DIGIT_CLASSES, LOADERS, stratified_split
 from taolu.data.files import is_hidden
+from taolu.data.hf_sets import list_hf_dataset
 from taolu.errors import DataError
 
 ORIENTATION_TAG = 0x0112
 ALPHA_MODES = ("RGBA", "LA", "PA", "La", "RGBa")
+CHUNK = 256  # shard samples inspected at a time
 
 
 @dataclass
 class ImageFacts:
     """What one file turned out to be. `problem` is set only for an unreadable file."""
 
-    path: Path
+    path: Path  # or the StoredImage it was read from
     byte_size: int = 0
     digest: str | None = None  # blake2b of the bytes, for finding duplicates
     format: str | None = None
@@ -50,18 +61,22 @@ class ImageFacts:
 
 
 def inspect_image(path: str | Path) -> ImageFacts:
-    """Open one file read-only, hash its bytes, read its header and decode its pixels.
+    """Open one file (or StoredImage) read-only, hash its bytes, read its header and decode its
+    pixels.
 
     Never opens anything but a regular file, and never decodes an image whose header claims
     more pixels than Pillow's decompression-bomb limit.
     """
-    facts = ImageFacts(Path(path))
+    facts = ImageFacts(path if is_stored(path) else Path(path))
     try:
-        file = open_regular_file(facts.path)
+        file = io.BytesIO(path.encoded()) if is_stored(path) else open_regular_file(facts.path)
+    except DataError as error:  # a stored image whose bytes are missing
+        return facts.refuse("unreadable", str(error).removeprefix(f"{facts.path}: "))
     except OSError as error:
         return facts.refuse("unreadable", error.strerror or str(error))
     with file:
-        facts.byte_size = os.fstat(file.fileno()).st_size
+        facts.byte_size = file.seek(0, os.SEEK_END)
+        file.seek(0)
         if facts.byte_size == 0:
             return facts.refuse("zero_byte", "the file is empty (0 bytes)")
         digest = hashlib.blake2b()
@@ -101,9 +116,14 @@ def check_data(
     max_bad_fraction: float = 0.1,
     workers: int = 0,
     data_root: str | Path | None = None,
+    image_column: str = "",
+    label_column: str = "",
+    val_shards: str = "",
 ) -> DataReport:
-    """Check an embedded set's name, a torchvision set on disk under `data_root`, an image
-    folder or a .csv file list; changes no file.
+    """Check an embedded set's name, a torchvision set on disk under `data_root`, a Hugging
+    Face dataset (each row's image as if it were a file), WebDataset shards (each sample
+    named SHARD:KEY; validated on `val_shards` or held-out shards, as training does), an
+    image folder or a .csv file list; changes no file.
 
     `workers` > 0 inspects files on that many threads (Pillow decodes without the GIL).
     """
@@ -114,7 +134,12 @@ def check_data(
     if kind == sources.DISK_SET:
         return _check_disk_set(spec, Path(data_root).expanduser())
     path = Path(spec).expanduser()
-    if kind == sources.FOLDER:
+    if kind == sources.SHARDS:
+        listing, facts = _read_shards(spec, val_shards, val_fraction, workers)
+        return _diagnose(spec, listing, facts, {}, min_size, max_bad_fraction)
+    if kind == sources.HF_DATASET:
+        listing, folders = list_hf_dataset(spec, val_fraction, image_column, label_column), {}
+    elif kind == sources.FOLDER:
         try:
             listing = sources.list_folder(path, val_fraction)
         except OSError as error:
@@ -127,6 +152,29 @@ def check_data(
     with strict_pillow():
         facts = _inspect_all([p for files in listing.splits.values() for p, _ in files], workers)
     return _diagnose(spec, listing, facts, folders, min_size, max_bad_fraction)
+
+
+def _read_shards(
+    spec: str, val_shards: str, val_fraction: float, workers: int
+) -> tuple[FileListing, dict[str, ImageFacts]]:
+    """Every sample of the shards inspected once as it streams past (nothing kept but its
+    facts), listed by its name SHARD:KEY; samples without an image or a label passed over."""
+    train_paths, val_paths, how = shard_files.split_shards(spec, val_shards, val_fraction)
+    listing = FileListing([], {"train": [], "val": []}, f"WebDataset shards {how}")
+    facts: dict[str, ImageFacts] = {}
+    labels: Counter = Counter()
+    with strict_pillow(), ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for split, paths in (("train", train_paths), ("val", val_paths)):
+            stream = shard_files.tar_samples(paths, listing.passed_over)
+            while chunk := list(islice(stream, CHUNK)):  # only a chunk's bytes held at once
+                inspected = pool.map(inspect_image, [member for member, _ in chunk])
+                for (member, label), item in zip(chunk, inspected, strict=True):
+                    item.path = member.name  # the facts, without the bytes
+                    facts[member.name] = item
+                    listing.splits[split].append((member.name, label))
+                    labels[label] += 1
+    listing.classes = shard_files.read_classes([shard_files.ShardFacts(train_paths[0], labels)])
+    return listing, facts
 
 
 def _check_embedded(name: str, val_fraction: float) -> DataReport:

@@ -11,17 +11,44 @@ import io
 import os
 import stat
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from taolu.errors import DataError
+
+
+class StoredImage(Protocol):
+    """An image file kept inside a container (a row of an Arrow table), read when asked: the
+    same policy decodes it as a file. `name` stands for a path in messages and records;
+    `stamp` changes whenever the container does (the decoded cache's key)."""
+
+    name: str
+    stamp: str
+
+    def encoded(self) -> bytes:
+        """The image file's bytes; DataError naming the image when they cannot be read."""
+        ...
+
+
+def is_stored(source: object) -> bool:
+    """Whether `source` is a StoredImage rather than a path or an EncodedImage."""
+    return hasattr(source, "encoded") and hasattr(source, "stamp")
+
+
+def read_source(source: str | Path | EncodedImage | StoredImage) -> BinaryIO:
+    """A file or an image's bytes opened for reading (see open_regular_file)."""
+    if isinstance(source, EncodedImage):
+        return io.BytesIO(source.data)
+    return io.BytesIO(source.encoded()) if is_stored(source) else open_regular_file(source)
+
 
 # Pillow's own limit (about 89 megapixels); beyond it decoding could exhaust memory.
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS
@@ -149,7 +176,7 @@ def strict_pillow() -> Iterator[None]:
 
 
 def open_image(
-    source: str | Path | EncodedImage, draft_size: tuple[int, int] | None = None
+    source: str | Path | EncodedImage | StoredImage, draft_size: tuple[int, int] | None = None
 ) -> Image.Image:
     """Open an image file (or an image file's bytes) as an 'L' or 'RGB' Pillow image, upright,
     first frame only, by `load_upright`'s policy.
@@ -158,6 +185,8 @@ def open_image(
     as both sides stay at least that large: several times faster for photos bound for a
     small training size. Raises DataError naming the file for anything unreadable.
     """
+    if is_stored(source):
+        source = EncodedImage(source.name, source.encoded())
     if isinstance(source, EncodedImage):
         return _flatten_to_rgb_or_gray(
             load_upright(io.BytesIO(source.data), source.name, draft_size)
@@ -244,8 +273,27 @@ def fit_to_size(image: torch.Tensor, size: tuple[int, int], mode: str) -> torch.
 
 
 def decode_file(
-    path: str | Path | EncodedImage, channels: int, size: tuple[int, int], resize_mode: str
+    path: str | Path | EncodedImage | StoredImage,
+    channels: int,
+    size: tuple[int, int],
+    resize_mode: str,
 ) -> torch.Tensor:
     """An image file (or its bytes) as uint8 (channels, H, W) at `size`, by the one policy."""
     image = to_uint8_chw(open_image(path, draft_size=(size[1], size[0])))
     return fit_to_size(match_channels(image, channels), size, resize_mode)
+
+
+def probe_images(files: list, limit: int = 64) -> tuple[int, tuple[int, int] | None]:
+    """Channels by majority and the common size (None if sizes differ) of the first files
+    (paths, EncodedImages or StoredImages), from their headers."""
+    modes, sizes = Counter(), set()
+    for path in files[:limit]:
+        try:
+            with read_source(path) as file, Image.open(file) as image:
+                gray = image.mode in ("1", "L", "LA", "La", "I", "F") or image.mode.startswith("I;")
+                modes[1 if gray else 3] += 1
+                sizes.add((image.height, image.width))
+        except (OSError, ValueError, SyntaxError, DataError):
+            continue
+    channels = 1 if modes[1] > modes[3] else 3
+    return channels, (sizes.pop() if len(sizes) == 1 else None)

@@ -47,7 +47,7 @@ def class_folder_names(classes: list[str]) -> list[str]:
     return names
 
 
-def _refuse_used_target(target: Path) -> None:
+def refuse_used_target(target: Path) -> None:
     if target.is_symlink() or (target.exists() and not target.is_dir()):
         raise DataError(f"{target} exists and is not a folder; export never overwrites anything")
     if target.is_dir() and any(target.iterdir()):
@@ -57,7 +57,7 @@ def _refuse_used_target(target: Path) -> None:
         )
 
 
-def _load_splits(
+def load_tensor_splits(
     name: str, data_root: str | Path | None, val_fraction: float
 ) -> tuple[dict[str, ImageTensors], list[str]]:
     if is_embedded(name):
@@ -89,7 +89,7 @@ def _write_split(split: ImageTensors, folder: Path, class_folders: list[str]) ->
     return len(split)
 
 
-def _move_into_place(staging: Path, target: Path) -> None:
+def move_into_place(staging: Path, target: Path) -> None:
     # rename is atomic within one file system and never replaces a non-empty folder, so a
     # folder filled by someone else meanwhile makes it fail rather than lose their files.
     if target.is_dir():
@@ -116,8 +116,8 @@ def export_dataset(
     folder, classes come in the folders' sorted order, which may differ from the original.
     """
     target = Path(target).expanduser()
-    _refuse_used_target(target)
-    splits, classes = _load_splits(name, data_root, val_fraction)
+    refuse_used_target(target)
+    splits, classes = load_tensor_splits(name, data_root, val_fraction)
     class_folders = class_folder_names(classes)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -129,7 +129,7 @@ def export_dataset(
             split: _write_split(images, staging / split, class_folders)
             for split, images in splits.items()
         }
-        _move_into_place(staging, target)
+        move_into_place(staging, target)
     except OSError as error:
         shutil.rmtree(staging, ignore_errors=True)
         raise DataError(

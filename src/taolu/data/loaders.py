@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from taolu.config import MAX_IMAGE_SIDE, RESIZE_MODES
-from taolu.data.bundle import ImageTensors, Split
+from taolu.data.bundle import ImageTensors, Split, StreamedSplit
 from taolu.data.transform_list import KEPT_FOR_EVAL, parse_transform_list
 from taolu.errors import CheckpointError, ConfigError
 
@@ -136,6 +136,8 @@ def sample_images(split: Split, limit: int = 512) -> torch.Tensor:
     """Up to `limit` images of a split, spread evenly over it, as one (N, C, H, W) tensor."""
     if isinstance(split, ImageTensors):
         return split.images
+    if isinstance(split, StreamedSplit):
+        return split.first_images(limit)
     step = max(1, len(split) // limit)
     samples = (split[i][0] for i in range(0, len(split), step))
     return torch.stack([image for image in samples if image is not None][:limit])
@@ -214,7 +216,7 @@ class SkipLog:
         return [{"path": path, "reason": reason} for path, reason in self.reasons.items()]
 
 
-def _stack_samples(
+def stack_samples(
     samples: list[tuple],
 ) -> tuple[torch.Tensor | None, torch.Tensor, list[tuple[str, str]]]:
     """Collate (image, label) or (image-or-None, label, (path, error)) samples, leaving out
@@ -281,6 +283,12 @@ class Batches:
         self.shuffle = shuffle
         self.workers = workers
         self.skips = skips if skips is not None else SkipLog()
+        self.stream_seed = 0  # a streamed split's shuffle seed, drawn by each `order`
+        if isinstance(split, StreamedSplit) and sample_weights is not None:
+            raise ConfigError(
+                "--sampler balanced draws samples by index, and shards are streamed in order; "
+                "use --class-weights auto"
+            )
         if isinstance(split, ImageTensors):
             self._hold(split)
 
@@ -291,6 +299,8 @@ class Batches:
         self.labels = split.labels.to(self.device)
 
     def _shard_size(self) -> int:
+        if isinstance(self.split, StreamedSplit):  # whole tar shards per process
+            return self.split.share_length(self.rank, self.world_size, equal=self.shuffle)
         total = len(self.split)
         if self.world_size == 1:
             return total
@@ -304,6 +314,8 @@ class Batches:
         return full + (1 if rest > (1 if self.shuffle else 0) else 0)
 
     def order(self, generator: torch.Generator | None) -> torch.Tensor:
+        if isinstance(self.split, StreamedSplit):
+            return self._stream_order(generator)
         if self.sample_weights is not None:
             order = torch.multinomial(
                 self.sample_weights, len(self.split), replacement=True, generator=generator
@@ -318,12 +330,32 @@ class Batches:
             order = order[self.rank :: self.world_size]
         return order[: len(self) * self.batch_size] if self.shuffle else order
 
+    def _stream_order(self, generator: torch.Generator | None) -> torch.Tensor:
+        """A stream has no indices: the order is the epoch's positions in this process's
+        stream (a resumed epoch continues from the first one left), and the stream's shuffle
+        seed is drawn here from `generator`, so the same state gives the same stream."""
+        if self.shuffle and generator is not None:
+            self.stream_seed = int(torch.randint(2**31, (1,), generator=generator))
+        return torch.arange(min(len(self) * self.batch_size, self._shard_size()))
+
     def iterate(
         self, generator: torch.Generator | None = None, order: torch.Tensor | None = None
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batches in `order` (sample indices), or in a new order drawn from `generator`."""
         if order is None:
             order = self.order(generator)
+        if isinstance(self.split, StreamedSplit):
+            yield from self.split.batches(
+                self.batch_size,
+                self.device,
+                shard=(self.rank, self.world_size),
+                seed=self.stream_seed if self.shuffle else None,
+                skip=int(order[0]) if len(order) else 0,
+                count=len(order),
+                workers=self.workers,
+                skips=self.skips,
+            )
+            return
         if isinstance(self.split, ImageTensors):
             order = order.to(self.device)
             for start in range(0, len(order), self.batch_size):
@@ -345,7 +377,7 @@ class Batches:
             batch_size=self.batch_size,
             sampler=order,
             num_workers=self.workers,
-            collate_fn=_stack_samples,
+            collate_fn=stack_samples,
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,
         )

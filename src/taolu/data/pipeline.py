@@ -83,6 +83,10 @@ class DataOptions:
     max_bad_fraction: float
     transforms: str | list
     normalize: str
+    image_column: str
+    label_column: str
+    val_shards: str
+    shuffle_buffer: int
 
     @classmethod
     def taken_from(cls, options: object) -> DataOptions:
@@ -98,7 +102,7 @@ class TrainingData:
     preprocessing: Preprocessing
     skips: SkipLog  # files left out because they could not be decoded
     workers: int  # DataLoader workers; 0 for in-memory tensors
-    cache: str  # "tensors" (in memory from the start), "ram", "disk" or "off"
+    cache: str  # "tensors" (in memory from the start), "ram", "disk", "off" or "stream"
     per_sample: bool  # a per-sample transform pipeline replaces batch augmentation
     # The training images' background brightness 0..1 (data.polarity), before any per-sample
     # pipeline: kept in checkpoints so predict can warn about inputs the other way round.
@@ -128,7 +132,10 @@ def refuse_too_many_bad_files(
 ) -> None:
     """Training stops before it starts when too much of the data cannot be read: that is a
     broken data set, not a few stray files."""
-    listed = sum(len(files) for files in data.listing.splits.values())
+    if data.listing is not None:
+        listed = sum(len(files) for files in data.listing.splits.values())
+    else:  # streamed shards: the samples the scan counted
+        listed = len(data.train) + len(data.val)
     bad = len(skips.reasons)
     if listed and bad / listed > max_bad_fraction:
         examples = "; ".join(list(skips.reasons.values())[:3])
@@ -139,18 +146,17 @@ def refuse_too_many_bad_files(
         )
 
 
-def load_training_data(
+def read_bundle(
     config: DataOptions,
     *,
     train_data: Dataset | None = None,
     val_data: Dataset | None = None,
     classes: list[str] | None = None,
     manifest: Path | None = None,
-    preprocessing: Preprocessing | None = None,
-) -> TrainingData:
-    """The data of `config` (or the caller's own Datasets); file-based data is decoded once
-    into the cache when it fits, and refused when too much of it is unreadable. The
-    preprocessing is measured on the training split unless given (a resumed run's)."""
+) -> tuple[DataBundle, SkipLog, str, int]:
+    """The data of `config` (or the caller's own Datasets) as (bundle, skips, cache, workers):
+    file-based data decoded once into the cache when it fits, and refused when too much of
+    it is unreadable; no per-sample pipeline yet."""
     sizing = dict(
         val_fraction=config.val_fraction,
         image_size=config.image_size,
@@ -160,22 +166,62 @@ def load_training_data(
     if train_data is not None:
         bundle = bundle_datasets(train_data, val_data, classes, **sizing)
     else:
-        bundle = load_data(config.data, data_root=config.data_root, manifest=manifest, **sizing)
+        bundle = load_data(
+            config.data,
+            data_root=config.data_root,
+            manifest=manifest,
+            image_column=config.image_column,
+            label_column=config.label_column,
+            val_shards=config.val_shards,
+            shuffle_buffer=config.shuffle_buffer,
+            **sizing,
+        )
     skips = SkipLog()
     workers = auto_workers(config.workers)
     cache = "tensors" if isinstance(bundle.train, ImageTensors) else "off"
+    if bundle.streamed:
+        cache = "stream"  # shards: read from disk every epoch, never cached
     if bundle.listing is not None:
         for path, why in bundle.listing.passed_over:
             logger.warning("ignored %s: %s", path, why)
         cache_dir = Path(config.cache_dir).expanduser() if config.cache_dir else None
         bundle, cache = decode_once(bundle, config.cache, cache_dir, workers, skips)
         refuse_too_many_bad_files(bundle, skips, config.max_bad_fraction, config.data)
+    return bundle, skips, cache, workers
+
+
+def load_training_data(
+    config: DataOptions,
+    *,
+    train_data: Dataset | None = None,
+    val_data: Dataset | None = None,
+    classes: list[str] | None = None,
+    manifest: Path | None = None,
+    preprocessing: Preprocessing | None = None,
+    splits: DataBundle | None = None,
+) -> TrainingData:
+    """The data of `config` (or the caller's own Datasets, or `splits` already read and split:
+    the label search's folds), with its per-sample pipelines. The preprocessing is measured
+    on the training split unless given (a resumed run's)."""
+    if splits is not None:
+        bundle, skips, workers = splits, SkipLog(), auto_workers(config.workers)
+        cache = "tensors" if isinstance(bundle.train, ImageTensors) else "off"
+    else:
+        bundle, skips, cache, workers = read_bundle(
+            config, train_data=train_data, val_data=val_data, classes=classes, manifest=manifest
+        )
     # A few dozen images tell the background; a Dataset or uncached files decode each one.
     background = training_background(sample_images(bundle.train, limit=POLARITY_SAMPLES))
     train_pipeline, eval_pipeline = sample_pipelines(config, bundle)
     if preprocessing is None:
         preprocessing = measure_preprocessing(config, bundle, train_pipeline, eval_pipeline)
-    if train_pipeline is not None:
+    if train_pipeline is not None and bundle.streamed:
+        bundle = replace(
+            bundle,
+            train=bundle.train.with_pipeline(train_pipeline),
+            val=bundle.val.with_pipeline(eval_pipeline),
+        )
+    elif train_pipeline is not None:
         bundle = replace(
             bundle,
             train=TransformedSplit(bundle.train, train_pipeline),

@@ -1,37 +1,48 @@
-"""Data sources: an embedded set, a torchvision set on disk, a CSV list or an image folder,
-each turned into a `DataBundle` (train split, validation split, class names, channels, image
-size); the user's own Datasets are in user_data.py."""
+"""Data sources: an embedded set, a torchvision set on disk, a CSV list, an image folder or a
+Hugging Face dataset, each turned into a `DataBundle` (train split, validation split, class
+names, channels, image size); the user's own Datasets are in user_data.py."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
-from collections import Counter
 from pathlib import Path
 
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
-from taolu.data.bundle import DataBundle, FileListing, ImageTensors, image_size_for
+from taolu.data.bundle import (
+    VAL_SPLIT_NAMES,
+    DataBundle,
+    FileListing,
+    ImageTensors,
+    image_size_for,
+)
 from taolu.data.csv_list import list_csv
 from taolu.data.decode import (
     decode_file,
     fit_to_size,
+    is_stored,
     match_channels,
+    probe_images,
 )
 from taolu.data.disk_sets import DISK_DATASETS, load_disk_dataset
 from taolu.data.embedded import LOADERS, SPLIT_SEED, stratified_split
 from taolu.data.files import is_hidden, walk_folder
+from taolu.data.hf_sets import is_hf_name, is_hf_path, list_hf_dataset
+from taolu.data.shard_files import is_shard_pattern
+from taolu.data.shards import bundle_shards
 from taolu.errors import ConfigError, DataError, did_you_mean
 
 logger = logging.getLogger("taolu")
 
-VAL_FOLDER_NAMES = ("val", "valid", "validation", "test")
+VAL_FOLDER_NAMES = VAL_SPLIT_NAMES
 
 
 EMBEDDED, DISK_SET, CSV_LIST, FOLDER = "embedded", "disk set", "CSV list", "folder"
+HF_DATASET = "Hugging Face dataset"
+SHARDS = "WebDataset shards"
 
 
 def is_embedded(spec: str) -> bool:
@@ -39,21 +50,29 @@ def is_embedded(spec: str) -> bool:
 
 
 def is_named_set(spec: str) -> bool:
-    """An embedded set or a torchvision set on disk: a name, not a path."""
-    return is_embedded(spec) or spec in DISK_DATASETS
+    """An embedded set, a torchvision set on disk or `hf:NAME`: a name, not a path."""
+    return is_embedded(spec) or spec in DISK_DATASETS or is_hf_name(spec)
 
 
 def data_kind(spec: str, data_root: str | Path | None = None) -> str:
-    """What a --data value names: EMBEDDED, DISK_SET (which needs `data_root`), CSV_LIST or
-    FOLDER; anything else is refused. The one place the kinds are told apart (training and
-    `taolu data check` both ask here). `data_root` None: not known yet, not checked."""
+    """What a --data value names: EMBEDDED, DISK_SET (which needs `data_root`), HF_DATASET
+    (`hf:NAME`, a folder save_to_disk wrote, Parquet/Arrow files), SHARDS (a .tar or a brace
+    pattern of them), CSV_LIST or FOLDER; anything else is refused. The one place the kinds
+    are told apart (training and `taolu data check` both ask here). `data_root` None: not
+    known yet, not checked."""
     if is_embedded(spec):
         return EMBEDDED
     if spec in DISK_DATASETS:
         if data_root is not None and not str(data_root):
             raise ConfigError(f"option 'data_root': {spec} is read from disk; give --data-root")
         return DISK_SET
+    if is_hf_name(spec):
+        return HF_DATASET
+    if is_shard_pattern(spec):  # its shards are expanded and checked when read
+        return SHARDS
     path = Path(spec).expanduser()
+    if is_hf_path(path):
+        return HF_DATASET
     if path.is_file() and path.suffix.lower() == ".csv":
         return CSV_LIST
     if not path.exists():
@@ -61,8 +80,8 @@ def data_kind(spec: str, data_root: str | Path | None = None) -> str:
         raise ConfigError(
             f"option 'data': {spec!r} {'(' + hint + ') ' if hint else ''}is not an embedded "
             f"set ({', '.join(LOADERS)}), a torchvision set on disk "
-            f"({', '.join(DISK_DATASETS)}), nor an existing folder or CSV file (looked for "
-            f"{path.resolve()})"
+            f"({', '.join(DISK_DATASETS)}), hf:NAME, nor an existing folder or CSV file "
+            f"(looked for {path.resolve()})"
         )
     if not path.is_dir():
         raise ConfigError(
@@ -201,21 +220,6 @@ def list_folder(root: Path, val_fraction: float) -> FileListing:
     return listing
 
 
-def _probe(files: list[Path], limit: int = 64) -> tuple[int, tuple[int, int] | None]:
-    """Channels by majority and the common size (None if sizes differ) of the first files."""
-    modes, sizes = Counter(), set()
-    for path in files[:limit]:
-        try:
-            with Image.open(path) as image:
-                gray = image.mode in ("1", "L", "LA", "La", "I", "F") or image.mode.startswith("I;")
-                modes[1 if gray else 3] += 1
-                sizes.add((image.height, image.width))
-        except (OSError, ValueError, SyntaxError):
-            continue
-    channels = 1 if modes[1] > modes[3] else 3
-    return channels, (sizes.pop() if len(sizes) == 1 else None)
-
-
 def bundle_files(
     listing: FileListing, *, image_size: int, resize_mode: str, channels: int, source: str
 ) -> DataBundle:
@@ -226,7 +230,7 @@ def bundle_files(
         raise DataError(f"{source}: found {len(listing.classes)} class(es); need at least 2")
     if not train_files or not val_files:
         raise DataError(f"{source}: no image files found for the train or the validation split")
-    probed_channels, common_size = _probe([p for p, _ in train_files])
+    probed_channels, common_size = probe_images([p for p, _ in train_files])
     channels = channels or probed_channels
     size = image_size_for(image_size, common_size)
     return DataBundle(
@@ -250,10 +254,18 @@ def load_data(
     channels: int,
     data_root: str = "",
     manifest: Path | None = None,
+    image_column: str = "",
+    label_column: str = "",
+    val_shards: str = "",
+    shuffle_buffer: int = 0,
 ) -> DataBundle:
     """The bundle for a --data value: an embedded name, a torchvision set on disk under
-    `data_root`, a CSV list or an image folder. A file-based split is read from `manifest`
-    when one is given (a resumed run keeps its split even if files were added since)."""
+    `data_root`, a Hugging Face dataset (its `image_column` and `label_column`, found when
+    empty), WebDataset shards (validated on `val_shards`, streamed through a buffer of
+    `shuffle_buffer` samples), a CSV list or an image folder. A file-based split is read
+    from `manifest` when one is given (a resumed run keeps its split even if files were
+    added since); a Hugging Face dataset's split is its own or the fixed-seed one, so it
+    needs none."""
     kind = data_kind(spec, data_root)
     sizing = dict(image_size=image_size, resize_mode=resize_mode, channels=channels)
     if kind == EMBEDDED:
@@ -269,6 +281,17 @@ def load_data(
             description=described,
             **sizing,
         )
+    if kind == SHARDS:
+        return bundle_shards(
+            spec,
+            val_shards=val_shards,
+            val_fraction=val_fraction,
+            shuffle_buffer=shuffle_buffer,
+            **sizing,
+        )
+    if kind == HF_DATASET:
+        listing = list_hf_dataset(spec, val_fraction, image_column, label_column)
+        return bundle_files(listing, source=spec, **sizing)
     path = Path(spec).expanduser()
     base = data_base_folder(spec)
     if manifest is not None and manifest.is_file():
@@ -296,6 +319,9 @@ def write_manifest(listing: FileListing, path: Path, base: Path) -> None:
     files = []
     for split, members in listing.splits.items():
         for file, label in members:
+            if is_stored(file):  # a row of a table: its name says where
+                files.append({"path": str(file), "label": listing.classes[label], "split": split})
+                continue
             file = Path(file)
             shown = file.relative_to(base) if file.is_relative_to(base) else file
             files.append(

@@ -22,14 +22,15 @@ logger = logging.getLogger("taolu")
 
 @torch.no_grad()
 def write_run_report(run: Run, run_dir: Path, count: int = 32) -> None:
-    """report/: the best model's predictions on the first validation images (kept for
-    `taolu report` to redraw), then the plots and report.html. A report that cannot be drawn
-    is warned about; the run's results stand."""
+    """report/: the best model's predictions on the first validation images and the maps of
+    where it looked on its top losses (kept for `taolu report` to redraw), then the plots and
+    report.html. A report that cannot be drawn is warned about; the run's results stand."""
     folder = RunDir(run_dir).report
     try:
         from safetensors.torch import save
 
         from taolu.atomic_file import write_atomic
+        from taolu.run.top_loss_maps import write_top_loss_maps
         from taolu.track.pictures import to_uint8
         from taolu.track.report import SAMPLES_FILE, write_report
 
@@ -47,9 +48,51 @@ def write_run_report(run: Run, run_dir: Path, count: int = 32) -> None:
         }
         # safetensors' save_file makes its file 0600; bytes through write_atomic take the umask.
         write_atomic(folder / SAMPLES_FILE, save(samples))
+        keep_mistake_pictures(run, run_dir)
+        write_top_loss_maps(run, run_dir)
         write_report(run_dir)
     except Exception as error:  # plotting must never cost the user a finished run
         logger.warning("could not write the report in %s: %s", folder, error)
+
+
+def keep_mistake_pictures(run: Run, run_dir: Path) -> None:
+    """report/mistakes.safetensors: thumbnails of the validation images the report shows by
+    name (the top losses, the confused pairs), picked from val_predictions.csv and taken from
+    the validation split in the order evaluation met it (val_predictions.csv's row order)."""
+    import numpy as np
+    from safetensors.numpy import save
+
+    from taolu.atomic_file import write_atomic
+    from taolu.inspection import read_val_predictions
+    from taolu.track.pictures import to_uint8
+    from taolu.track.report_mistakes import MISTAKES_FILE, pick_rows, thumbnail
+
+    paths = RunDir(run_dir)
+    if not paths.val_predictions.is_file():
+        return
+    wanted = pick_rows(read_val_predictions(run_dir))
+    if not wanted:
+        return
+    pictures: dict[int, np.ndarray] = {}
+    seen, last = 0, wanted[-1]
+    for images, _ in run.data.val.iterate():
+        for offset in (row - seen for row in wanted if seen <= row < seen + len(images)):
+            image = to_uint8(images[offset]).permute(1, 2, 0).cpu().numpy()
+            pictures[seen + offset] = thumbnail(np.ascontiguousarray(image))
+        seen += len(images)
+        if seen > last:
+            break
+    if not pictures:
+        return
+    shapes = {picture.shape for picture in pictures.values()}
+    if len(shapes) != 1:  # one tensor holds them all; mixed sizes cannot happen after fitting
+        return
+    rows = sorted(pictures)
+    tensors = {
+        "images": np.stack([pictures[row] for row in rows]),
+        "rows": np.asarray(rows, dtype=np.int64),
+    }
+    write_atomic(paths.report / MISTAKES_FILE, save(tensors))
 
 
 def report_lr_sweep(run: Run, sweep: LrSweep) -> TrainResult:

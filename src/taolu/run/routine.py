@@ -12,7 +12,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
+from typing import Any
 
 import torch
 
@@ -51,6 +52,8 @@ from taolu.track.progress import EpochProgress
 from taolu.track.runlog import MISCLASSIFIED_SHOWN
 
 logger = logging.getLogger("taolu")
+# Asked after each saved epoch with its history row (metrics.csv's columns): True stops the run.
+EpochCheck = Callable[[dict[str, Any]], bool]
 
 
 def run_training(
@@ -59,9 +62,12 @@ def run_training(
     *,
     resume: Resume | None = None,
     chosen: Collection[str] = (),
+    stop_after_epoch: EpochCheck | None = None,
 ) -> TrainResult:
     """Train `options`: a fresh run, or `resume`'s run from its last checkpoint. `chosen` names
-    the options the user set; the data's default recipe fills in the rest."""
+    the options the user set; the data's default recipe fills in the rest. `stop_after_epoch`
+    sees each epoch's history row once its checkpoint is saved; True ends the run there, as
+    --patience does (`taolu tune` prunes bad trials with it)."""
     wall_start = time.perf_counter()
     if resume is not None and resume.state.epoch >= options.epochs:
         raise ConfigError(
@@ -103,10 +109,15 @@ def run_training(
         run = Run(config, notes, compute, data, model, optim, generator, stop, wall_start)
         if config.lr_find:  # instead of training: the learning-rate range test
             return find_lr(run)
-        return train_and_test(run, resume, lr_choice)
+        return train_and_test(run, resume, lr_choice, stop_after_epoch)
 
 
-def train_and_test(run: Run, resume: Resume | None, lr_choice: LrChoice | None) -> TrainResult:
+def train_and_test(
+    run: Run,
+    resume: Resume | None,
+    lr_choice: LrChoice | None,
+    stop_after_epoch: EpochCheck | None = None,
+) -> TrainResult:
     """4. Train and 5. test, epoch by epoch; 6. save after each; 7. sum up."""
     config, progress = run.config, resume_progress(resume, run.optim, run.generator)
     is_main = run.compute.cluster.is_main
@@ -117,7 +128,11 @@ def train_and_test(run: Run, resume: Resume | None, lr_choice: LrChoice | None) 
             for epoch in range(progress.epoch + 1, config.epochs + 1):
                 trained = train_epoch(run, records, progress, epoch)
                 tested = test_epoch(run)
-                if not record_and_save(run, records, progress, epoch, trained, tested):
+                go_on = record_and_save(run, records, progress, epoch, trained, tested)
+                if stop_after_epoch is not None and stop_after_epoch(records.log.history[-1]):
+                    progress.stopped_early = progress.stopped_early or epoch < config.epochs
+                    go_on = False
+                if not go_on:
                     break
             result = records.finish(progress)
         if is_main:
@@ -218,7 +233,8 @@ def record_and_save(
     """6. Record the epoch, save last.pt (and best.pt when the monitored metric improved);
     False when the run ends here early (--patience)."""
     config, data = run.config, run.data
-    if data.bundle.listing is not None:  # files decoded per epoch may only now prove unreadable
+    if data.bundle.listing is not None or data.bundle.streamed:
+        # files decoded per epoch (or streamed shards) may only now prove unreadable
         refuse_too_many_bad_files(
             data.bundle, data.prepared.skips, config.max_bad_fraction, config.data
         )

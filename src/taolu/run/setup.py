@@ -48,6 +48,8 @@ class UserParts:
     train_data: Dataset | None = None
     val_data: Dataset | None = None
     classes: list[str] | None = None
+    # Splits already read and made (the label search's folds): trained on as they are.
+    splits: DataBundle | None = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,7 @@ def prepare_data(options: TrainConfig, parts: UserParts, resume: Resume | None) 
         classes=parts.classes,
         manifest=RunDir(resume.run_dir).manifest if resume else None,
         preprocessing=Preprocessing.from_dict(resume.state.preprocessing) if resume else None,
+        splits=parts.splits,
     )
 
 

@@ -54,6 +54,12 @@ class Batcher:
             waiting.append(future)
         return list(await asyncio.gather(*waiting))
 
+    async def run_alone(self, function: Callable[..., Any], *args: Any) -> Any:
+        """`function(*args)` on the model thread, between batches (for work that must not
+        run beside them, such as hooks placed on the model)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._model_thread, function, *args)
+
     def _take_waiting(self, batch: list) -> None:
         while len(batch) < self.max_batch and not self._queue.empty():
             batch.append(self._queue.get_nowait())

@@ -11,21 +11,21 @@ from taolu.errors import ConfigError
 DEFAULT_PORT = 8000
 
 
-def _option(default: float, help: str) -> object:
-    return field(default=default, metadata={"help": help})
+def _option(default: float, help: str, metavar: str) -> object:
+    return field(default=default, metadata={"help": help, "metavar": metavar})
 
 
 @dataclass(frozen=True)
 class ServeOptions:
     """How the server answers; every field is also a `taolu serve` flag."""
 
-    topk: int = _option(5, "classes per image when a request does not ask (?topk=K)")
-    max_upload_mb: float = _option(16.0, "one request's size, all its images together, in MB")
-    max_files: int = _option(64, "images in one request")
-    request_timeout: float = _option(30.0, "seconds to receive one request's body")
-    max_batch: int = _option(32, "images in one forward pass")
+    topk: int = _option(5, "classes per image when a request does not ask (?topk=K)", "K")
+    max_upload_mb: float = _option(16.0, "one request's size, all its images together, in MB", "MB")
+    max_files: int = _option(64, "images in one request", "N")
+    request_timeout: float = _option(30.0, "seconds to receive one request's body", "SECONDS")
+    max_batch: int = _option(32, "images in one forward pass", "N")
     batch_window_ms: float = _option(
-        2.0, "milliseconds a batch that is not full waits for more images"
+        2.0, "milliseconds a batch that is not full waits for more images", "MS"
     )
 
     def __post_init__(self) -> None:

@@ -28,9 +28,13 @@ from taolu import __version__
 from taolu.classifier import Classifier, load_classifier
 from taolu.data.decode import EncodedImage
 from taolu.engine.precision import pick_device
+from taolu.errors import ConfigError
+from taolu.explanations import Explainer, data_url, explainable_network
 from taolu.inference import (
+    answered,
     input_reader,
     probabilities_of,
+    reject_threshold,
     sort_read_inputs,
     top_classes,
 )
@@ -106,10 +110,20 @@ class Service:
         max_bytes = int(options.max_upload_mb * 2**20)
         self.limits = UploadLimits(max_bytes, options.max_files, options.request_timeout)
         self.budget = MemoryBudget(max_bytes * UPLOADS_IN_MEMORY)
+        # Class-activation overlays need the torch network (not an ONNX/TorchScript file).
+        self.explainer = Explainer(classifier) if classifier.network is not None else None
 
-    async def classify(self, images: list[EncodedImage], topk: int) -> list[dict[str, Any]]:
+    async def classify(
+        self,
+        images: list[EncodedImage],
+        topk: int,
+        threshold: float | None = None,
+        explain: bool = False,
+    ) -> list[dict[str, Any]]:
         """`taolu predict --json`'s objects for the images: decoded on the decoding threads,
-        classified in the batches the batcher forms with other requests' images."""
+        classified in the batches the batcher forms with other requests' images; with a
+        `threshold`, each with its "answer" (its class or "unknown"), with `explain` its
+        "explanation", the overlay of where the model looked as a PNG data URL."""
         loop = asyncio.get_running_loop()
         outcomes = await asyncio.gather(
             *(loop.run_in_executor(self.decoders, self.read, image) for image in images)
@@ -119,7 +133,13 @@ class Service:
             rows = await self.batcher.submit(tensors)
             ranked = top_classes(torch.stack(rows), self.classifier.classes, topk)
             for slot, predictions in zip(slots, ranked, strict=True):
-                results[slot]["predictions"] = predictions
+                results[slot].update(answered(predictions, threshold))
+            if explain and self.explainer is not None:
+                classes = [results[slot]["predictions"][0]["class"] for slot in slots]
+                # On the model thread, never beside a batch: the map's hooks sit on the model.
+                pictures = await self.batcher.run_alone(self.explainer.overlays, tensors, classes)
+                for slot, picture in zip(slots, pictures, strict=True):
+                    results[slot]["explanation"] = data_url(picture)
         return results
 
     async def close(self) -> None:
@@ -136,6 +156,29 @@ def _topk(request: Request, default: int) -> int:
     return int(value)
 
 
+def _reject_below(request: Request, classifier: Classifier) -> float | None:
+    """?reject_below=P|auto, as predict's --reject-below: the threshold, or None."""
+    try:
+        return reject_threshold(classifier, request.query_params.get("reject_below"))
+    except ConfigError as error:
+        message = str(error).replace("option 'reject_below'", "reject_below")
+        raise UploadRefused(400, message) from None
+
+
+def _explain(request: Request, service: Service) -> bool:
+    """?explain=1: an overlay per image, where the model can give one."""
+    value = request.query_params.get("explain", "0").lower()
+    if value not in ("0", "1", "true", "false"):
+        raise UploadRefused(400, f"explain must be 1 or 0, got {value!r}")
+    if value in ("1", "true") and service.explainer is None:
+        try:
+            explainable_network(service.classifier)
+        except ConfigError as error:
+            message = str(error).replace("option 'explain'", "explain")
+            raise UploadRefused(400, message) from None
+    return value in ("1", "true")
+
+
 def _routes(service: Service) -> list:
     async def predict(request: Request) -> Response:
         """Classify images: multipart/form-data, one image per field named `files`.
@@ -143,6 +186,18 @@ def _routes(service: Service) -> list:
         summary: Top-k classes of each image, as `taolu predict --json` prints them
         parameters:
           - {name: topk, in: query, required: false, schema: {type: integer, minimum: 1}}
+          - name: reject_below
+            in: query
+            required: false
+            description: 'P in 0..1 or auto (the threshold stored with the run): each result
+              gets "answer", its class or "unknown" below it'
+            schema: {type: string}
+          - name: explain
+            in: query
+            required: false
+            description: '1: each result gets "explanation", a PNG data URL of the image
+              with where the model looked for its top class (checkpoints and safetensors)'
+            schema: {type: integer, enum: [0, 1]}
         requestBody:
           content:
             multipart/form-data:
@@ -160,9 +215,11 @@ def _routes(service: Service) -> list:
           415: {description: '{error}: not multipart/form-data'}
         """
         topk = _topk(request, service.options.topk)
+        threshold = _reject_below(request, service.classifier)
+        explain = _explain(request, service)
         with service.budget.holding() as hold:
             images = await read_images(request.headers, request.stream(), service.limits, hold)
-            results = await service.classify(images, topk)
+            results = await service.classify(images, topk, threshold, explain)
         status = 422 if any("error" in result for result in results) else 200
         return JSONResponse(results, status_code=status)
 
@@ -304,8 +361,10 @@ def describe(run: str | Path, classifier: Classifier, options: ServeOptions) -> 
             "max_files": options.max_files,
             "max_batch": options.max_batch,
         },
-        # Filled by the explanation issue where a run supports them: the class-activation
-        # overlay of each prediction, and the probability below which an image is "unknown".
-        "explanation": {"class_activation": False, "unknown_threshold": None},
+        # Whether ?explain=1 gives overlays, and the threshold ?reject_below=auto applies.
+        "explanation": {
+            "class_activation": classifier.network is not None,
+            "unknown_threshold": classifier.reject_threshold,
+        },
         "taolu_version": __version__,
     }

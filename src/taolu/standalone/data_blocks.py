@@ -11,8 +11,9 @@ from typing import Any
 from taolu.data.csv_list import SPLIT_NAMES
 from taolu.data.disk_sets import DISK_DATASETS
 from taolu.data.files import IMAGE_SUFFIXES
-from taolu.data.sources import VAL_FOLDER_NAMES, is_embedded
+from taolu.data.sources import HF_DATASET, SHARDS, VAL_FOLDER_NAMES, data_kind, is_embedded
 from taolu.data.transform_list import NOT_RUN
+from taolu.errors import ConfigError
 from taolu.standalone.facts import RunFacts
 
 # torchvision's Dataset class for each set taolu reads from its on-disk files, and how its
@@ -135,6 +136,12 @@ def _source(facts: RunFacts) -> tuple[str, str]:
         return _embedded(facts), "train_data.labels"
     if config.data in TORCHVISION_SETS:
         return _torchvision_set(facts)
+    kind = data_kind(config.data)
+    if kind in (HF_DATASET, SHARDS):  # the script would read them as an image folder
+        raise ConfigError(
+            f"eject writes the data step for image folders, CSV lists, embedded and "
+            f"torchvision sets; not (yet) for {kind} like {config.data}"
+        )
     path = Path(config.data)
     mode = "L" if facts.channels == 1 else "RGB"
     files = IMAGE_FILES.replace("{mode}", mode)

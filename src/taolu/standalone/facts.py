@@ -123,6 +123,10 @@ def _load_bundle(config: TrainConfig) -> DataBundle:
         resize_mode=config.resize_mode,
         channels=config.channels,
         data_root=config.data_root,
+        image_column=config.image_column,
+        label_column=config.label_column,
+        val_shards=config.val_shards,
+        shuffle_buffer=config.shuffle_buffer,
     )
 
 

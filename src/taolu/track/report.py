@@ -3,7 +3,9 @@
 Drawn only from the files the run left behind: metrics.csv (loss and accuracy curves, the
 per-epoch lr), the TensorBoard event files (the per-step lr), summary.json (the summary table,
 the confusion matrix, per-class scores), config.yaml (the configuration table) and
-report/val_samples.safetensors (the grid of sample predictions, saved by the training routine).
+report/val_samples.safetensors (the grid of sample predictions, saved by the training routine),
+val_predictions.csv with report/mistakes.safetensors (the top losses and confused pairs, with
+thumbnails) and label_issues.csv (the likely-mislabelled list).
 A plot whose input is missing is left out with a note saying why, so an interrupted run or a
 user-Dataset run still gets a report. Nothing outside RUN/report/ is ever written, and every
 file is written atomically (a temporary file, then os.replace).
@@ -18,6 +20,7 @@ from pathlib import Path
 from taolu.atomic_file import write_atomic
 from taolu.errors import ConfigError
 from taolu.track.report_files import REPORT_FOLDER, REPORT_HTML, SAMPLES_FILE, read_run
+from taolu.track.report_mistakes import read_mistakes
 from taolu.track.report_page import render_html
 from taolu.track.report_plots import draw_plots
 
@@ -54,5 +57,6 @@ def write_report(run_dir: Path) -> Path:
         elif target.is_file():  # a stale picture from an earlier report would contradict it
             target.unlink()
     page = folder / REPORT_HTML
-    write_atomic(page, render_html(files, plots).encode("utf-8"))
+    mistakes = read_mistakes(run_dir, folder)
+    write_atomic(page, render_html(files, plots, mistakes).encode("utf-8"))
     return page

@@ -9,7 +9,9 @@ import json
 import math
 from typing import Any
 
-from taolu.track.report_files import RunFiles, per_class_scores
+from taolu.track.report_files import REPORT_FOLDER, RunFiles, per_class_scores
+from taolu.track.report_maps import where_it_looks_section
+from taolu.track.report_mistakes import MISTAKES_CSS, Mistakes, mistakes_html
 from taolu.track.report_plots import Plot
 
 CSS = """
@@ -52,9 +54,10 @@ img { width: 100%; height: auto; display: block; margin: 6px 0; }
 """
 
 
-def render_html(files: RunFiles, plots: list[Plot]) -> str:
+def render_html(files: RunFiles, plots: list[Plot], mistakes: Mistakes | None = None) -> str:
     """The page: the verdict and the headline numbers first, then the plots at the page's
-    width, the files left out by name, the summary and the configuration the run used."""
+    width, the error analysis (top losses, confused pairs, likely-mislabelled images), the
+    files left out by name, the summary and the configuration the run used."""
     run_name = files.run_dir.resolve().name or str(files.run_dir)
     parts = [
         "<!DOCTYPE html>",
@@ -63,7 +66,7 @@ def render_html(files: RunFiles, plots: list[Plot]) -> str:
         '<meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>taolu report: {_esc(run_name)}</title>",
-        f"<style>{CSS}</style>",
+        f"<style>{CSS}{MISTAKES_CSS}</style>",
         "</head>",
         "<body>",
         "<main>",
@@ -87,6 +90,11 @@ def render_html(files: RunFiles, plots: list[Plot]) -> str:
         if plot.key == "per_class":
             parts.append(_scrolling(_per_class_table(files)))
         parts.append("</section>")
+    if mistakes is not None:
+        classes = (files.summary or {}).get("classes")
+        classes = [str(name) for name in classes] if isinstance(classes, list) else []
+        parts.append(mistakes_html(mistakes, classes))
+    parts.append(where_it_looks_section(files.run_dir / REPORT_FOLDER))
     parts += [
         _skipped_section(files),
         '<section id="summary">',

@@ -5,6 +5,9 @@
 
 const $ = (id) => document.getElementById(id);
 let maxFiles = 64;
+// What /info says the model offers: overlays (?explain=1), a stored "unknown" threshold.
+let explainable = false;
+let unknownBelow = null;
 
 function fact(name, value) {
   const row = document.createElement("div");
@@ -36,6 +39,18 @@ async function showInfo() {
   );
   $("run-classes").textContent = `${info.classes.length} classes: ${info.classes.join(", ")}`;
   maxFiles = info.limits.max_files;
+  const explanation = info.explanation || {};
+  explainable = explanation.class_activation === true;
+  unknownBelow = typeof explanation.unknown_threshold === "number" ? explanation.unknown_threshold : null;
+  $("explain-choice").hidden = !explainable;
+}
+
+function predictUrl() {
+  const query = new URLSearchParams();
+  if (unknownBelow !== null) query.set("reject_below", "auto");
+  if (explainable && $("explain").checked) query.set("explain", "1");
+  const text = query.toString();
+  return text ? `predict?${text}` : "predict";
 }
 
 function card(file) {
@@ -55,6 +70,19 @@ function fill(node, result) {
     error.hidden = false;
     node.classList.add("failed");
     return;
+  }
+  if (result.answer === "unknown") {
+    const verdict = node.querySelector(".explanation");
+    verdict.textContent = `unknown: less sure than ${percent(unknownBelow ?? 0)}, the run's threshold`;
+    verdict.hidden = false;
+    node.classList.add("unknown");
+  }
+  // Only a PNG data URL is shown: nothing else the server sends becomes a URL.
+  if (typeof result.explanation === "string" && result.explanation.startsWith("data:image/png;base64,")) {
+    const overlay = node.querySelector(".overlay");
+    overlay.src = result.explanation;
+    overlay.alt = `where the model looked for ${result.predictions[0].class}`;
+    overlay.hidden = false;
   }
   const list = node.querySelector(".predictions");
   for (const prediction of result.predictions) {
@@ -95,7 +123,7 @@ async function classify(files) {
     const form = new FormData();
     for (const file of chunk) form.append("files", file, file.name);
     try {
-      const response = await fetch("predict", { method: "POST", body: form });
+      const response = await fetch(predictUrl(), { method: "POST", body: form });
       const answer = await response.json();
       if (Array.isArray(answer)) {
         answer.forEach((result, index) => fill(chunkNodes[index], result));

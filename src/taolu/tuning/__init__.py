@@ -1,0 +1,1 @@
+"""`taolu tune`: hyperparameter search with Optuna over taolu's own training runs."""
