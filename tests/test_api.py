@@ -335,8 +335,9 @@ def test_import_taolu_leaves_torch_for_later():
 
 def test_heavy_libraries_wait_until_a_run_needs_them(tmp_path):
     """A run of taolu's own net on in-memory digits needs neither torchvision (its import
-    pulls in torch._dynamo), nor torchmetrics, nor matplotlib without a report; evaluating it
-    needs no TensorBoard either. Each is imported where it is used, so a command starts fast."""
+    pulls in torch._dynamo), nor torchmetrics, nor matplotlib without a report, nor mlflow
+    without --track mlflow, nor timm; evaluating it needs no TensorBoard either. Each is
+    imported where it is used, so a command starts fast."""
     import subprocess
     import sys
 
@@ -352,9 +353,9 @@ def test_heavy_libraries_wait_until_a_run_needs_them(tmp_path):
     run_checked(
         f"taolu.train(data='digits', epochs=1, out={str(tmp_path)!r}, name='run', "
         "verbose=False, progress=False, report=False)",
-        {"torchvision", "torchmetrics", "matplotlib"},
+        {"torchvision", "torchmetrics", "matplotlib", "mlflow", "timm"},
     )
     run_checked(
         f"taolu.evaluate({str(tmp_path / 'run')!r})",
-        {"torchvision", "torchmetrics", "matplotlib", "tensorboard"},
+        {"torchvision", "torchmetrics", "matplotlib", "tensorboard", "mlflow", "timm"},
     )

@@ -19,8 +19,9 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 AUGMENTS = ("auto", "none", "shift", "shift-flip")
 RESIZE_MODES = ("squash", "crop", "pad")
 CACHE_MODES = ("auto", "ram", "disk", "off")
-NORMALIZE_MODES = ("auto", "imagenet", "none")
+NORMALIZE_MODES = ("auto", "imagenet", "inception", "clip", "none")
 SWITCHES = ("auto", "on", "off")
+TRACKERS = ("none", "mlflow")  # where a run is logged besides its run directory
 # The largest image side taolu resizes to, for --image-size, --transforms and the preprocessing
 # stored in checkpoints and exports: one 4096x4096 RGB image is 50 MB per decoding thread.
 MAX_IMAGE_SIDE = 4096
@@ -135,7 +136,8 @@ class TrainConfig:
     )
     normalize: str = _option(
         "auto",
-        "mean/std: auto (measured on the training split), imagenet, none",
+        "mean/std: auto (measured on the training split), imagenet, inception (0.5), clip "
+        "(OpenAI CLIP's), none; pretrained weights set their own",
         choices=NORMALIZE_MODES,
         group="data",
     )
@@ -443,6 +445,24 @@ class TrainConfig:
         True, "live progress bar (only when output is a terminal)", group="output"
     )
     verbose: bool = _option(True, "print a line per epoch and the final summary", group="output")
+    track: str = _option(
+        "none",
+        "also log the run to an MLflow tracking store (mlflow): its options, per-epoch "
+        "metrics, summary, report and exported model",
+        choices=TRACKERS,
+        kind="track",
+        group="output",
+    )
+    mlflow_uri: str = _option(
+        "",
+        "MLflow store for --track mlflow: a folder, sqlite:///FILE.db or a server you name; "
+        "empty = MLFLOW_TRACKING_URI, else MLflow's local default in the working directory",
+        group="output",
+        metavar="URI",
+    )
+    mlflow_experiment: str = _option(
+        "taolu", "MLflow experiment the run is logged under", group="output", metavar="NAME"
+    )
 
 
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(TrainConfig)}
@@ -470,5 +490,8 @@ RESUMABLE_OPTIONS = frozenset(
         "on_nan",
         "histograms",
         "report",
+        "track",
+        "mlflow_uri",
+        "mlflow_experiment",
     }
 )

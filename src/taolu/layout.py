@@ -25,6 +25,7 @@ VAL_PREDICTIONS_NAME = "val_predictions.csv"  # the best model on each validatio
 LABEL_ISSUES_NAME = "label_issues.csv"  # `taolu find-label-issues`: likely mislabelled images
 LABEL_FOLDS_DIR = "label_folds"  # its fold runs while they train (removed after)
 EJECT_NAME = "eject.py"  # `taolu eject`: the run as a standalone plain PyTorch script
+MLFLOW_NAME = "mlflow.json"  # --track mlflow: the store and MLflow run this run logs to
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,10 @@ class RunDir:
     @property
     def eject(self) -> Path:
         return self.root / EJECT_NAME
+
+    @property
+    def mlflow(self) -> Path:
+        return self.root / MLFLOW_NAME
 
 
 def check_run_place(out: str, name: str) -> None:

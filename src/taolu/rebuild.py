@@ -1,6 +1,6 @@
 """A trained network rebuilt from what a checkpoint (or an export's metadata) describes,
-for evaluate, predict and export alike: taolu's nets, torchvision models and layer lists by
-name; never code or files a checkpoint names (a user's own module is handed in)."""
+for evaluate, predict and export alike: taolu's nets, torchvision and timm models and layer
+lists by name; never code or files a checkpoint names (a user's own module is handed in)."""
 
 from __future__ import annotations
 
@@ -12,16 +12,16 @@ from taolu import checkpoint as ckpt
 from taolu.data.loaders import Preprocessing
 from taolu.errors import CheckpointError, ConfigError
 from taolu.models import build_model
-from taolu.models.factory import FACTORY_PATTERN
+from taolu.models.factory import is_factory_name
 from taolu.models.spec import is_spec_path
 
 
 def rebuild_network(state: dict[str, Any]) -> nn.Module:
-    """A fresh network of the shape a checkpoint (or an export's metadata) describes: a built-in
-    or torchvision net by name, or a layer list from the list stored with it. Nothing named in
-    the file is ever imported or read: a factory (package.module:factory) or the user's own
-    nn.Module must be passed in by the caller, and a layer list stored only as a path (taolu
-    before the list was stored) is refused."""
+    """A fresh network of the shape a checkpoint (or an export's metadata) describes: a built-in,
+    torchvision or timm (`timm:NAME`) net by name, or a layer list from the list stored with it.
+    Nothing named in the file is ever imported or read: a factory (package.module:factory) or
+    the user's own nn.Module must be passed in by the caller, and a layer list stored only as a
+    path (taolu before the list was stored) is refused."""
     name = state.get("model_name")
     if not name:
         raise CheckpointError(
@@ -29,7 +29,7 @@ def rebuild_network(state: dict[str, Any]) -> nn.Module:
             "create it in Python and pass it: taolu.predict(run, files, model=MyNet()), "
             "taolu.evaluate(run, model=MyNet()) or taolu.export(run, model=MyNet())"
         )
-    if FACTORY_PATTERN.fullmatch(name):
+    if is_factory_name(name):
         raise CheckpointError(
             f"this checkpoint was trained with {name}; taolu does not import code named inside "
             "a checkpoint: build the model in Python and pass it with model=... (to "

@@ -21,10 +21,11 @@ from taolu.engine.precision import check_device_name
 from taolu.errors import ConfigError
 from taolu.layout import RunDir
 from taolu.models import check_model_name
-from taolu.models.factory import FACTORY_PATTERN
+from taolu.models.factory import is_factory_name
 from taolu.models.spec import is_spec_path
 from taolu.option_values import coerce_option, read_config_file, resolve_config
 from taolu.run.setup import UserParts
+from taolu.track.mlflow_tracker import check_track_option
 from taolu.train_state import TrainState
 
 USER_PREFIX = "user:"
@@ -38,6 +39,7 @@ def _validators(parts: UserParts) -> dict:
         "transforms": check_transforms_option,
         "freeze": _check_freeze,
         "optimizer": check_optimizer_name,
+        "track": check_track_option,
     }
     if parts.train_data is None:
         checks["data"] = check_data_option
@@ -85,24 +87,48 @@ def _check_freeze(value: str) -> None:
 
 
 def _weights_defaults(config: TrainConfig, given: set[str]) -> TrainConfig:
-    """Pretrained torchvision weights bring their own preprocessing: the size they were
-    trained at, ImageNet's mean and std, three channels, resize-then-crop. Applied where the
-    user did not choose otherwise, before the config is frozen, so config.yaml shows it."""
+    """Pretrained torchvision or timm weights bring their own preprocessing: the size they
+    were trained at, their mean and std (ImageNet's for torchvision; timm's pretrained_cfg),
+    three channels, resize-then-crop. Applied where the user did not choose otherwise, before
+    the config is frozen, so config.yaml shows it."""
     from taolu.models import model_kind
 
-    if not config.weights or model_kind(config.model) != "torchvision":
+    if not config.weights:
         return config
-    from taolu.models.zoo import weights_preprocessing  # torchvision: only when it is used
+    kind = model_kind(config.model)
+    if kind == "torchvision":
+        from taolu.models.zoo import weights_preprocessing  # torchvision: only when it is used
 
-    preprocessing = weights_preprocessing(config.model, config.weights) or {}
-    defaults = {
-        "image_size": preprocessing.get("size"),
-        "channels": 3,
-        "normalize": "imagenet",
-        "resize_mode": "crop",
-    }
+        size = (weights_preprocessing(config.model, config.weights) or {}).get("size")
+        normalize = "imagenet"
+    elif kind == "timm":
+        size, normalize = _timm_preprocessing(config.model)
+    else:
+        return config
+    defaults = {"image_size": size, "channels": 3, "normalize": normalize, "resize_mode": "crop"}
     chosen = {key: value for key, value in defaults.items() if key not in given and value}
     return dataclasses.replace(config, **chosen)
+
+
+def _timm_preprocessing(name: str) -> tuple[int, str]:
+    """(input side, --normalize name) from timm's pretrained_cfg for `name`; mean/std that no
+    name gives (9 of timm's 1,826 configurations) fall back to ImageNet's, with a warning."""
+    import logging
+
+    from taolu.data.transforms import normalize_name
+    from taolu.models.timm_zoo import weights_preprocessing
+
+    preprocessing = weights_preprocessing(name)
+    normalize = normalize_name(preprocessing["mean"], preprocessing["std"])
+    if normalize is None:
+        logging.getLogger("taolu").warning(
+            "%s's weights were trained with mean %s and std %s, which no --normalize name "
+            "gives; using ImageNet's",
+            name,
+            preprocessing["mean"],
+            preprocessing["std"],
+        )
+    return preprocessing["size"], normalize or "imagenet"
 
 
 def _check_model(name: str) -> None:
@@ -198,7 +224,7 @@ def refuse_model_named_by_checkpoint(
     saved = state.config.get("model", "")
     if (parts is not None and parts.model is not None) or str(named or "") == saved:
         return
-    if FACTORY_PATTERN.fullmatch(saved):
+    if is_factory_name(saved):
         what = f"the factory {saved}, which resuming would import and call"
     elif is_spec_path(saved) and state.model_spec is None:
         what = f"the layer list {saved}, which this checkpoint names but does not hold"

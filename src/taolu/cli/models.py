@@ -1,4 +1,5 @@
-"""`taolu models [show NAME]`: what can be trained, and one model layer by layer."""
+"""`taolu models [show NAME] [--timm [PATTERN]]`: what can be trained, and one model layer by
+layer."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import textwrap
 
 from taolu.errors import ConfigError
 
+TIMM_COUNTED = 40  # `--timm PATTERN` counts parameters (~0.05 s a model) up to this many
+
 
 def add_models_command(commands: argparse._SubParsersAction) -> None:
     models = commands.add_parser(
@@ -14,8 +17,9 @@ def add_models_command(commands: argparse._SubParsersAction) -> None:
         help="list trainable models, or show one layer by layer\n  taolu models show resnet18",
         description="Without NAME: every model with its parameters, default input size, the "
         "situations it is recommended for, and whether pretrained weights are in the local "
-        "torch hub cache. With `show NAME`: each layer's output shape and parameters, and "
-        "FLOPs per image.",
+        "torch hub cache, then a few of timm's models when timm is installed. With `show "
+        "NAME`: each layer's output shape and parameters, and FLOPs per image. With --timm: "
+        "timm's models.",
     )
     models.add_argument(
         "action", nargs="?", choices=("show",), metavar="show", help="show one model"
@@ -40,12 +44,26 @@ def add_models_command(commands: argparse._SubParsersAction) -> None:
     models.add_argument(
         "--classes", type=int, default=10, metavar="N", help="outputs (default: 10)"
     )
+    models.add_argument(
+        "--timm",
+        nargs="?",
+        const="*",
+        default=None,
+        metavar="PATTERN",
+        help="list timm's models instead, all or those matching a shell-style PATTERN "
+        "(taolu models --timm 'convnext*'); counted when at most "
+        f"{TIMM_COUNTED} match",
+    )
     models.set_defaults(handler=run_models)
 
 
 def run_models(args: argparse.Namespace) -> int:
+    if args.timm is not None:
+        _list_timm(args.timm)
+        return 0
     if args.action is None:
         _list_models()
+        _timm_section()
         return 0
     if not args.name:
         raise ConfigError("taolu models show needs a model NAME")
@@ -53,19 +71,25 @@ def run_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _list_models() -> None:
+def _print_rows(rows: list[dict]) -> None:
     from taolu.models import summary
 
     print(
         f"{'model':<28} {'source':<12} {'parameters':>12} {'input':>6}  "
         f"{'recommended for':<30} local weights"
     )
-    for row in summary.list_models():
+    for row in rows:
         situations = ", ".join(summary.recommended_for(row["name"])) or "-"
         print(
             f"{row['name']:<28} {row['source']:<12} {row['parameters']:>12,} "
             f"{row['input_size']:>6}  {situations:<30} {row['local_weights'] or '-'}"
         )
+
+
+def _list_models() -> None:
+    from taolu.models import summary
+
+    _print_rows(summary.list_models())
     note = (
         f"parameters: built-in nets with a {summary.BUILTIN_CLASSES}-class head at their own "
         f"input; torchvision models with the {summary.IMAGENET_CLASSES}-class ImageNet head "
@@ -80,6 +104,44 @@ def _list_models() -> None:
             shown.append(f"{name} (ImageNet top-1 {top1:.1f}%)" if top1 else name)
         print(f"  {situation + ':':<18} {', '.join(shown)}")
         print(textwrap.fill(why, width=100, initial_indent=" " * 21, subsequent_indent=" " * 21))
+
+
+def _timm_section() -> None:
+    """A few of timm's models under their own heading; timm is imported only when installed."""
+    from taolu.models import summary, timm_zoo
+
+    if not timm_zoo.is_timm_installed():
+        print(
+            "\ntimm models: not installed; `pip install 'taolu[timm]'` adds timm's models "
+            "(--model timm:NAME)"
+        )
+        return
+    total = len(timm_zoo.list_timm_models())
+    print(f"\ntimm models (--model timm:NAME; {total} in all, a few to start from):")
+    _print_rows(summary.timm_rows(list(timm_zoo.CURATED)))
+    print(
+        "every timm model: taolu models --timm; those matching a pattern, counted: "
+        "taolu models --timm 'convnext*'"
+    )
+
+
+def _list_timm(pattern: str) -> None:
+    """timm's models matching `pattern`: counted when few, else their names in columns."""
+    from taolu.models import summary, timm_zoo
+
+    names = timm_zoo.list_timm_models(pattern)
+    if not names:
+        raise ConfigError(
+            f"no timm model matches {pattern!r}; patterns are shell-style: 'resnet*', '*vit*'"
+        )
+    if len(names) <= TIMM_COUNTED:
+        _print_rows(summary.timm_rows(names))
+    else:
+        print(textwrap.fill("  ".join(timm_zoo.TIMM_PREFIX + name for name in names), width=100))
+        print(
+            f"\n{len(names)} timm models; a narrower PATTERN (at most {TIMM_COUNTED} matches) "
+            "lists them with parameters and input size"
+        )
 
 
 def _show_model(name: str, image_size: int, channels: int, classes: int) -> None:

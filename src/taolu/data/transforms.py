@@ -25,7 +25,14 @@ from taolu.errors import ConfigError, DataError
 PRESETS = ("digits", "objects", "photos", "none")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-NORMALIZE_MODES = ("auto", "imagenet", "none")
+# Fixed mean/std by name, as pretrained weights were trained with them (timm's pretrained_cfg
+# uses these three for all but a handful of its weights): ImageNet's, Inception's, OpenAI CLIP's.
+NAMED_STATS = {
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
+    "inception": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+}
+NORMALIZE_MODES = ("auto", *NAMED_STATS, "none")
 
 
 class SamplePipeline:
@@ -215,11 +222,26 @@ def _centre_of_crop(args: dict[str, Any]) -> list[TransformEntry]:
     return [TransformEntry("Pad", pad), *centre]
 
 
+def normalize_name(mean: Sequence[float], std: Sequence[float]) -> str | None:
+    """The --normalize name whose fixed mean and std these are (to 3 decimals, as weights'
+    configurations print them), or None."""
+    named = {**NAMED_STATS, "none": ((0.0,) * 3, (1.0,) * 3)}
+    given = [*mean, *std]
+    for name, (known_mean, known_std) in named.items():
+        known = [*known_mean, *known_std]
+        if len(known) == len(given) and all(
+            abs(a - b) < 1e-3 for a, b in zip(known, given, strict=True)
+        ):
+            return name
+    return None
+
+
 def normalization_stats(
     mode: str, images: torch.Tensor
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Mean and std (0..1 range) for `--normalize`: auto measures the given (N, C, H, W) sample
-    of the training split, imagenet gives ImageNet's (their average for gray), none 0 and 1."""
+    of the training split, imagenet, inception and clip give those weights' own (their average
+    for gray), none 0 and 1."""
     channels = images.shape[1]
     if mode == "auto":
         unit = images.float().div(255.0) if images.dtype == torch.uint8 else images.float()
@@ -227,10 +249,11 @@ def normalization_stats(
         # A constant channel has std 0; the floor keeps the division finite.
         std = unit.std(dim=(0, 2, 3)).clamp_min(1e-3)
         return tuple(mean.tolist()), tuple(std.tolist())
-    if mode == "imagenet":
+    if mode in NAMED_STATS:
+        mean, std = NAMED_STATS[mode]
         if channels == 1:
-            return (sum(IMAGENET_MEAN) / 3,), (sum(IMAGENET_STD) / 3,)
-        return IMAGENET_MEAN, IMAGENET_STD
+            return (sum(mean) / 3,), (sum(std) / 3,)
+        return mean, std
     if mode == "none":
         return (0.0,) * channels, (1.0,) * channels
     raise ConfigError(

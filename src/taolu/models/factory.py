@@ -1,5 +1,6 @@
 """Any model name taolu accepts, made into a network sized for the data: a built-in net, a
-torchvision classifier, a YAML/JSON layer list, or `package.module:factory`."""
+torchvision classifier, a timm model (`timm:NAME`), a YAML/JSON layer list, or
+`package.module:factory`."""
 
 from __future__ import annotations
 
@@ -12,21 +13,32 @@ from torch import nn
 
 from taolu.errors import ConfigError, did_you_mean
 from taolu.models.nets import BUILTIN_MODELS
+from taolu.models.timm_zoo import is_timm_name
 
 FACTORY_PATTERN = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 
 
+def is_factory_name(name: str) -> bool:
+    """`package.module:factory`; `timm:NAME` is timm's model, never a factory."""
+    return bool(FACTORY_PATTERN.fullmatch(name)) and not is_timm_name(name)
+
+
 def model_kind(name: str) -> str:
-    """'builtin', 'spec', 'factory' or 'torchvision' (raises ConfigError for none of them)."""
+    """'builtin', 'spec', 'timm', 'factory' or 'torchvision' (raises ConfigError for none)."""
     if name in BUILTIN_MODELS:
         return "builtin"
+    if is_timm_name(name):
+        from taolu.models.timm_zoo import check_timm_name
+
+        check_timm_name(name)
+        return "timm"
     from taolu.models import spec, zoo  # imported late: zoo pulls in torchvision's models
 
     if spec.is_spec_path(name):
         if not Path(name).expanduser().is_file():
             raise ConfigError(f"option 'model': layer list {name} not found")
         return "spec"
-    if FACTORY_PATTERN.fullmatch(name):
+    if is_factory_name(name):
         return "factory"
     if zoo.is_torchvision_model(name):
         return "torchvision"
@@ -34,8 +46,9 @@ def model_kind(name: str) -> str:
     raise ConfigError(
         f"option 'model': unknown model {name!r}; {hint + ' ' if hint else ''}known models: "
         "the built-in nets "
-        f"({', '.join(BUILTIN_MODELS)}), any torchvision classifier (see `taolu models`), a "
-        "YAML/JSON layer list (*.yaml, *.json), or package.module:factory"
+        f"({', '.join(BUILTIN_MODELS)}), any torchvision classifier (see `taolu models`), "
+        "timm:NAME for a timm model, a YAML/JSON layer list (*.yaml, *.json), or "
+        "package.module:factory"
     )
 
 
@@ -114,6 +127,10 @@ def build_model(
         return build_from_spec(load_layer_spec(name), channels, tuple(size), classes, source=name)
     if kind == "factory":
         return _call_factory(name, channels, tuple(size), classes)
+    if kind == "timm":
+        from taolu.models.timm_zoo import build_timm
+
+        return build_timm(name, classes, channels, tuple(size))
     from taolu.models.zoo import build_torchvision
 
     return build_torchvision(name, classes, channels, weights=weights or None)

@@ -10,8 +10,10 @@ import torchvision
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from taolu.models import timm_zoo
 from taolu.models.factory import build_model
 from taolu.models.nets import BUILTIN_MODELS
+from taolu.models.timm_zoo import is_timm_name
 
 BUILTIN_INPUT = {"fastcnn": 28, "tudui": 32, "lenet5": 28, "resnet9": 32}
 BUILTIN_CLASSES = 10  # the head `taolu models` counts built-in nets with (digits, CIFAR-10)
@@ -58,9 +60,12 @@ def local_weights_file(name: str) -> Path | None:
 
 
 def default_size(name: str) -> int:
-    """The input side a model is made for: built-ins' own data, torchvision's weights."""
+    """The input side a model is made for: built-ins' own data, torchvision's weights, timm's
+    pretrained_cfg."""
     if name in BUILTIN_INPUT:
         return BUILTIN_INPUT[name]
+    if is_timm_name(name):
+        return timm_zoo.weights_preprocessing(name)["size"]
     from taolu.models.zoo import default_input_size, is_torchvision_model
 
     return default_input_size(name) if is_torchvision_model(name) else 32
@@ -84,16 +89,32 @@ def list_models() -> list[dict]:
     return rows
 
 
+def timm_rows(names: list[str]) -> list[dict]:
+    """`list_models`' rows for timm models (each NAME without its timm: prefix); imports timm.
+    The local weights are those timm would have cached in the Hugging Face hub cache."""
+    rows = []
+    for bare in names:
+        name = timm_zoo.TIMM_PREFIX + bare
+        hub_id = timm_zoo.pretrained_config(name).get("hf_hub_id") or ""
+        weights = timm_zoo.hub_cache_file(hub_id)
+        count, _ = listed_parameters(name)
+        rows.append(_row(name, "timm", count, default_size(name), weights))
+    return rows
+
+
 def listed_parameters(name: str) -> tuple[int, int]:
     """(parameters, classes of the head they were counted with) as `taolu models` lists
     them: a built-in net with a 10-class head at its own input; a torchvision model with the
     1000-class ImageNet head, from its weights' metadata when it has weights (the figure
-    torchvision publishes), else counted on the meta device, which allocates nothing."""
+    torchvision publishes), else counted on the meta device, which allocates nothing (timm's
+    models always are)."""
     if name in BUILTIN_MODELS:
         size = BUILTIN_INPUT[name]
         with torch.device("meta"):
             model = build_model(name, default_channels(name), (size, size), BUILTIN_CLASSES)
         return sum(p.numel() for p in model.parameters()), BUILTIN_CLASSES
+    if is_timm_name(name):
+        return timm_zoo.parameter_count(name), IMAGENET_CLASSES
     try:
         meta = torchvision.models.get_model_weights(name).DEFAULT.meta
         return int(meta["num_params"]), IMAGENET_CLASSES

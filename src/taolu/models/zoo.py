@@ -305,8 +305,6 @@ def load_weights(model: nn.Module, source: str, name: str, *, head: str) -> Load
 
     `source` is a weights file (.pth/.pt, .safetensors, or a taolu checkpoint) or the name of
     torchvision weights ("DEFAULT", "IMAGENET1K_V1"), read from the torch hub cache only.
-    Every tensor must fit, except those of `head` whose shape differs (a new class count);
-    anything else raises CheckpointError listing each key at fault.
     """
     named = _named_weights(name, source)
     if named is not None:
@@ -315,6 +313,13 @@ def load_weights(model: nn.Module, source: str, name: str, *, head: str) -> Load
             raise _missing_hub_file(path, name, named)
     else:
         path = Path(source)
+    return load_weights_file(model, path, name, head=head)
+
+
+def load_weights_file(model: nn.Module, path: Path, name: str, *, head: str) -> LoadReport:
+    """Load the weights file `path` into `model` (`name`, for messages), all but the head.
+    Every tensor must fit, except those of `head` whose shape differs (a new class count);
+    anything else raises CheckpointError listing each key at fault."""
     state = adapt_first_conv(_normalize_keys(_read_tensors(path), model), model)
     report = _compare(model.state_dict(), state, head)
     if report.missing or report.unexpected or report.mismatched:

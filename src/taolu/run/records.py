@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -48,6 +48,9 @@ from taolu.run.setup import OptimParts, Resume, Run
 from taolu.run.verdict import MIN_VAL_PER_CLASS, judge_run, render
 from taolu.track.runlog import RunLog, SilentRunLog
 from taolu.train_state import TrainState, rng_state
+
+if TYPE_CHECKING:  # imported by run/tracking.py, and only for --track mlflow
+    from taolu.track.mlflow_tracker import MlflowTracker
 
 logger = logging.getLogger("taolu")
 
@@ -110,9 +113,16 @@ class Records:
     """The run directory while the run trains: its RunLog (TensorBoard and the CSVs, rank 0
     only) and its checkpoints."""
 
-    def __init__(self, run: Run, root: Path, log: RunLog, lr_choice: LrChoice | None = None):
+    def __init__(
+        self,
+        run: Run,
+        root: Path,
+        log: RunLog,
+        lr_choice: LrChoice | None = None,
+        tracker: MlflowTracker | None = None,
+    ):
         self.run, self.dir, self.log = run, RunDir(root), log
-        self.lr_choice = lr_choice
+        self.lr_choice, self.tracker = lr_choice, tracker
         self.unpublished: tuple[dict[str, Any], EpochResult] | None = None
         # The best epoch's validation probabilities and labels (rank 0): calibration's input.
         self.best_outputs: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -250,13 +260,16 @@ class Records:
         return row
 
     def publish_epoch(self) -> None:
-        """The recorded epoch's scalars and pictures to TensorBoard, after its checkpoint:
-        an epoch TensorBoard shows is one a resume never repeats."""
+        """The recorded epoch's scalars and pictures to TensorBoard (and its numbers to the
+        --track tracker), after its checkpoint: an epoch they show is one a resume never
+        repeats."""
         if self.unpublished is None:
             return
         row, tested = self.unpublished
         self.unpublished = None
         self.log.log_epoch_scalars(row)
+        if self.tracker is not None:
+            self.tracker.log_epoch(row)
         self.log.log_evaluation(
             row["epoch"],
             self.run.data.bundle.classes,
@@ -307,6 +320,8 @@ class Records:
             )
             summary["verdict"] = [finding.to_dict() for finding in findings]
             self.log.write_summary(summary)
+            if self.tracker is not None:
+                self.tracker.log_summary(summary)
             for line in render(findings):
                 logger.warning(line)
             best_row = history[progress.best_epoch - 1]
@@ -381,11 +396,15 @@ class Records:
 
 @contextlib.contextmanager
 def open_records(
-    run: Run, resume: Resume | None, progress: Progress, lr_choice: LrChoice | None = None
+    run: Run,
+    resume: Resume | None,
+    progress: Progress,
+    lr_choice: LrChoice | None = None,
+    tracker: MlflowTracker | None = None,
 ) -> Iterator[Records]:
     """The run directory (a new one, or the resumed run's), config.yaml and split.json, and
-    the RunLog, closed however the run ends. Rank 0 alone creates and writes the directory;
-    the other processes learn its name."""
+    the RunLog, closed however the run ends; the --track tracker starts with the options.
+    Rank 0 alone creates and writes the directory; the other processes learn its name."""
     config, cluster = run.config, run.compute.cluster
     root = resume.run_dir if resume is not None else None
     if root is None and cluster.is_main:
@@ -398,11 +417,13 @@ def open_records(
             write_manifest(listing, layout.manifest, data_base_folder(config.data))
         if lr_choice is not None and lr_choice.sweep is not None:
             write_lr_sweep(lr_choice.sweep, layout.root)  # --lr auto's curve
+        if tracker is not None:
+            tracker.start(layout.root, config_to_dict(config), layout.mlflow)
     log_class = RunLog if cluster.is_main else SilentRunLog
     history = resume.state.history if resume is not None else []
     resume_step = progress.step if resume is not None else None
     with log_class(layout.root, history, resume_step=resume_step) as log:
-        records = Records(run, layout.root, log, lr_choice)
+        records = Records(run, layout.root, log, lr_choice, tracker)
         if resume is None and cluster.is_main:
             records.log_start()
         records.announce(resume is not None, progress)

@@ -46,6 +46,7 @@ from taolu.run.setup import (
     prepare_data,
     settle_recipe,
 )
+from taolu.run.tracking import log_outcome, open_tracking
 from taolu.run.transfer import train_backbone
 from taolu.track.progress import EpochProgress
 from taolu.track.runlog import MISCLASSIFIED_SHOWN
@@ -119,25 +120,29 @@ def train_and_test(
 ) -> TrainResult:
     """4. Train and 5. test, epoch by epoch; 6. save after each; 7. sum up."""
     config, progress = run.config, resume_progress(resume, run.optim, run.generator)
-    with open_records(run, resume, progress, lr_choice) as records:
-        progress.clock = time.perf_counter()
-        for epoch in range(progress.epoch + 1, config.epochs + 1):
-            trained = train_epoch(run, records, progress, epoch)
-            tested = test_epoch(run)
-            go_on = record_and_save(run, records, progress, epoch, trained, tested)
-            if stop_after_epoch is not None and stop_after_epoch(records.log.history[-1]):
-                progress.stopped_early = progress.stopped_early or epoch < config.epochs
-                go_on = False
-            if not go_on:
-                break
-        result = records.finish(progress)
-    if run.compute.cluster.is_main:
-        if config.report:
-            write_run_report(run, result.run_dir)
-        run.say(
-            f"taolu: best val acc {result.best_val_acc:.4f} (epoch {progress.best_epoch}) -> "
-            f"{result.best_checkpoint}; records in {result.run_dir}"
-        )
+    is_main = run.compute.cluster.is_main
+    # The tracker outlasts the records: the report and the export come after TensorBoard closes.
+    with open_tracking(config, is_main) as tracker:
+        with open_records(run, resume, progress, lr_choice, tracker) as records:
+            progress.clock = time.perf_counter()
+            for epoch in range(progress.epoch + 1, config.epochs + 1):
+                trained = train_epoch(run, records, progress, epoch)
+                tested = test_epoch(run)
+                go_on = record_and_save(run, records, progress, epoch, trained, tested)
+                if stop_after_epoch is not None and stop_after_epoch(records.log.history[-1]):
+                    progress.stopped_early = progress.stopped_early or epoch < config.epochs
+                    go_on = False
+                if not go_on:
+                    break
+            result = records.finish(progress)
+        if is_main:
+            if config.report:
+                write_run_report(run, result.run_dir)
+            log_outcome(tracker, run, result)
+            run.say(
+                f"taolu: best val acc {result.best_val_acc:.4f} (epoch {progress.best_epoch}) "
+                f"-> {result.best_checkpoint}; records in {result.run_dir}"
+            )
     return result
 
 

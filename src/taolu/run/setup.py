@@ -137,7 +137,7 @@ def _model_kind_words(name: str) -> str:
         return "a layer list"
     if kind == "factory":
         return f"your factory {name}"
-    return f"{name} from scratch" if kind == "torchvision" else name
+    return f"{name} from scratch" if kind in ("torchvision", "timm") else name
 
 
 @dataclass

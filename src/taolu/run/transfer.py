@@ -17,9 +17,13 @@ logger = logging.getLogger("taolu")
 
 
 def head_name(model: nn.Module) -> str:
-    """The classifier head's dotted name: torchvision's per family, else the last Linear."""
+    """The classifier head's dotted name: timm's own, torchvision's per family, else the last
+    Linear."""
+    from taolu.models.timm_zoo import timm_head
     from taolu.models.zoo import head_path
 
+    if (head := timm_head(model)) is not None:
+        return head
     try:
         return head_path(model)
     except (ValueError, KeyError, AttributeError):
@@ -56,9 +60,14 @@ def prepare_transfer(
     training mode, the head's name when --fine-tune trains it alone first)."""
     after_train_mode = None
     if not resumed and weights:
-        from taolu.models.zoo import load_weights
+        from taolu.models.timm_zoo import is_timm_name, weights_file
+        from taolu.models.zoo import load_weights, load_weights_file
 
-        report = load_weights(model, weights, model_name, head=head_name(model))
+        if is_timm_name(model_name):  # a file, or DEFAULT from the local hub cache
+            path = weights_file(model_name, weights)
+            report = load_weights_file(model, path, model_name, head=head_name(model))
+        else:
+            report = load_weights(model, weights, model_name, head=head_name(model))
         if verbose:
             print(report.render(), flush=True)
     if freeze_mode != "none":

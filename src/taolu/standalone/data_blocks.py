@@ -272,7 +272,12 @@ def _transforms(facts: RunFacts) -> str:
         f"v2.Normalize(mean=[{mean}], std=[{std}])",
     ]
     fitting = _fitting(facts)
-    how = {"auto": "measured on the training images", "imagenet": "ImageNet's"}
+    how = {
+        "auto": "measured on the training images",
+        "imagenet": "ImageNet's",
+        "inception": "Inception's",
+        "clip": "OpenAI CLIP's",
+    }
     measured = how.get(config.normalize, "of 0 and 1")
     first = ["v2.ToImage()", *fitting, *_entries(facts.eval_transforms), *tail]
     text = (

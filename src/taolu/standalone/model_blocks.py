@@ -32,6 +32,8 @@ def model_block(facts: RunFacts) -> str:
         )
     elif kind == "torchvision":
         text = _torchvision(facts)
+    elif kind == "timm":
+        text = _timm(facts)
     elif kind == "factory":
         module, function = config.model.split(":")
         text = (
@@ -90,24 +92,50 @@ def _torchvision(facts: RunFacts) -> str:
             "  # gray images: one input channel\n"
         )
     if config.weights and not named:
-        loader = (
-            "load_file(WEIGHTS)"
-            if config.weights.endswith(".safetensors")
-            else 'torch.load(WEIGHTS, map_location="cpu", weights_only=True)'
-        )
-        text += (
-            "# Pretrained weights from a file, all but the head (--weights)\n"
-            f'WEIGHTS = "{config.weights}"\n'
-            f"state = {loader}\n"
-            'for wrapper in ("state_dict", "model"):  # files often wrap the weights\n'
-            "    state = state.get(wrapper, state) if isinstance(state.get(wrapper), dict) "
-            "else state\n"
-            f'state = {{k: v for k, v in state.items() if not k.startswith("{head}.")}}\n'
-        )
-        if facts.channels == 1:  # the RGB kernels summed: a gray image answers as before
-            conv = first_conv_path(network) + ".weight"
-            text += f'state["{conv}"] = state["{conv}"].sum(dim=1, keepdim=True)\n'
-        text += "model.load_state_dict(state, strict=False)\n"
+        text += _weights_file(facts, config.weights)
+    return text
+
+
+def _weights_file(facts: RunFacts, path: str) -> str:
+    """Loading the --weights file at `path` into the model, all but the head."""
+    head, network = facts.head, facts.network
+    loader = (
+        "load_file(WEIGHTS)"
+        if path.endswith(".safetensors")
+        else 'torch.load(WEIGHTS, map_location="cpu", weights_only=True)'
+    )
+    text = (
+        "# Pretrained weights from a file, all but the head (--weights)\n"
+        f'WEIGHTS = "{path}"\n'
+        f"state = {loader}\n"
+        'for wrapper in ("state_dict", "model"):  # files often wrap the weights\n'
+        "    state = state.get(wrapper, state) if isinstance(state.get(wrapper), dict) "
+        "else state\n"
+        f'state = {{k: v for k, v in state.items() if not k.startswith("{head}.")}}\n'
+    )
+    if facts.channels == 1:  # the RGB kernels summed: a gray image answers as before
+        conv = first_conv_path(network) + ".weight"
+        text += f'state["{conv}"] = state["{conv}"].sum(dim=1, keepdim=True)\n'
+    return text + "model.load_state_dict(state, strict=False)\n"
+
+
+def _timm(facts: RunFacts) -> str:
+    """timm's model, built as taolu builds it (timm_zoo.build_timm), and its weights file
+    (DEFAULT: the file in the local Hugging Face cache)."""
+    from taolu.models.timm_zoo import architecture, build_options, weights_file
+
+    config = facts.config
+    options = build_options(config.model, facts.channels, facts.size)
+    arguments = "".join(f", {key}={value!r}" for key, value in options.items())
+    text = (
+        f"# timm's {architecture(config.model)}, untrained, its head reset by timm for "
+        f"{len(facts.classes)} classes (--model {config.model})\n"
+        f'model = timm.create_model("{architecture(config.model)}", pretrained=False'
+        f"{arguments})\n"
+        f"model.reset_classifier({len(facts.classes)})\n"
+    )
+    if config.weights:
+        text += _weights_file(facts, str(weights_file(config.model, config.weights)))
     return text
 
 

