@@ -25,7 +25,7 @@ from taolu.inference import classify_with, expand_inputs
 from taolu.layout import LAST_NAME, RunDir, check_run_place
 from taolu.option_values import read_config_file
 from taolu.rebuild import restore_model
-from taolu.run.records import TrainResult
+from taolu.run.progress import TrainResult
 from taolu.run.routine import EpochCheck, run_training
 from taolu.run.setup import Resume, UserParts
 from taolu.train_options import (

@@ -21,7 +21,11 @@ def add_data_commands(commands: argparse._SubParsersAction) -> None:
     data.set_defaults(handler=run_data)
     actions = data.add_subparsers(dest="data_command", metavar="ACTION")
     actions.required = True
+    for add_action in (_add_check, _add_export, _add_preview, _add_bench):
+        add_action(actions)
 
+
+def _add_check(actions: argparse._SubParsersAction) -> None:
     check = actions.add_parser(
         "check",
         help="list what is wrong with a data set, with paths",
@@ -56,6 +60,8 @@ def add_data_commands(commands: argparse._SubParsersAction) -> None:
     check.add_argument("--val-shards", default="", help="WebDataset shards to validate on")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
 
+
+def _add_export(actions: argparse._SubParsersAction) -> None:
     export = actions.add_parser(
         "export",
         help="write a data set as PNG folders or WebDataset shards",
@@ -80,6 +86,8 @@ def add_data_commands(commands: argparse._SubParsersAction) -> None:
     export.add_argument("--image-column", default="", help="a Hugging Face dataset's image column")
     export.add_argument("--label-column", default="", help="a Hugging Face dataset's label column")
 
+
+def _add_preview(actions: argparse._SubParsersAction) -> None:
     preview = actions.add_parser(
         "preview",
         help="a PNG grid of augmented training samples with their labels",
@@ -94,6 +102,8 @@ def add_data_commands(commands: argparse._SubParsersAction) -> None:
     preview.add_argument("--count", type=int, default=32, help="images in the grid (default: 32)")
     add_config_flags(preview, DATA_OPTIONS)
 
+
+def _add_bench(actions: argparse._SubParsersAction) -> None:
     bench = actions.add_parser(
         "bench",
         help="images/s the data path delivers per epoch",

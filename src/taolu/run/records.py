@@ -9,7 +9,6 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +19,7 @@ from taolu.checkpoint import copy_checkpoint, read_state, save_state
 from taolu.data.preview import augmented_samples, grid_tensor
 from taolu.data.sources import data_base_folder, write_manifest
 from taolu.engine.distributed import barrier, share_from_main
-from taolu.engine.loop import EpochResult, EpochStart
+from taolu.engine.loop import EpochResult
 from taolu.engine.lr_find import write_lr_sweep
 from taolu.engine.step import Stepper
 from taolu.errors import TrainingInterrupted
@@ -44,7 +43,8 @@ from taolu.run.outcome import (
     resolved_options,
     write_predictions,
 )
-from taolu.run.setup import OptimParts, Resume, Run
+from taolu.run.progress import Progress, TrainResult
+from taolu.run.setup import Resume, Run
 from taolu.run.verdict import MIN_VAL_PER_CLASS, judge_run, render
 from taolu.track.runlog import RunLog, SilentRunLog
 from taolu.train_state import TrainState, rng_state
@@ -53,60 +53,6 @@ if TYPE_CHECKING:  # imported by run/tracking.py, and only for --track mlflow
     from taolu.track.mlflow_tracker import MlflowTracker
 
 logger = logging.getLogger("taolu")
-
-
-@dataclass
-class TrainResult:
-    """What `taolu.train` returns. `model` holds the best checkpoint's weights, in eval mode."""
-
-    run_dir: Path
-    best_val_acc: float
-    final_val_acc: float
-    model: nn.Module
-    history: list[dict[str, float]]
-    summary: dict[str, Any] = field(repr=False)
-    best_checkpoint: Path | None  # None after --lr-find, which trains nothing
-    last_checkpoint: Path | None
-    suggested_lr: float | None = None  # set by --lr-find
-
-
-@dataclass
-class Progress:
-    """Where the run stands between epochs."""
-
-    epoch: int = 0  # epochs complete
-    step: int = 0  # optimizer steps taken
-    elapsed_before: float = 0.0  # seconds trained in earlier sessions of this run
-    best_val_acc: float = -1.0
-    best_epoch: int = 0
-    partial: EpochStart | None = None  # the rest of an epoch a stop interrupted
-    stopped_early: bool = False
-    recoveries: list[dict[str, Any]] = field(default_factory=list)  # --on-nan recover's
-    clock: float = field(default_factory=time.perf_counter)
-
-    def elapsed(self) -> float:
-        return self.elapsed_before + time.perf_counter() - self.clock
-
-
-def resume_progress(
-    resume: Resume | None, optim: OptimParts, generator: torch.Generator
-) -> Progress:
-    """A fresh run's start; or, in one step, a resumed run put back where its checkpoint left
-    it: weights, EMA, optimizer, schedule, random streams, and the place in the epochs."""
-    if resume is None:
-        return Progress()
-    state, steps, source = resume.state, optim.total_steps, resume.run_dir
-    state.restore(optim.stepper, optim.schedule, generator, total_steps=steps, source=source)
-    partial = EpochStart.from_dict(state.partial_epoch) if state.partial_epoch else None
-    return Progress(
-        state.epoch,
-        state.step,
-        state.elapsed_seconds,
-        state.best_val_acc,
-        state.best_epoch,
-        partial,
-        recoveries=list(state.recoveries),
-    )
 
 
 class Records:

@@ -15,7 +15,8 @@ import torch
 from taolu.engine.loop import EpochResult, EpochStart, NonFiniteLoss
 from taolu.engine.step import StepperState
 from taolu.errors import TrainingError
-from taolu.run.records import Progress, Records
+from taolu.run.progress import Progress
+from taolu.run.records import Records
 from taolu.run.setup import Run
 
 logger = logging.getLogger("taolu")

@@ -13,7 +13,7 @@ from taolu.errors import ConfigError
 from taolu.layout import RunDir, new_run_dir
 from taolu.option_values import write_config
 from taolu.run.lr_auto import range_and_band
-from taolu.run.records import TrainResult
+from taolu.run.progress import TrainResult
 from taolu.run.setup import Run
 from taolu.track.runlog import write_json_atomic
 

@@ -26,13 +26,8 @@ from taolu.errors import ConfigError
 from taolu.metric_names import column, improved
 from taolu.run.lifecycle import StopRequest, computing, deterministic_algorithms
 from taolu.run.lr_auto import LrChoice, choose_lr
-from taolu.run.records import (
-    Progress,
-    Records,
-    TrainResult,
-    open_records,
-    resume_progress,
-)
+from taolu.run.progress import Progress, TrainResult, resume_progress
+from taolu.run.records import Records, open_records
 from taolu.run.recovery import train_or_recover
 from taolu.run.reports import find_lr, write_run_report
 from taolu.run.setup import (

@@ -14,7 +14,7 @@ from taolu.config import TrainConfig
 from taolu.errors import TrainingInterrupted
 
 if TYPE_CHECKING:  # the module imports mlflow only when a run starts tracking
-    from taolu.run.records import TrainResult
+    from taolu.run.progress import TrainResult
     from taolu.run.setup import Run
     from taolu.track.mlflow_tracker import MlflowTracker
 
