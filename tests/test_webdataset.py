@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import tarfile
 
 import numpy as np
@@ -134,11 +135,14 @@ def test_a_balanced_sampler_is_refused_for_a_stream(tmp_path):
 
 
 @pytest.mark.slow
-def test_training_streams_shards_and_names_a_bad_sample(tmp_path):
+def test_training_streams_shards_and_names_a_bad_sample(tmp_path, caplog):
     pattern = write_shards(tmp_path / "s", 4, 12, broken=("s0005", "s0040"))
-    result = taolu.train(
-        data=pattern, epochs=1, lr=0.01, out=str(tmp_path / "runs"), workers=0, **QUIET
-    )
+    with caplog.at_level(logging.WARNING, logger="taolu"):
+        result = taolu.train(
+            data=pattern, epochs=1, lr=0.01, out=str(tmp_path / "runs"), workers=0, **QUIET
+        )
+    warned = [record.getMessage() for record in caplog.records if "s0005" in record.getMessage()]
+    assert len(warned) == 1, warned  # once, though the TensorBoard samples met it first
     summary = json.loads((result.run_dir / "summary.json").read_text())
     assert summary["cache"] == "stream"
     assert [entry["path"] for entry in summary["skipped_files"]] == [
