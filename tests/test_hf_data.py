@@ -244,3 +244,14 @@ def test_a_folder_of_arrow_files_and_a_single_file_are_read(saved_dict, tmp_path
     assert (len(bundle.train), len(bundle.val), bundle.classes) == (24, 9, COLOURS)
     single = load_data(str(folder / "train-00000-of-00001.arrow"), **SIZING)
     assert (len(single.train), len(single.val)) == (18, 6)  # taolu's own 75/25 split
+
+
+def test_a_test_split_without_labels_gives_way_to_taolus_own_split(tmp_path):
+    folder = tmp_path / "hidden"
+    hidden = colour_set(6, seed=2).cast_column("colour", datasets.Value("int64"))
+    hidden = hidden.map(lambda example: {"colour": -1})
+    hidden = hidden.cast_column("colour", datasets.ClassLabel(names=COLOURS))
+    datasets.DatasetDict({"train": colour_set(24), "test": hidden}).save_to_disk(str(folder))
+    bundle = load_data(str(folder), **SIZING)
+    assert (len(bundle.train), len(bundle.val)) == (18, 6)  # 75/25 of train, not the test rows
+    assert all(str(ref).startswith(f"{folder}:train[") for ref, _ in bundle.listing.splits["val"])

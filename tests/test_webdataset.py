@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import tarfile
 
 import numpy as np
@@ -39,8 +40,8 @@ def png(value: int, label: int) -> bytes:
     return buffer.getvalue()
 
 
-def write_shards(folder, shards: int, per_shard: int, broken: str = "") -> str:
-    """shards of numbered samples (sample n has pixel value n); `broken` names a key whose
+def write_shards(folder, shards: int, per_shard: int, broken: str | tuple = ()) -> str:
+    """shards of numbered samples (sample n has pixel value n); `broken` names the keys whose
     image is garbage. Returns the brace pattern."""
     import webdataset
 
@@ -50,7 +51,7 @@ def write_shards(folder, shards: int, per_shard: int, broken: str = "") -> str:
         with webdataset.TarWriter(str(folder / f"part-{shard:02d}.tar"), encoder=False) as out:
             for _ in range(per_shard):
                 key, label = f"s{number:04d}", number % 2
-                image = b"not a png" if key == broken else png(number, label)
+                image = b"not a png" if key in broken else png(number, label)
                 out.write({"__key__": key, "png": image, "cls": b"%d" % label})
                 number += 1
     (folder / "classes.txt").write_text("even\nodd\n")
@@ -134,19 +135,28 @@ def test_a_balanced_sampler_is_refused_for_a_stream(tmp_path):
 
 
 @pytest.mark.slow
-def test_training_streams_shards_and_names_a_bad_sample(tmp_path):
-    pattern = write_shards(tmp_path / "s", 4, 12, broken="s0005")
-    result = taolu.train(
-        data=pattern, epochs=1, lr=0.01, out=str(tmp_path / "runs"), workers=0, **QUIET
-    )
+def test_training_streams_shards_and_names_a_bad_sample(tmp_path, caplog):
+    pattern = write_shards(tmp_path / "s", 4, 12, broken=("s0005", "s0040"))
+    with caplog.at_level(logging.WARNING, logger="taolu"):
+        result = taolu.train(
+            data=pattern, epochs=1, lr=0.01, out=str(tmp_path / "runs"), workers=0, **QUIET
+        )
+    warned = [record.getMessage() for record in caplog.records if "s0005" in record.getMessage()]
+    assert len(warned) == 1, warned  # once, though the TensorBoard samples met it first
     summary = json.loads((result.run_dir / "summary.json").read_text())
     assert summary["cache"] == "stream"
     assert [entry["path"] for entry in summary["skipped_files"]] == [
-        f"{tmp_path / 's' / 'part-00.tar'}:s0005"
+        f"{tmp_path / 's' / 'part-00.tar'}:s0005",
+        f"{tmp_path / 's' / 'part-03.tar'}:s0040",  # the held-out validation shard
     ]
+    predictions = (result.run_dir / "val_predictions.csv").read_text().splitlines()
+    assert len(predictions) == 1 + 11  # a header, and every validation image that decoded
     report = check_data(pattern)
-    assert [str(path) for path in report.bad_files] == [f"{tmp_path / 's' / 'part-00.tar'}:s0005"]
-    assert sum(report.counts["train"].values()) == 35 and sum(report.counts["val"].values()) == 12
+    assert [str(path) for path in report.bad_files] == [
+        f"{tmp_path / 's' / 'part-00.tar'}:s0005",
+        f"{tmp_path / 's' / 'part-03.tar'}:s0040",
+    ]
+    assert sum(report.counts["train"].values()) == 35 and sum(report.counts["val"].values()) == 11
 
 
 def test_export_writes_shards_that_train_reads_back(tmp_path, capsys):

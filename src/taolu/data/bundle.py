@@ -56,6 +56,10 @@ class StreamedSplit:
         """Samples process `rank` of `world_size` streams (`equal`: the fewest of any)."""
         raise NotImplementedError
 
+    def holds(self, name: str) -> bool:
+        """Whether the sample named `name` (as skips name it) belongs to this split."""
+        raise NotImplementedError
+
     def first_images(self, limit: int) -> torch.Tensor:
         """Up to `limit` decoded images (N, C, H, W), for statistics."""
         raise NotImplementedError

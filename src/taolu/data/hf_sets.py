@@ -257,6 +257,10 @@ def list_hf_dataset(
         )
     used = [train] + ([val] if val else [])
     labels, classes = _labels_and_classes(splits, used, label_column, datasets)
+    if val is not None and all(label < 0 for label in labels[val]):
+        # The Hub's test splits often hide their labels (-1): hold out part of train instead.
+        logger.warning("%s: the %s split has no labels; validating on part of %s", spec, val, train)
+        used, val = [train], None
     rows = {name: _rows(splits[name], image_column, spec, name, labels[name]) for name in used}
     if val is not None:
         layout = f"{spec} (Hugging Face dataset: {train} + {val} splits)"

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from taolu.data.bundle import DataBundle, ImageTensors
+from taolu.data.bundle import DataBundle, ImageTensors, StreamedSplit
 from taolu.data.cache import decode_once
 from taolu.data.loaders import (
     BatchTransform,
@@ -113,7 +113,7 @@ def split_names(split: Dataset, skips: SkipLog) -> list[str]:
     """What each sample of `split` is called, in the order evaluation meets it (the files
     that could not be decoded left out, as the batches leave them out): its file for file
     data, `Name[index]` in the user's own Dataset, `#index` in an embedded or on-disk set's
-    validation split."""
+    validation split or in a stream."""
     while isinstance(split, TransformedSplit):
         split = split.split
     if isinstance(split, ImageTensors):
@@ -124,6 +124,9 @@ def split_names(split: Dataset, skips: SkipLog) -> list[str]:
         return [str(path) for path, _ in split.files if str(path) not in skips.reasons]
     if isinstance(split, NamedSamples):
         return [split.where(index) for index in range(len(split))]
+    if isinstance(split, StreamedSplit):  # positions in the stream: its workers interleave
+        kept = len(split) - sum(1 for name in skips.reasons if split.holds(name))
+        return [f"#{i}" for i in range(kept)]
     return [f"#{i}" for i in range(len(split))]
 
 

@@ -160,7 +160,10 @@ def augmented_samples(
     per-sample pipeline), back in uint8 (N, C, H, W), with their labels. Uses its own
     generator, so showing samples never changes what a run trains on."""
     device = torch.device("cpu")
-    batches = Batches(prepared.bundle.train, count, device, shuffle=True, workers=0)
+    # The run's SkipLog: a file that fails here is named once, not again by the epoch.
+    batches = Batches(
+        prepared.bundle.train, count, device, shuffle=True, workers=0, skips=prepared.skips
+    )
     transform, _, _ = batch_transforms(augment, prepared, device, channels_last=False)
     generator = torch.Generator().manual_seed(seed)
     images, labels = next(iter(batches.iterate(generator)))

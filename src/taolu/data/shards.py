@@ -133,6 +133,10 @@ class ShardStream(StreamedSplit):
             for other in range(world_size)
         )
 
+    def holds(self, name: str) -> bool:
+        """Whether SHARD:KEY names a sample of one of this split's shards."""
+        return name.rsplit(":", 1)[0] in {str(shard.path) for shard in self.shards}
+
     def first_images(self, limit: int) -> torch.Tensor:
         """Up to `limit` decoded images from up to 8 shards spread over the split (statistics
         and the background): without the pipeline, as the stream decodes them."""
