@@ -18,6 +18,7 @@ import torch
 from taolu.atomic_file import write_atomic
 from taolu.errors import DataError
 from taolu.layout import RunDir
+from taolu.record_csv import read_record_csv
 
 COLUMNS = ("path", "true", "predicted", "probability", "true_probability", "loss")
 TOP = 20  # rows `taolu inspect` shows by default
@@ -63,19 +64,9 @@ def read_val_predictions(run: str | Path) -> list[dict[str, Any]]:
             f"{path}: not found; a run writes it at the end of training (taolu 0.x runs that "
             "finished before it existed, and runs stopped early, have none): train again"
         )
-    rows = []
-    try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            if tuple(reader.fieldnames or ()) != COLUMNS:
-                raise ValueError(f"columns {reader.fieldnames}, expected {list(COLUMNS)}")
-            for row in reader:
-                for key in ("probability", "true_probability", "loss"):
-                    row[key] = float(row[key])
-                rows.append(row)
-    except (ValueError, csv.Error, UnicodeDecodeError) as error:
-        raise DataError(f"{path}: not a val_predictions.csv taolu wrote ({error})") from None
-    return rows
+    return read_record_csv(
+        path, "val_predictions.csv", COLUMNS, ("probability", "true_probability", "loss")
+    )
 
 
 def inspect_run(run: str | Path, top: int = TOP) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import torch
 
 from taolu.atomic_file import write_atomic
 from taolu.errors import DataError
+from taolu.record_csv import read_record_csv
 
 COLUMNS = ("path", "given", "suggested", "score")
 
@@ -157,15 +158,4 @@ def read_label_issues(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataError(f"{path}: not found; `taolu find-label-issues RUN` writes it")
-    rows = []
-    try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            if tuple(reader.fieldnames or ()) != COLUMNS:
-                raise ValueError(f"columns {reader.fieldnames}, expected {list(COLUMNS)}")
-            for row in reader:
-                row["score"] = float(row["score"])
-                rows.append(row)
-    except (ValueError, csv.Error, UnicodeDecodeError) as error:
-        raise DataError(f"{path}: not a label_issues.csv taolu wrote ({error})") from None
-    return rows
+    return read_record_csv(path, "label_issues.csv", COLUMNS, ("score",))
