@@ -34,6 +34,9 @@ ALL_PLOTS = (
     "reliability.png",
     "val_samples.png",
 )
+# A finished run with wrong answers shows its confusion matrix as a table linking to the
+# images of each pair, so no PNG of it is drawn; runs without val_predictions.csv get one.
+LINKED_PLOTS = tuple(name for name in ALL_PLOTS if name != "confusion_matrix.png")
 # What report.html may contain: no script, no link, no iframe, no object, ever.
 ALLOWED_TAGS = {
     "html",
@@ -210,7 +213,8 @@ def trained(tmp_path_factory) -> Path:
 
 def test_every_plot_is_a_valid_png(trained):
     folder = trained / "report"
-    for name in ALL_PLOTS:
+    assert not (folder / "confusion_matrix.png").exists()
+    for name in LINKED_PLOTS:
         width, height = assert_png(folder / name)
         assert 300 <= width <= 2000 and 200 <= height <= 2000, (name, width, height)
     assert not [path for path in folder.iterdir() if path.name.startswith(".")]  # no temp files
@@ -224,8 +228,8 @@ def test_html_embeds_the_plots_and_the_runs_values(trained):
     # Every plot is embedded as the very PNG written beside the page; nothing is fetched.
     embedded = [base64.b64decode(src.split(",", 1)[1]) for src in tags.images]
     assert all(src.startswith("data:image/png;base64,") for src in tags.images)
-    plots, maps = embedded[: len(ALL_PLOTS)], embedded[len(ALL_PLOTS) :]
-    assert plots == [(trained / "report" / name).read_bytes() for name in ALL_PLOTS]
+    plots, maps = embedded[: len(LINKED_PLOTS)], embedded[len(LINKED_PLOTS) :]
+    assert plots == [(trained / "report" / name).read_bytes() for name in LINKED_PLOTS]
     # Then "Where it looks": the overlays of the run's top losses (test_explain.py).
     assert len(maps) == 8 and all(png.startswith(b"\x89PNG") for png in maps)
     assert not re.search(r"(src|href)=\"(?!data:|#)", text)
@@ -443,7 +447,7 @@ def test_report_reads_on_a_phone_and_a_laptop(trained, tmp_path, chromium):
                 document.querySelectorAll('section:not(#where_it_looks) img:not(.thumb)'),
                 i => i.getBoundingClientRect().width)"""
         )
-        assert len(plot_widths) == len(ALL_PLOTS)
+        assert len(plot_widths) == len(LINKED_PLOTS)
         # Every plot as wide as the page allows (margins and the section's padding take the
         # rest of the window), and no wider than the phone's screen.
         assert all(0.85 * width <= shown <= width for shown in plot_widths), (width, plot_widths)
@@ -556,3 +560,14 @@ def test_a_matrix_link_leads_to_its_pictures_in_chromium(trained, tmp_path, chro
     assert all(done and width > 0 for done, width, _ in pictures), pictures
     assert any(kind == "thumb" for _, _, kind in pictures)
     assert not errors
+
+
+def test_the_confusion_matrix_is_a_png_where_the_page_cannot_link_it(trained, tmp_path):
+    """Without val_predictions.csv (a torchrun run, an older run) there are no images to link
+    to: the matrix is drawn as a PNG again, and the page shows it."""
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    (run / "val_predictions.csv").unlink()
+    text = write_report(run).read_text(encoding="utf-8")
+    assert_png(run / "report" / "confusion_matrix.png")
+    assert '<section id="confusion">' in text and 'table class="confusion"' not in text

@@ -20,7 +20,7 @@ from pathlib import Path
 from taolu.atomic_file import write_atomic
 from taolu.errors import ConfigError
 from taolu.track.report_files import REPORT_FOLDER, REPORT_HTML, SAMPLES_FILE, read_run
-from taolu.track.report_mistakes import read_mistakes
+from taolu.track.report_mistakes import read_mistakes, run_classes, shows_linked_matrix
 from taolu.track.report_page import render_html
 from taolu.track.report_plots import draw_plots
 
@@ -49,7 +49,12 @@ def write_report(run_dir: Path) -> Path:
         )
     folder.mkdir(exist_ok=True)
     files = read_run(run_dir)
-    plots = draw_plots(files, folder)
+    mistakes = read_mistakes(run_dir, folder)
+    classes = run_classes(mistakes, (files.summary or {}).get("classes"))
+    # The confusion matrix is drawn once: as the table linking to its images where the page
+    # has one, a PNG otherwise (no val_predictions.csv, or too many classes to read).
+    linked = shows_linked_matrix(mistakes, classes)
+    plots = draw_plots(files, folder, elsewhere=("confusion",) if linked else ())
     for plot in plots:
         target = folder / plot.filename
         if plot.png is not None:
@@ -57,6 +62,5 @@ def write_report(run_dir: Path) -> Path:
         elif target.is_file():  # a stale picture from an earlier report would contradict it
             target.unlink()
     page = folder / REPORT_HTML
-    mistakes = read_mistakes(run_dir, folder)
     write_atomic(page, render_html(files, plots, mistakes).encode("utf-8"))
     return page

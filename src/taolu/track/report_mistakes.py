@@ -120,6 +120,25 @@ def _read_label_issues(path: Path) -> tuple[list[dict[str, Any]] | None, str]:
         return None, str(error)
 
 
+def run_classes(found: Mistakes, listed: Any) -> list[str]:
+    """The classes in the run's order (summary.json's list), else those the predictions name."""
+    if isinstance(listed, list) and listed:
+        return [str(name) for name in listed]
+    if not found.rows:
+        return []
+    return sorted({row["true"] for row in found.rows} | {row["predicted"] for row in found.rows})
+
+
+def shows_linked_matrix(found: Mistakes, classes: Sequence[str]) -> bool:
+    """Whether the page draws the confusion matrix as a table linking to the images (then no
+    PNG of it is drawn): with predictions, some wrong, and few enough classes to read."""
+    return (
+        found.rows is not None
+        and 0 < len(classes) <= MATRIX_CLASSES
+        and any(row["true"] != row["predicted"] for row in found.rows)
+    )
+
+
 # --------------------------------------------------------------------------- the page
 
 
@@ -162,9 +181,6 @@ def mistakes_html(found: Mistakes, classes: Sequence[str]) -> str:
             f'<p class="note skipped">Not shown: {_esc(note)}.</p></section>'
             + _label_issues_section(found)
         )
-    if not classes:  # a summary that lists none: the classes the predictions name
-        named = {row["true"] for row in found.rows} | {row["predicted"] for row in found.rows}
-        classes = sorted(named)
     return (
         _top_losses_section(found)
         + _confusion_section(found, classes)
@@ -199,7 +215,7 @@ def _confusion_section(found: Mistakes, classes: Sequence[str]) -> str:
     listed = pairs[:MAX_PAIRS]
     linked = {pair for pair, _ in listed}
     matrix = ""
-    if len(classes) <= MATRIX_CLASSES:
+    if shows_linked_matrix(found, classes):
         matrix = _linked_matrix(rows, classes, names, linked)
     blocks = []
     for (true, predicted), members in listed:
@@ -217,9 +233,10 @@ def _confusion_section(found: Mistakes, classes: Sequence[str]) -> str:
     left_out = len(pairs) - len(listed)
     tail = f'<p class="note">{left_out} rarer pairs left out.</p>' if left_out > 0 else ""
     return (
-        '<section id="confused-pairs"><h2>Confused pairs</h2>'
-        '<p class="note">Rows are the true classes, columns the predicted ones (counts on the '
-        "validation split); a wrong cell links to its images.</p>"
+        '<section id="confused-pairs"><h2>Confusion matrix and confused pairs</h2>'
+        '<p class="note">Rows are the true classes, columns the predicted ones (counts of the '
+        "best model on the validation split, coloured by the share of the true class); a "
+        "wrong cell links to its images.</p>"
         f'{matrix}<div class="pairs">{"".join(blocks)}</div>{tail}</section>'
     )
 

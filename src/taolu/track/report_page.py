@@ -11,7 +11,7 @@ from typing import Any
 
 from taolu.track.report_files import REPORT_FOLDER, RunFiles, per_class_scores
 from taolu.track.report_maps import where_it_looks_section
-from taolu.track.report_mistakes import MISTAKES_CSS, Mistakes, mistakes_html
+from taolu.track.report_mistakes import MISTAKES_CSS, Mistakes, mistakes_html, run_classes
 from taolu.track.report_plots import Plot
 
 CSS = """
@@ -78,6 +78,8 @@ def render_html(files: RunFiles, plots: list[Plot], mistakes: Mistakes | None = 
         "</section>",
     ]
     for plot in plots:
+        if plot.elsewhere:
+            continue
         parts.append(f'<section id="{_esc(plot.key)}">')
         parts.append(f"<h2>{_esc(plot.title)}</h2>")
         if plot.png is None:
@@ -91,8 +93,7 @@ def render_html(files: RunFiles, plots: list[Plot], mistakes: Mistakes | None = 
             parts.append(_scrolling(_per_class_table(files)))
         parts.append("</section>")
     if mistakes is not None:
-        classes = (files.summary or {}).get("classes")
-        classes = [str(name) for name in classes] if isinstance(classes, list) else []
+        classes = run_classes(mistakes, (files.summary or {}).get("classes"))
         parts.append(mistakes_html(mistakes, classes))
     parts.append(where_it_looks_section(files.run_dir / REPORT_FOLDER))
     parts += [

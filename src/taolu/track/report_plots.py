@@ -8,7 +8,7 @@ from __future__ import annotations
 import io
 import re
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,12 +72,15 @@ class Plot:
     filename: str
     png: bytes | None = None  # None: skipped, `note` says why
     note: str = ""  # why it was skipped, or where its data came from
+    elsewhere: bool = False  # not drawn: the page shows it another way
 
 
 # --------------------------------------------------------------------------- plots
 
 
-def draw_plots(files: RunFiles, folder: Path) -> list[Plot]:
+def draw_plots(files: RunFiles, folder: Path, elsewhere: Collection[str] = ()) -> list[Plot]:
+    """The plots as PNG bytes; those whose keys are in `elsewhere` are left undrawn (the page
+    shows them another way: the confusion matrix as a linked table)."""
     plots = {key: Plot(key, title, filename) for key, title, filename in PLOTS}
     drawers: dict[str, Callable[[Plot], None]] = {
         "loss": lambda plot: _loss_plot(plot, files),
@@ -94,7 +97,10 @@ def draw_plots(files: RunFiles, folder: Path) -> list[Plot]:
         # Class names in scripts the bundled DejaVu fonts lack draw as boxes; that is all.
         warnings.filterwarnings("ignore", message="Glyph .* missing from")
         for key, draw in drawers.items():
-            draw(plots[key])
+            if key in elsewhere:
+                plots[key].elsewhere = True
+            else:
+                draw(plots[key])
     return list(plots.values())
 
 
