@@ -1,5 +1,5 @@
 """`python -m taolu` is the `taolu` command."""
 
-from taolu.cli import main
+from taolu.cli import run
 
-raise SystemExit(main())
+run()
