@@ -429,7 +429,8 @@ def test_normalization_stats_imagenet_and_none():
 
 
 def test_normalization_stats_refuses_other_modes_naming_the_option():
-    with pytest.raises(ConfigError, match="option 'normalize'.*auto, imagenet, inception, clip, none"):
+    named = "option 'normalize'.*auto, imagenet, inception, clip, none"
+    with pytest.raises(ConfigError, match=named):
         normalization_stats("cifar", torch.zeros(1, 3, 2, 2, dtype=torch.uint8))
 
 
