@@ -11,7 +11,6 @@ import warnings
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from taolu.track.report_calibration import calibration_of, draw_reliability
 from taolu.track.report_files import (
@@ -20,7 +19,7 @@ from taolu.track.report_files import (
     RunFiles,
     per_class_scores,
 )
-from taolu.track.report_samples import draw_samples
+from taolu.track.report_samples import draw_samples, load_samples
 
 DPI = 100
 # Curves are drawn CURVE_WIDTH inches wide (1,200 px), the page's width, with text sized to be
@@ -367,31 +366,6 @@ def _reliability_plot(plot: Plot, files: RunFiles) -> None:
     plot.png = _png(figure)
 
 
-def _load_samples(path: Path) -> tuple[Any, Any, Any, Any]:
-    """(images uint8 (N, H, W, C) numpy, labels, predicted, confidence) from the samples file;
-    raises ValueError when its tensors are not what the training routine writes."""
-    import numpy as np
-    from safetensors.torch import load_file
-
-    from taolu.track.pictures import to_uint8
-
-    tensors = load_file(str(path))
-    missing = [key for key in ("images", "labels", "predicted", "confidence") if key not in tensors]
-    if missing:
-        raise ValueError(f"it lacks {', '.join(missing)}")
-    images = tensors["images"]
-    if images.ndim != 4 or images.shape[1] not in (1, 3):
-        raise ValueError(f"images has shape {tuple(images.shape)}, not (N, 1 or 3, H, W)")
-    pictures = to_uint8(images).permute(0, 2, 3, 1).numpy()
-    count = len(pictures)
-    parts = [tensors[key].reshape(-1) for key in ("labels", "predicted", "confidence")]
-    if any(len(part) != count for part in parts):
-        raise ValueError("images, labels, predicted and confidence differ in length")
-    labels, predicted = (part.long().numpy() for part in parts[:2])
-    confidence = parts[2].float().numpy()
-    return np.ascontiguousarray(pictures), labels, predicted, confidence
-
-
 def _samples_plot(plot: Plot, files: RunFiles, path: Path) -> None:
     if not path.is_file():
         plot.note = (
@@ -400,7 +374,7 @@ def _samples_plot(plot: Plot, files: RunFiles, path: Path) -> None:
         )
         return
     try:
-        images, labels, predicted, confidence = _load_samples(path)
+        images, labels, predicted, confidence = load_samples(path)
     except Exception as error:  # a truncated or foreign file
         plot.note = f"{REPORT_FOLDER}/{SAMPLES_FILE} could not be used: {error}"
         return

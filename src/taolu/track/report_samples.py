@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -69,3 +71,28 @@ def draw_samples(
     buffer = io.BytesIO()
     sheet.save(buffer, format="PNG")
     return buffer.getvalue(), right
+
+
+def load_samples(path: Path) -> tuple[Any, Any, Any, Any]:
+    """(images uint8 (N, H, W, C) numpy, labels, predicted, confidence) from the samples file;
+    raises ValueError when its tensors are not what the training routine writes."""
+    import numpy as np
+    from safetensors.torch import load_file
+
+    from taolu.track.pictures import to_uint8
+
+    tensors = load_file(str(path))
+    missing = [key for key in ("images", "labels", "predicted", "confidence") if key not in tensors]
+    if missing:
+        raise ValueError(f"it lacks {', '.join(missing)}")
+    images = tensors["images"]
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"images has shape {tuple(images.shape)}, not (N, 1 or 3, H, W)")
+    pictures = to_uint8(images).permute(0, 2, 3, 1).numpy()
+    count = len(pictures)
+    parts = [tensors[key].reshape(-1) for key in ("labels", "predicted", "confidence")]
+    if any(len(part) != count for part in parts):
+        raise ValueError("images, labels, predicted and confidence differ in length")
+    labels, predicted = (part.long().numpy() for part in parts[:2])
+    confidence = parts[2].float().numpy()
+    return np.ascontiguousarray(pictures), labels, predicted, confidence
