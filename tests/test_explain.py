@@ -285,7 +285,8 @@ def fake_run(run_dir: Path, model: nn.Module, count: int = 12):
     return (
         SimpleNamespace(
             data=SimpleNamespace(
-                val=SimpleNamespace(split=split),
+                # Batches in evaluation's order, as Batches.iterate gives them.
+                val=SimpleNamespace(split=split, iterate=lambda: iter([(images, labels)])),
                 bundle=SimpleNamespace(classes=["across", "down"]),
                 eval_transform=lambda batch: batch,
             ),

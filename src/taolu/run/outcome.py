@@ -6,6 +6,7 @@ options as used, the range test's choice)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,24 @@ def write_predictions(run: Run, outputs: Outputs | None, temperature: float, pat
         return
     scaled = rescaled(probabilities, temperature)
     write_val_predictions(path, names, run.data.bundle.classes, scaled, labels)
+
+
+def validation_images(run: Run, rows: Collection[int]) -> dict[int, torch.Tensor]:
+    """The validation images at val_predictions.csv's row numbers `rows`, fitted but not
+    normalised, on the CPU: read from the split in the order evaluation met it (the CSV's
+    order, files that could not be read left out, a stream in its own order), stopping after
+    the last one wanted. The report's thumbnails and its maps of where the model looked
+    both take their images from here."""
+    wanted, found, seen = set(rows), {}, 0
+    last = max(wanted, default=-1)
+    for images, _ in run.data.val.iterate():
+        for offset in range(len(images)):
+            if seen + offset in wanted:
+                found[seen + offset] = images[offset].cpu()
+        seen += len(images)
+        if seen > last:
+            break
+    return found
 
 
 def resolved_options(run: Run) -> dict[str, Any]:

@@ -57,13 +57,13 @@ def write_run_report(run: Run, run_dir: Path, count: int = 32) -> None:
 
 def keep_mistake_pictures(run: Run, run_dir: Path) -> None:
     """report/mistakes.safetensors: thumbnails of the validation images the report shows by
-    name (the top losses, the confused pairs), picked from val_predictions.csv and taken from
-    the validation split in the order evaluation met it (val_predictions.csv's row order)."""
+    name (the top losses, the confused pairs), picked from val_predictions.csv."""
     import numpy as np
     from safetensors.numpy import save
 
     from taolu.atomic_file import write_atomic
     from taolu.inspection import read_val_predictions
+    from taolu.run.outcome import validation_images
     from taolu.track.pictures import to_uint8
     from taolu.track.report_mistakes import MISTAKES_FILE, pick_rows, thumbnail
 
@@ -71,17 +71,10 @@ def keep_mistake_pictures(run: Run, run_dir: Path) -> None:
     if not paths.val_predictions.is_file():
         return
     wanted = pick_rows(read_val_predictions(run_dir))
-    if not wanted:
-        return
-    pictures: dict[int, np.ndarray] = {}
-    seen, last = 0, wanted[-1]
-    for images, _ in run.data.val.iterate():
-        for offset in (row - seen for row in wanted if seen <= row < seen + len(images)):
-            image = to_uint8(images[offset]).permute(1, 2, 0).cpu().numpy()
-            pictures[seen + offset] = thumbnail(np.ascontiguousarray(image))
-        seen += len(images)
-        if seen > last:
-            break
+    pictures = {
+        row: thumbnail(np.ascontiguousarray(to_uint8(image).permute(1, 2, 0).numpy()))
+        for row, image in validation_images(run, wanted).items()
+    }
     if not pictures:
         return
     shapes = {picture.shape for picture in pictures.values()}

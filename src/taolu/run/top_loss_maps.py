@@ -10,13 +10,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from taolu.atomic_file import write_atomic
 from taolu.errors import TaoluError
 from taolu.explain import overlays_for
 from taolu.inspection import read_val_predictions
 from taolu.layout import RunDir
+from taolu.run.outcome import validation_images
 from taolu.run.setup import Run
 from taolu.track.report_maps import MAPS_FILE
 
@@ -41,17 +40,13 @@ def _top_loss_maps(run: Run, run_dir: Path, count: int) -> dict[str, Any]:
     """The `count` highest-loss validation images, each with where the best model looked for
     its prediction, as the page reads them; or {"note"} saying why there are none."""
     rows = read_val_predictions(run_dir)
-    split = run.data.val.split
-    if len(rows) != len(split):  # files left out: rows no longer line up with the split
-        return {
-            "note": f"val_predictions.csv has {len(rows)} rows for the {len(split)} images of "
-            "the validation split (files that could not be read were left out)"
-        }
     ranked = sorted(range(len(rows)), key=lambda index: -rows[index]["loss"])[:count]
     if not ranked:
         return {"note": "the validation split is empty"}
     classes = list(run.data.bundle.classes)
-    images = [torch.as_tensor(split[index][0]) for index in ranked]
+    found = validation_images(run, ranked)
+    ranked = [index for index in ranked if index in found]
+    images = [found[index] for index in ranked]
     explained = [classes.index(rows[index]["predicted"]) for index in ranked]
     model = run.model.model
     pictures = overlays_for(
