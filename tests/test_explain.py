@@ -281,12 +281,11 @@ def fake_run(run_dir: Path, model: nn.Module, count: int = 12):
         probabilities,
         labels,
     )
-    split = [(image, int(label)) for image, label in zip(images, labels, strict=True)]
     return (
         SimpleNamespace(
             data=SimpleNamespace(
                 # Batches in evaluation's order, as Batches.iterate gives them.
-                val=SimpleNamespace(split=split, iterate=lambda: iter([(images, labels)])),
+                val=SimpleNamespace(iterate=lambda: iter([(images, labels)])),
                 bundle=SimpleNamespace(classes=["across", "down"]),
                 eval_transform=lambda batch: batch,
             ),

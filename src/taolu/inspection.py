@@ -69,27 +69,40 @@ def read_val_predictions(run: str | Path) -> list[dict[str, Any]]:
     )
 
 
+def by_loss(rows: Sequence[dict[str, Any]]) -> list[int]:
+    """val_predictions.csv's row numbers, the highest loss first."""
+    return sorted(range(len(rows)), key=lambda index: -rows[index]["loss"])
+
+
+def confused_pairs(rows: Sequence[dict[str, Any]]) -> list[tuple[tuple[str, str], list[int]]]:
+    """Each (true, predicted) pair the model confuses, with its row numbers by falling loss;
+    the most frequent pair first."""
+    pairs: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for index in by_loss(rows):
+        row = rows[index]
+        if row["true"] != row["predicted"]:
+            pairs[(row["true"], row["predicted"])].append(index)
+    return sorted(pairs.items(), key=lambda item: -len(item[1]))
+
+
 def inspect_run(run: str | Path, top: int = TOP) -> dict[str, Any]:
     """What the best model gets wrong on the validation split: the `top` images with the
     highest loss, and each confused pair (true -> predicted) with its count and images, the
     most frequent first."""
     rows = read_val_predictions(run)
-    wrong = [row for row in rows if row["true"] != row["predicted"]]
-    pairs: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    for row in sorted(wrong, key=lambda row: -row["loss"]):
-        pairs[(row["true"], row["predicted"])].append(row)
+    pairs = confused_pairs(rows)
     return {
         "images": len(rows),
-        "wrong": len(wrong),
-        "top_losses": sorted(rows, key=lambda row: -row["loss"])[:top],
+        "wrong": sum(len(members) for _, members in pairs),
+        "top_losses": [rows[index] for index in by_loss(rows)[:top]],
         "confused_pairs": [
             {
                 "true": true,
                 "predicted": guess,
-                "count": len(items),
-                "paths": [r["path"] for r in items],
+                "count": len(members),
+                "paths": [rows[index]["path"] for index in members],
             }
-            for (true, guess), items in sorted(pairs.items(), key=lambda item: -len(item[1]))
+            for (true, guess), members in pairs
         ],
     }
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from taolu.inspection import by_loss, confused_pairs, read_val_predictions
 from taolu.layout import RunDir
 
 MISTAKES_FILE = "mistakes.safetensors"
@@ -34,21 +34,10 @@ LABEL_ISSUE_ROWS = 50
 def pick_rows(rows: Sequence[dict[str, Any]]) -> list[int]:
     """The val_predictions.csv rows the report shows a picture of: the top losses, and the
     highest-loss images of each of the most frequent confused pairs. Sorted row numbers."""
-    by_loss = sorted(range(len(rows)), key=lambda index: -rows[index]["loss"])
-    chosen = set(by_loss[:TOP_LOSSES])
-    for members in _confused_pairs(rows)[:MAX_PAIRS]:
+    chosen = set(by_loss(rows)[:TOP_LOSSES])
+    for members in confused_pairs(rows)[:MAX_PAIRS]:
         chosen.update(members[1][:PER_PAIR])
     return sorted(chosen)
-
-
-def _confused_pairs(rows: Sequence[dict[str, Any]]) -> list[tuple[tuple[str, str], list[int]]]:
-    """((true, predicted), row numbers by falling loss) for each pair, most frequent first."""
-    pairs: dict[tuple[str, str], list[int]] = defaultdict(list)
-    for index in sorted(range(len(rows)), key=lambda index: -rows[index]["loss"]):
-        row = rows[index]
-        if row["true"] != row["predicted"]:
-            pairs[(row["true"], row["predicted"])].append(index)
-    return sorted(pairs.items(), key=lambda item: (-len(item[1]), item[0]))
 
 
 def thumbnail(image: np.ndarray) -> np.ndarray:
@@ -79,7 +68,6 @@ class Mistakes:
 
 def read_mistakes(run_dir: Path, report_folder: Path) -> Mistakes:
     from taolu.errors import DataError
-    from taolu.inspection import read_val_predictions
 
     found = Mistakes(rows=None)
     try:
@@ -190,7 +178,7 @@ def mistakes_html(found: Mistakes, classes: Sequence[str]) -> str:
 
 def _top_losses_section(found: Mistakes) -> str:
     rows = found.rows
-    top = sorted(range(len(rows)), key=lambda index: -rows[index]["loss"])[:TOP_LOSSES]
+    top = by_loss(rows)[:TOP_LOSSES]
     tiles = "".join(_tile(found, index) for index in top)
     wrong = sum(row["true"] != row["predicted"] for row in rows)
     return (
@@ -209,7 +197,7 @@ def _pair_id(true: str, predicted: str, names: dict[str, int]) -> str:
 def _confusion_section(found: Mistakes, classes: Sequence[str]) -> str:
     rows = found.rows
     names = {name: index for index, name in enumerate(classes)}
-    pairs = _confused_pairs(rows)
+    pairs = confused_pairs(rows)
     if not pairs:
         return ""
     listed = pairs[:MAX_PAIRS]
