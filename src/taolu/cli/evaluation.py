@@ -6,17 +6,13 @@ import argparse
 import json
 import sys
 
+from taolu.cli.options import add_checkpoint_choice
+
 
 def _add_checkpoint_arguments(parser: argparse.ArgumentParser, batch_size: int) -> None:
     """What eval and predict share: the run or checkpoint, which checkpoint, device, batch."""
     parser.add_argument("run", metavar="RUN_OR_CKPT", help="run directory or checkpoint file")
-    parser.add_argument(
-        "--checkpoint",
-        choices=("best", "last"),
-        metavar="best|last",
-        default="best",
-        help="which checkpoint of a run directory (default: best)",
-    )
+    add_checkpoint_choice(parser)
     parser.add_argument(
         "--device", default="auto", metavar="auto|cpu|cuda[:N]|mps", help="(default: auto)"
     )

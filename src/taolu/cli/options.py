@@ -31,6 +31,17 @@ DATA_OPTIONS = (
 )
 
 
+def add_checkpoint_choice(parser: argparse.ArgumentParser) -> None:
+    """--checkpoint best|last, for every command that reads a run's model."""
+    parser.add_argument(
+        "--checkpoint",
+        choices=("best", "last"),
+        metavar="best|last",
+        default="best",
+        help="which checkpoint of a run directory (default: best)",
+    )
+
+
 def shown_default(value: object) -> str:
     """A default as the README's table writes it: on/off, empty, or the value itself."""
     if isinstance(value, bool):

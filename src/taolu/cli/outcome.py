@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+from taolu.cli.options import add_checkpoint_choice
 from taolu.config import flag_name
 
 
@@ -61,9 +62,7 @@ def _add_serve_command(commands: argparse._SubParsersAction) -> None:
     )
     serve.set_defaults(handler=run_serve)
     serve.add_argument("run", metavar="RUN_CKPT_OR_EXPORT")
-    serve.add_argument(
-        "--checkpoint", choices=("best", "last"), default="best", metavar="best|last"
-    )
+    add_checkpoint_choice(serve)
     serve.add_argument(
         "--device", default="auto", metavar="DEVICE", help="auto, cpu, cuda, cuda:N or mps"
     )
@@ -104,13 +103,7 @@ def _add_export_arguments(export: argparse.ArgumentParser) -> None:
         help="file to write, replaced if it exists (default: RUN/export/model.onnx, "
         ".torchscript.pt or .safetensors, or model2..., model3... when that exists)",
     )
-    export.add_argument(
-        "--checkpoint",
-        choices=("best", "last"),
-        metavar="best|last",
-        default="best",
-        help="which checkpoint of a run directory (default: best)",
-    )
+    add_checkpoint_choice(export)
 
 
 def run_board(args: argparse.Namespace) -> int:
