@@ -281,6 +281,26 @@ def test_ejected_scripts_of_other_sources_run(
     assert 0.0 <= best_of(done.stdout) <= 1.0
 
 
+def test_a_wide_linear_layer_keeps_its_fan_in_share_in_the_script(tmp_path):
+    layers = [
+        {"Conv2d": {"out_channels": 32, "kernel_size": 3, "padding": 1}},
+        "ReLU",
+        "Flatten",  # 32 x 8 x 8 = 2,048 inputs
+        {"Linear": {"out_features": "classes"}},
+    ]
+    (tmp_path / "wide.yaml").write_text(yaml.safe_dump(layers))
+    (tmp_path / "work").mkdir()
+    options = {"data": "digits", "epochs": 1, "model": str(tmp_path / "wide.yaml")}
+    script = eject_from_options(None, options, {}, tmp_path / "work" / "run.py")
+    text = script.read_text()
+    assert "--fan-in-lr on" in text and "1024 / m.in_features" in text
+    assert 'max_lr = [group["lr"] for group in optimizer.param_groups]' in text
+    lint(script)
+    done = run_script(script, without_taolu(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert 0.0 <= best_of(done.stdout) <= 1.0
+
+
 def test_cli_eject_writes_the_run_script_and_refuses_to_overwrite(digits_run, cli_main, tmp_path):
     out = tmp_path / "mine.py"
     code, stdout, _ = cli_main("eject", str(digits_run.run_dir), "--out", str(out))

@@ -19,7 +19,13 @@ from taolu.checkpoint import load_checkpoint
 from taolu.data.bundle import ImageTensors
 from taolu.data.loaders import Batches, BatchTransform, Preprocessing, balanced_sample_weights
 from taolu.engine.loop import train_one_epoch
-from taolu.engine.optim import LrSchedule, balanced_class_weights, build_optimizer
+from taolu.engine.optim import (
+    LrSchedule,
+    balanced_class_weights,
+    base_lr,
+    build_optimizer,
+    lr_shares,
+)
 from taolu.engine.precision import Precision
 from taolu.engine.step import Stepper, build_mix
 
@@ -78,6 +84,29 @@ def test_weight_decay_skips_biases_and_norms_and_nesterov_is_a_switch():
     assert build_optimizer(model, "sgd", lr=0.1, momentum=0.9, weight_decay=0).param_groups[0][
         "nesterov"
     ]
+
+
+def test_a_wide_linear_layer_learns_at_its_fan_in_share_of_the_lr():
+    wide, narrow = nn.Linear(4096, 8), nn.Linear(8, 3)
+    conv = nn.Conv2d(512, 4, 3)  # 4,608 inputs, but a convolution: left alone
+    model = nn.Sequential(conv, nn.Flatten(), wide, nn.ReLU(), narrow)
+    optimizer = build_optimizer(
+        model, "adamw", lr=0.01, momentum=0.9, weight_decay=1e-3, dense_fan_in_rule=True
+    )
+    lr_of = {
+        id(parameter): group["lr"]
+        for group in optimizer.param_groups
+        for parameter in group["params"]
+    }
+    assert lr_of[id(wide.weight)] == pytest.approx(0.01 * 1024 / 4096)
+    assert lr_of[id(wide.bias)] == lr_of[id(narrow.weight)] == lr_of[id(conv.weight)] == 0.01
+    # the base lr (what --lr sets, what records show) reads through the shares
+    assert lr_shares(optimizer)[0] in (1.0, 0.25) and base_lr(optimizer) == pytest.approx(0.01)
+    for group in optimizer.param_groups:
+        group["lr"] *= 0.5  # as a schedule moves every group alike
+    assert base_lr(optimizer) == pytest.approx(0.005)
+    plain = build_optimizer(model, "adamw", lr=0.01, momentum=0.9, weight_decay=1e-3)
+    assert {group["lr"] for group in plain.param_groups} == {0.01}
 
 
 # --------------------------------------------------------------------------- schedules

@@ -229,10 +229,11 @@ def test_param_group_ratios_are_kept_during_the_sweep():
     )
     result = run(model, optimizer, start_lr=1e-4, end_lr=1e-1, steps=12)
     assert len(seen) == 12
-    # The sweep's lr is the first group's (here the backbone, at a tenth of the head's).
+    # The sweep's lr is the base lr (the optimizer's own, here the head's): the backbone
+    # keeps its tenth of it, so the suggestion is what --lr would be.
     for (body, head), lr in zip(seen, result.lrs, strict=True):
-        assert body == pytest.approx(lr)
-        assert head == pytest.approx(10 * lr)
+        assert body == pytest.approx(lr / 10)
+        assert head == pytest.approx(lr)
 
 
 def test_fewer_batches_than_steps_goes_round_the_data():

@@ -3,6 +3,7 @@ lazy layers, slow BatchNorm statistics and small data. Tiny data; nothing is tim
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -80,12 +81,27 @@ def test_the_recipe_line_on_a_handful_of_images_says_what_it_did():
     assert not [note for note in recipe.notes if ">=" in note]
 
 
+def test_the_fan_in_rule_is_on_for_adaptive_optimizers_and_said_where_it_bites():
+    wide = choose_recipe(TrainConfig(), set(), traits(tuned=False, widest_dense=14400))
+    assert wide.config.optimizer == "adamw" and wide.config.fan_in_lr == "on"
+    assert "Linear layers past 1024 inputs (up to 14400) learn at lr x 1024/inputs" in wide.notes
+    narrow = choose_recipe(TrainConfig(), set(), traits(tuned=False, widest_dense=784))
+    assert narrow.config.fan_in_lr == "on" and not [n for n in narrow.notes if "Linear" in n]
+    tuned = choose_recipe(TrainConfig(), set(), traits(widest_dense=4096))
+    assert tuned.config.optimizer == "sgd" and tuned.config.fan_in_lr == "off"
+    chosen = choose_recipe(
+        TrainConfig(fan_in_lr="off"), {"fan_in_lr"}, traits(tuned=False, widest_dense=4096)
+    )
+    assert chosen.config.fan_in_lr == "off" and not [n for n in chosen.notes if "Linear" in n]
+
+
 def test_what_the_user_chose_stands():
     config = TrainConfig(optimizer="adam", lr=0.003, batch_size=8, epochs=2)
     recipe = choose_recipe(
         config, {"optimizer", "lr", "batch_size", "epochs"}, traits(train_images=100)
     )
-    assert recipe.config == config and not recipe.sweep_lr
+    # everything stands; the fan-in rule (auto) is resolved for Adam
+    assert recipe.config == dataclasses.replace(config, fan_in_lr="on") and not recipe.sweep_lr
     # an explicit --lr auto always tests, even for a tuned net
     asked = choose_recipe(TrainConfig(lr="auto"), {"lr"}, traits())
     assert asked.sweep_lr and asked.config.optimizer == "sgd"
@@ -343,6 +359,22 @@ def test_a_module_with_lazy_layers_trains_and_has_its_graph_and_ema(tmp_path, qu
 
     events = EventAccumulator(str(result.run_dir)).Reload()
     assert events.Graph() is not None
+
+
+def test_a_wide_lazy_linear_layer_gets_the_fan_in_rule_and_config_records_it(tmp_path, capsys):
+    net = nn.Sequential(
+        nn.LazyConv2d(32, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.LazyLinear(10)
+    )  # 32 x 8 x 8 = 2,048 inputs to the Linear layer
+    result = taolu.train(
+        model=net, data="digits", epochs=1, out=str(tmp_path), progress=False, report=False
+    )
+    recorded = yaml.safe_load((result.run_dir / "config.yaml").read_text())
+    assert recorded["optimizer"] == "adamw" and recorded["fan_in_lr"] == "on"
+    assert isinstance(recorded["lr"], float)  # the range test's answer, the base lr
+    assert "Linear layers past 1024 inputs (up to 2048)" in capsys.readouterr().out
+    saved = torch.load(result.run_dir / "weights" / "last.pt", weights_only=True)
+    shares = sorted(group["lr_share"] for group in saved["optimizer"]["param_groups"])
+    assert shares[0] == pytest.approx(0.5) and shares[-1] == 1.0
 
 
 # --------------------------------------------------------------------------- BatchNorm

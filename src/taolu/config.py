@@ -264,6 +264,15 @@ class TrainConfig:
         group="optimisation",
         metavar="LR|auto",
     )
+    # auto: the recipe resolves it (on with adaptive optimizers, off with SGD) and config.yaml
+    # records on or off; a config.yaml without it (older runs) resumes as off.
+    fan_in_lr: str = _option(
+        "auto",
+        "a Linear layer reading more than 1024 inputs learns at lr x 1024 / inputs: auto = on "
+        "for adaptive optimizers (Adam, AdamW, ...), off for SGD",
+        choices=SWITCHES,
+        group="optimisation",
+    )
     momentum: float = _option(
         0.9, "SGD/RMSprop momentum", ge=0.0, lt=1.0, group="optimisation", metavar="M"
     )

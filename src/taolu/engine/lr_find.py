@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from taolu.data.loaders import Batches
+from taolu.engine.optim import lr_shares
 from taolu.engine.step import Stepper, set_lr
 from taolu.layout import LR_FIND_CSV, LR_FIND_PLOT
 
@@ -29,7 +30,7 @@ VALLEY_DIVISOR = 10  # the climbing point's lr is ~10x too high to train at
 
 @dataclass
 class LrSweep:
-    lrs: list[float]  # lr used at each step (of the first param group)
+    lrs: list[float]  # the base lr at each step (each param group's lr is its share of it)
     losses: list[float]  # raw per-step training loss
     smoothed: list[float]  # centred moving average of the losses (see suggest_lr)
     suggested_lr: float  # see suggest_lr
@@ -51,8 +52,9 @@ def sweep_lr(
     accumulation, clipping, the EMA), with the lr rising exponentially from `start_lr` to
     `end_lr`; record each step's loss; return the curve and a suggested lr.
 
-    The lr is set on the first param group; every other group keeps its ratio to the first
-    (a backbone at 0.1x the head stays at 0.1x). `batches` is iterated for as many epochs as
+    The swept lr is the base lr (what --lr sets): every param group keeps its share of it
+    (a backbone at 0.1x the head stays at 0.1x, a wide Linear layer at its fan-in share), so
+    the suggestion is an lr to pass as --lr. `batches` is iterated for as many epochs as
     needed. The sweep stops when an exponential average of the loss exceeds `diverge_factor`
     times its best (judged only after the first few steps) or at once when a loss is not
     finite; a non-finite loss is not recorded. `band` bounds the suggestion (see suggest_lr).
@@ -71,9 +73,7 @@ def sweep_lr(
         raise ValueError(f"need 0 < start_lr < end_lr, got {start_lr} and {end_lr}")
     saved = stepper.snapshot()
     saved_modes = {module: module.training for module in stepper.network.modules()}
-    first = float(saved.lrs[0])
-    # A first group with lr 0 gives no ratio to keep; every group then follows the sweep.
-    ratios = [float(lr) / first if first > 0 else 1.0 for lr in saved.lrs]
+    ratios = lr_shares(stepper.optimizer)
     try:
         with _fork_global_rng(batches.device):
             stream = _endless(batches, generator)

@@ -15,6 +15,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from taolu.data.loaders import BatchTransform
 from taolu.engine.distributed import SINGLE_PROCESS, Cluster, all_agree
+from taolu.engine.optim import base_lr
 from taolu.engine.precision import Precision
 
 # (inputs, labels) -> (mixed inputs, soft targets (B, classes))
@@ -56,8 +57,9 @@ class Stepper:
 
     @property
     def lr(self) -> float:
-        """The first parameter group's lr (the one schedules and records follow)."""
-        return self.optimizer.param_groups[0]["lr"]
+        """The base lr now (what --lr sets, as the schedule has it): every param group's lr
+        is a share of it."""
+        return base_lr(self.optimizer)
 
     def train_mode(self) -> None:
         self.network.train()

@@ -44,6 +44,14 @@ def materialise_lazy_layers(model: nn.Module, channels: int, size: tuple[int, in
     return True
 
 
+def widest_dense_layer(model: nn.Module) -> int:
+    """The most inputs any nn.Linear in the network reads (0 without one)."""
+    return max(
+        (module.in_features for module in model.modules() if isinstance(module, nn.Linear)),
+        default=0,
+    )
+
+
 def has_norm_layers(model: nn.Module) -> bool:
     """Whether the network normalises its activations anywhere (BatchNorm, GroupNorm, ...)."""
     return any(isinstance(module, NORM_LAYERS) for module in model.modules())

@@ -13,6 +13,7 @@ import torch
 from taolu.config import TrainConfig
 from taolu.engine.distributed import share_from_main
 from taolu.engine.lr_find import LrSweep, sweep_lr
+from taolu.engine.optim import is_adaptive
 from taolu.run.lifecycle import Compute
 from taolu.run.setup import ModelParts, RunData, make_optimizer, make_stepper
 
@@ -25,7 +26,6 @@ SWEEP_STEPS = 50
 # trained worse than one inside it.
 ADAPTIVE_RANGE, ADAPTIVE_BAND = (1e-5, 1.0), (1e-3, 1e-2)
 SGD_RANGE, SGD_BAND = (1e-4, 10.0), (5e-3, 0.2)
-PLAIN_GRADIENT_OPTIMIZERS = ("sgd", "asgd")
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class LrChoice:
 
 def range_and_band(optimizer: str) -> tuple[tuple[float, float], tuple[float, float]]:
     """(swept range, band the suggestion is kept in) for an optimizer name."""
-    if optimizer.lower() in PLAIN_GRADIENT_OPTIMIZERS:
+    if not is_adaptive(optimizer):
         return SGD_RANGE, SGD_BAND
     return ADAPTIVE_RANGE, ADAPTIVE_BAND
 

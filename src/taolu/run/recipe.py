@@ -13,6 +13,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 from taolu.config import TrainConfig
+from taolu.engine.optim import DENSE_FAN_IN, is_adaptive
 
 # taolu's own nets whose SGD recipe (lr 0.05, Nesterov, one-cycle, batch 64) was tuned on
 # mnist5k: 99.2% best, 95% after epoch 1 (benchmarks/default_recipe.py, vs_tutorial.py).
@@ -39,6 +40,7 @@ class Traits:
     normalised: bool  # the net has normalisation layers (BatchNorm, GroupNorm, LayerNorm, ...)
     pretrained: bool  # --weights
     kind: str  # what the net is, in the recipe line's words ("your nn.Module", "resnet18", ...)
+    widest_dense: int = 0  # the most inputs any of its Linear layers reads (0: none)
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,13 @@ def choose_recipe(config: TrainConfig, chosen: Collection[str], traits: Traits) 
         changes["optimizer"] = optimizer
         if optimizer == "adamw":
             notes.append(f"AdamW for {_why_adaptive(traits, shrunk < 1)}")
+    if config.fan_in_lr == "auto":
+        changes["fan_in_lr"] = "on" if is_adaptive(optimizer) else "off"
+        if is_adaptive(optimizer) and traits.widest_dense > DENSE_FAN_IN:
+            notes.append(
+                f"Linear layers past {DENSE_FAN_IN} inputs (up to {traits.widest_dense}) learn "
+                f"at lr x {DENSE_FAN_IN}/inputs"
+            )
     sweep = False
     if config.lr == "auto":
         tuned_lr = _tuned_sgd_lr(traits) if optimizer == "sgd" and "lr" not in chosen else None

@@ -91,14 +91,10 @@ def keep_mistake_pictures(run: Run, run_dir: Path) -> None:
 def report_lr_sweep(run: Run, sweep: LrSweep) -> TrainResult:
     """--lr-find's records: lr_find.csv and .png, summary.json and the suggested --lr."""
     config, network, recipe = run.config, run.model.network, run.recipe()
-    # The sweep reports the first parameter group's lr; under --fine-tune that is the
-    # backbone's, at lr * backbone_lr_scale, so it is scaled back to the head's (--lr's).
-    group_lrs = [group["lr"] for group in run.optim.stepper.optimizer.param_groups]
-    to_config_lr = max(group_lrs) / group_lrs[0]
     layout = RunDir(new_run_dir(config.out, config.name))
     write_config(config, layout.config)
     csv_path, plot_path = write_lr_sweep(sweep, layout.root)
-    suggested = sweep.suggested_lr * to_config_lr
+    suggested = sweep.suggested_lr  # the base lr, what --lr sets
     summary = {
         "lr_find": {
             "suggested_lr": suggested,

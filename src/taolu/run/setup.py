@@ -33,7 +33,7 @@ from taolu.errors import ConfigError
 from taolu.layout import RunDir
 from taolu.metric_names import VAL_TOP5_ACC, lower_is_better
 from taolu.models import build_model, model_kind
-from taolu.models.anatomy import has_norm_layers, materialise_lazy_layers
+from taolu.models.anatomy import has_norm_layers, materialise_lazy_layers, widest_dense_layer
 from taolu.run.lifecycle import Compute, StopRequest
 from taolu.run.recipe import TUNED_NETS, Recipe, Traits, choose_recipe, describe_recipe
 from taolu.run.transfer import prepare_transfer
@@ -118,6 +118,7 @@ def settle_recipe(
             train_images=len(prepared.bundle.train),
             tuned=not users_model and options.model in TUNED_NETS,
             normalised=has_norm_layers(network),
+            widest_dense=widest_dense_layer(network),
             pretrained=bool(options.weights),
             kind="your nn.Module" if users_model else _model_kind_words(options.model),
         )
@@ -313,6 +314,7 @@ def make_optimizer(
         nesterov=config.nesterov,
         head=fine_tune_head,
         backbone_lr_scale=config.backbone_lr_scale,
+        dense_fan_in_rule=config.fan_in_lr == "on",
     )
 
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import re
 
+from taolu.engine.optim import DENSE_FAN_IN
 from taolu.models import model_kind
+from taolu.models.anatomy import widest_dense_layer
 from taolu.models.zoo import _builder_options as builder_options
 from taolu.models.zoo import first_conv_path
 from taolu.standalone.facts import RunFacts
@@ -231,6 +233,8 @@ def optimizer_block(facts: RunFacts) -> str:
     )
     if config.fine_tune and facts.head is None:
         text += "# (--fine-tune: your net's head alone first, then all of it: not written out)\n"
+    if config.fine_tune and config.fan_in_lr == "on":
+        text += "# (--fan-in-lr on: wide Linear layers at a share of lr: not written out)\n"
     if config.fine_tune and facts.head is not None:
         head = facts.head
         text += (
@@ -248,6 +252,19 @@ def optimizer_block(facts: RunFacts) -> str:
             "    for decays in (False, True)\n"
             "]\n"
         )
+    elif _fan_in_rule_bites(facts):
+        text += (
+            f"# A Linear layer reading more than {DENSE_FAN_IN} inputs learns at lr x "
+            f"{DENSE_FAN_IN} / inputs (--fan-in-lr on)\n"
+            f"share = {{id(m.weight): {DENSE_FAN_IN} / m.in_features for m in model.modules()\n"
+            f"         if isinstance(m, nn.Linear) and m.in_features > {DENSE_FAN_IN}}}\n"
+            "trained = [p for p in model.parameters() if p.requires_grad]\n"
+            "groups = [\n"
+            f'    {{"params": [p], "lr": {lr:.4g} * share.get(id(p), 1.0),\n'
+            f'     "weight_decay": {decay} if p.ndim > 1 else 0.0}}\n'
+            "    for p in trained\n"
+            "]\n"
+        )
     else:
         text += (
             "decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]\n"
@@ -257,6 +274,14 @@ def optimizer_block(facts: RunFacts) -> str:
         )
     text += f"optimizer = torch.optim.{optimizer_class}(groups, lr={lr:.4g}{extra})\n"
     return text + _schedule(facts)
+
+
+def _fan_in_rule_bites(facts: RunFacts) -> bool:
+    """--fan-in-lr on where it changes something: a Linear layer past DENSE_FAN_IN inputs (or
+    the caller's own module, which the script does not see)."""
+    if facts.config.fan_in_lr != "on" or facts.config.fine_tune:
+        return False
+    return facts.network is None or widest_dense_layer(facts.network) > DENSE_FAN_IN
 
 
 def _lr(facts: RunFacts) -> float:
@@ -281,7 +306,7 @@ def _schedule(facts: RunFacts) -> str:
     if config.scheduler == "onecycle" and total >= 2:
         epochs += f"total_steps = epochs * {steps}\n"
         max_lr = f"{_lr(facts):.4g}"
-        if config.fine_tune:  # the head's lr and the backbone's
+        if config.fine_tune or _fan_in_rule_bites(facts):  # each group's own peak lr
             epochs += 'max_lr = [group["lr"] for group in optimizer.param_groups]\n'
             max_lr = "max_lr"
         return epochs + (
