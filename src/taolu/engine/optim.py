@@ -96,32 +96,40 @@ def _parameter_groups(
         if parameter.requires_grad:
             in_head = head is None or name == head or name.startswith(head + ".")
             share = dense_scales.get(id(parameter), 1.0)
+            if not in_head:
+                share *= backbone_lr_scale
             groups.setdefault((in_head, parameter.ndim > 1, share), []).append(parameter)
     return [
         {
             "params": members,
-            "lr": lr * (share if in_head else backbone_lr_scale * share),
-            LR_SHARE: share if in_head else backbone_lr_scale * share,
+            "lr": lr * share,
+            LR_SHARE: share,
             "weight_decay": weight_decay if decays else 0.0,
         }
-        for (in_head, decays, share), members in sorted(groups.items())
+        for (_, decays, share), members in sorted(groups.items())
     ]
+
+
+def _lr_share(optimizer: torch.optim.Optimizer, group: dict) -> float:
+    """A param group's lr as a share of the base lr: what build_optimizer recorded, else (a
+    group made elsewhere) its lr over the optimizer's own."""
+    if LR_SHARE in group:
+        return float(group[LR_SHARE])
+    base = float(optimizer.defaults.get("lr") or 0.0)
+    return float(group["lr"]) / base if base > 0 else 1.0
 
 
 def lr_shares(optimizer: torch.optim.Optimizer) -> list[float]:
     """Each param group's lr as a share of the base lr (what --lr sets and schedules follow)."""
-    base = float(optimizer.defaults.get("lr") or 0.0)
-    return [
-        float(group.get(LR_SHARE, float(group["lr"]) / base if base > 0 else 1.0))
-        for group in optimizer.param_groups
-    ]
+    return [_lr_share(optimizer, group) for group in optimizer.param_groups]
 
 
 def base_lr(optimizer: torch.optim.Optimizer) -> float:
-    """The base lr the schedule gives now: the first group's lr over its share."""
-    share = lr_shares(optimizer)[0]
-    lr = optimizer.param_groups[0]["lr"]
-    return lr / share if share > 0 else lr
+    """The base lr the schedule gives now: the first group's lr over its share (read at every
+    optimizer step, so it looks at that group alone)."""
+    first = optimizer.param_groups[0]
+    share = _lr_share(optimizer, first)
+    return first["lr"] / share if share > 0 else first["lr"]
 
 
 def build_optimizer(

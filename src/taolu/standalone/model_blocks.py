@@ -233,7 +233,7 @@ def optimizer_block(facts: RunFacts) -> str:
     )
     if config.fine_tune and facts.head is None:
         text += "# (--fine-tune: your net's head alone first, then all of it: not written out)\n"
-    if config.fine_tune and config.fan_in_lr == "on":
+    if config.fine_tune and config.fan_in_lr == "on" and _has_wide_dense_layer(facts):
         text += "# (--fan-in-lr on: wide Linear layers at a share of lr: not written out)\n"
     if config.fine_tune and facts.head is not None:
         head = facts.head
@@ -277,10 +277,15 @@ def optimizer_block(facts: RunFacts) -> str:
 
 
 def _fan_in_rule_bites(facts: RunFacts) -> bool:
-    """--fan-in-lr on where it changes something: a Linear layer past DENSE_FAN_IN inputs (or
-    the caller's own module, which the script does not see)."""
-    if facts.config.fan_in_lr != "on" or facts.config.fine_tune:
-        return False
+    """--fan-in-lr on where the script writes it out (not under --fine-tune) and it changes
+    something."""
+    config = facts.config
+    return config.fan_in_lr == "on" and not config.fine_tune and _has_wide_dense_layer(facts)
+
+
+def _has_wide_dense_layer(facts: RunFacts) -> bool:
+    """A Linear layer past DENSE_FAN_IN inputs, or the caller's own module (the script does
+    not see it)."""
     return facts.network is None or widest_dense_layer(facts.network) > DENSE_FAN_IN
 
 
