@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -20,20 +19,6 @@ mlflow = pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 QUIET = dict(data="digits", verbose=False, progress=False, report=False)
-
-
-@pytest.fixture
-def offline(monkeypatch):
-    """Any attempt to open a network connection fails loudly (MLflow's telemetry included)."""
-    attempts = []
-
-    def refuse(*args, **kwargs):
-        attempts.append(args)
-        raise AssertionError("network access attempted")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    return attempts
 
 
 @pytest.fixture

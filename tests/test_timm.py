@@ -5,7 +5,6 @@ models (resnet10t, test_vit, test_resnet) at 32 px and one epoch keep it to seco
 
 from __future__ import annotations
 
-import socket
 import sys
 
 import numpy as np
@@ -35,17 +34,6 @@ FAST = dict(
     progress=False,
     report=False,
 )
-
-
-@pytest.fixture
-def offline(monkeypatch):
-    """Any attempt to open a network connection fails the test loudly."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("network access attempted")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ that name torchvision weights run with sockets refusing to connect.
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
@@ -38,17 +37,6 @@ LIGHT = [
     "convnext_tiny",
 ]
 HEAVY = ["inception_v3", "swin_t", "vit_b_16", "maxvit_t"]
-
-
-@pytest.fixture
-def offline(monkeypatch):
-    """Any attempt to open a network connection fails the test loudly."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("network access attempted")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
 
 
 @pytest.fixture
