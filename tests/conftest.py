@@ -164,6 +164,20 @@ def write_class_folder(folder: Path, label: int, count: int, seed: int, size: in
         Image.fromarray(images[2 * i + (1 if label else 0)]).save(folder / f"img{i:03d}.png")
 
 
+def write_colour_folder(root: Path, classes: int, size: int, count: int = 10) -> Path:
+    """root/c<k>/*.png: `count` noisy `size` px images per class, class k bright in RGB channel
+    k (red, green, blue), so any net tells them apart in an epoch."""
+    rng = np.random.default_rng(0)
+    for label in range(classes):
+        (root / f"c{label}").mkdir(parents=True)
+        for index in range(count):
+            pixels = np.zeros((size, size, 3), np.uint8)
+            pixels[..., label] = 200
+            pixels = (pixels + rng.integers(0, 50, pixels.shape)).astype(np.uint8)
+            Image.fromarray(pixels).save(root / f"c{label}" / f"{index}.png")
+    return root
+
+
 @pytest.fixture(scope="session")
 def make_class_folder():
     return write_class_folder

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import sys
 
-import numpy as np
 import pytest
 import torch
 import yaml
-from PIL import Image
+from conftest import write_colour_folder
 
 import taolu
 from taolu.checkpoint import load_checkpoint
@@ -39,16 +38,7 @@ FAST = dict(
 @pytest.fixture(scope="module")
 def colours(tmp_path_factory):
     """Two classes of 24 px images, red against green, 10 of each."""
-    root = tmp_path_factory.mktemp("colours")
-    rng = np.random.default_rng(0)
-    for label in range(2):
-        (root / f"c{label}").mkdir()
-        for index in range(10):
-            pixels = np.zeros((24, 24, 3), np.uint8)
-            pixels[..., label] = 200
-            pixels = (pixels + rng.integers(0, 50, pixels.shape)).astype(np.uint8)
-            Image.fromarray(pixels).save(root / f"c{label}" / f"{index}.png")
-    return root
+    return write_colour_folder(tmp_path_factory.mktemp("colours"), classes=2, size=24)
 
 
 @pytest.fixture(scope="module")

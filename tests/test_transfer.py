@@ -3,12 +3,11 @@ backbone frozen or fine-tuned, and the weights' own preprocessing applied."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import torchvision
 import yaml
-from PIL import Image
+from conftest import write_colour_folder
 
 import taolu
 from taolu.checkpoint import load_checkpoint
@@ -19,16 +18,7 @@ QUIET = dict(verbose=False, progress=False, batch_size=8, image_size=32, epochs=
 
 @pytest.fixture(scope="module")
 def three_classes(tmp_path_factory):
-    root = tmp_path_factory.mktemp("colours")
-    rng = np.random.default_rng(0)
-    for label in range(3):
-        (root / f"c{label}").mkdir()
-        for index in range(10):
-            pixels = np.zeros((40, 40, 3), np.uint8)
-            pixels[..., label] = 200
-            pixels = (pixels + rng.integers(0, 50, pixels.shape)).astype(np.uint8)
-            Image.fromarray(pixels).save(root / f"c{label}" / f"{index}.png")
-    return root
+    return write_colour_folder(tmp_path_factory.mktemp("colours"), classes=3, size=40)
 
 
 @pytest.fixture(scope="module")
